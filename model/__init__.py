@@ -1,0 +1,1 @@
+"""terracube model stage."""

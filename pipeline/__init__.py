@@ -1,0 +1,1 @@
+"""terracube pipeline stage."""

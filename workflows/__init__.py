@@ -1,0 +1,1 @@
+"""terracube workflows stage."""

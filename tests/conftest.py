@@ -1,0 +1,18 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
+"""Real-data fixtures live beside the checkout (CI has shared/ there); never copied in."""
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    """Root of the real-data fixtures; skips with the expected path when it is absent."""
+    if not FIXTURES_DIR.is_dir():
+        pytest.skip(f"real-data fixtures not found at {FIXTURES_DIR}")
+    return FIXTURES_DIR

@@ -1,0 +1,39 @@
+"""Collapse diagnostics for embeddings: a collapsed encoder maps everything to one
+direction, which shows as a per-dimension std near 0 and an effective rank near 1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _check(embeddings: Tensor) -> Tensor:
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        raise ValueError(
+            f"embeddings must be (N >= 2, D), got {tuple(embeddings.shape)}; pass a batch of vectors"
+        )
+    return embeddings.detach().float()
+
+
+def embedding_std(embeddings: Tensor) -> float:
+    """Mean over dimensions of the per-dimension std of the L2-normalised embeddings
+    (1/sqrt(D) for isotropic embeddings, 0 when collapsed)."""
+    z = F.normalize(_check(embeddings), dim=-1)
+    return float(z.std(dim=0).mean())
+
+
+def effective_rank(embeddings: Tensor, eps: float = 1e-12) -> float:
+    """exp(entropy of the normalised singular values) of the (N, D) matrix (RankMe,
+    arXiv 2210.02885): between 1 (collapsed) and min(N, D)."""
+    singular = torch.linalg.svdvals(_check(embeddings).double())
+    p = singular / singular.sum().clamp(min=eps)
+    entropy = -(p * torch.log(p.clamp(min=eps))).sum()
+    return float(torch.exp(entropy))
+
+
+def collapse_report(embeddings: Tensor) -> dict[str, float]:
+    return {
+        "embedding_std": embedding_std(embeddings),
+        "effective_rank": effective_rank(embeddings),
+    }

@@ -46,7 +46,7 @@ UPS_SOUTH_EPSG = 32761
 SEGMENT_DEG = 0.01
 """AOI edges are straight in lon/lat; they are densified to this step before projecting."""
 
-_TILE_ID = re.compile(r"^(\d{5})_(-?\d{4,})_(-?\d{5,})$")
+_TILE_ID = re.compile(r"^(\d{5})_(-?\d+)_(-?\d+)$")
 _TILE_ID_FORM = "'EPSG_COL_ROW', e.g. '32631_0123_02105' (EPSG 326zz/327zz/32661/32761)"
 
 AoiLike = tuple[float, float, float, float] | shapely.Geometry | Mapping[str, Any]
@@ -228,8 +228,17 @@ def _check_lonlat(lon: float, lat: float) -> None:
 
 
 def utm_zone_number(lon: float) -> int:
-    """6-degree zone 1..60 of a longitude; lon = 180 stays in zone 60."""
-    return min(int((lon + 180.0) // 6.0), 59) + 1
+    """6-degree zone 1..60 of a longitude; lon = 180 stays in zone 60.
+
+    `lon + 180` can round up onto a zone edge (5.999999999999999 + 180 == 186.0),
+    so the guess is checked against the exact edge -180 + 6k.
+    """
+    index = int((lon + 180.0) // 6.0)
+    if lon < -180.0 + 6.0 * index:
+        index -= 1
+    elif lon >= -180.0 + 6.0 * (index + 1):
+        index += 1
+    return min(max(index, 0), 59) + 1
 
 
 def zone_epsg(lon: float, lat: float) -> int:

@@ -12,7 +12,9 @@ FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    """Root of the real-data fixtures; skips with the expected path when it is absent."""
+    """Root of the real-data fixtures; fails loudly (never skips) when they are absent."""
     if not FIXTURES_DIR.is_dir():
-        pytest.skip(f"real-data fixtures not found at {FIXTURES_DIR}")
+        pytest.fail(
+            f"real-data fixtures not found at {FIXTURES_DIR}: check out shared/ beside the repo"
+        )
     return FIXTURES_DIR

@@ -65,6 +65,9 @@ class RetryPolicy:
         return base * rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
+DEFAULT_RETRY = RetryPolicy()
+
+
 @dataclass
 class RequestCounter:
     """Thread-safe accounting of requests sent, so plans can report what a search cost."""
@@ -119,7 +122,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
 def send_with_retries(
     session: requests.Session,
     prepared: requests.PreparedRequest,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_RETRY,
     counter: RequestCounter | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
@@ -157,7 +160,7 @@ def request_with_retries(
     session: requests.Session,
     method: str,
     url: str,
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_RETRY,
     counter: RequestCounter | None = None,
     sleep: Callable[[float], None] = time.sleep,
     **request_kwargs: Any,

@@ -1,0 +1,212 @@
+"""Batched search: one paged search per region x collection x time range, cached.
+
+Searching per tile or per month multiplies requests by tiles x periods; a STAC API
+answers a larger bbox in a few pages. Tiles are grouped into regions (square blocks of
+at most `max_region_km` per side within one zone), each region is searched once per
+collection over the whole time range, and each answer is kept as GeoParquet keyed by
+the search parameters so that a re-plan does not query again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import shapely
+from terracube.catalog.grid import Tile
+from terracube.catalog.http import UnsafeHrefError
+from terracube.catalog.normalize import ItemNormalizationError, NormalizedItem, normalize_item
+from terracube.catalog.registry import TILE_SIZE_M
+from terracube.catalog.sources import Bbox, ItemSource, Query, dedupe_items
+
+
+@dataclass(frozen=True)
+class RegionParams:
+    """How tiles are grouped into one search area."""
+
+    max_region_km: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.max_region_km * 1000 < TILE_SIZE_M:
+            raise ValueError(
+                f"RegionParams.max_region_km={self.max_region_km} is smaller than one tile "
+                f"({TILE_SIZE_M / 1000} km)"
+            )
+
+    @property
+    def tiles_per_side(self) -> int:
+        return int(self.max_region_km * 1000 // TILE_SIZE_M)
+
+
+@dataclass(frozen=True)
+class Region:
+    id: str
+    epsg: int
+    tiles: tuple[Tile, ...]
+    bbox: Bbox
+    """Lon/lat union of the tiles' footprints."""
+
+
+def group_regions(tiles: Iterable[Tile], params: RegionParams = RegionParams()) -> list[Region]:
+    """Tiles -> regions: blocks of tiles_per_side x tiles_per_side tiles in one zone."""
+    side = params.tiles_per_side
+    blocks: dict[tuple[int, int, int], list[Tile]] = defaultdict(list)
+    for tile in sorted(set(tiles)):
+        blocks[(tile.epsg, tile.col // side, tile.row // side)].append(tile)
+    regions = []
+    for (epsg, bcol, brow), members in sorted(blocks.items()):
+        footprint = shapely.union_all([t.footprint_lonlat() for t in members])
+        regions.append(
+            Region(f"{epsg}_{bcol}_{brow}_{side}", epsg, tuple(members), tuple(footprint.bounds))
+        )
+    return regions
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One paged search; its key identifies the answer in the cache."""
+
+    source: str
+    bbox: Bbox
+    start: datetime
+    end: datetime
+    collection: str
+    query: str = ""
+    """Canonical JSON of the query, '' when none."""
+
+    @property
+    def key(self) -> str:
+        text = json.dumps(
+            [
+                self.source,
+                [round(v, 9) for v in self.bbox],
+                self.start.isoformat(),
+                self.end.isoformat(),
+                self.collection,
+                self.query,
+            ],
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class SearchCache:
+    """Search answers as GeoParquet files under `root`, one per SearchRequest.key."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, request: SearchRequest) -> Path:
+        return self.root / f"search-{request.key}.parquet"
+
+    def get(self, request: SearchRequest) -> list[dict[str, Any]] | None:
+        path = self.path(request)
+        if not path.exists():
+            return None
+        table = gpd.read_parquet(path)
+        return [json.loads(text) for text in table["item"]]
+
+    def put(self, request: SearchRequest, items: Sequence[Mapping[str, Any]]) -> Path:
+        geometries = [
+            shapely.geometry.shape(i["geometry"]) if i.get("geometry") else None for i in items
+        ]
+        table = gpd.GeoDataFrame(
+            {
+                "id": [str(i["id"]) for i in items],
+                "collection": [str(i.get("collection") or "") for i in items],
+                "datetime": [str((i.get("properties") or {}).get("datetime")) for i in items],
+                "item": [json.dumps(i) for i in items],
+            },
+            geometry=gpd.GeoSeries(geometries, crs="EPSG:4326"),
+        )
+        path = self.path(request)
+        tmp = path.with_suffix(".parquet.tmp")
+        table.to_parquet(tmp)
+        os.replace(tmp, path)  # a crash never leaves a half-written answer behind
+        return path
+
+
+@dataclass
+class SearchResult:
+    """What the searches found, normalized, plus what they cost."""
+
+    items: dict[str, list[NormalizedItem]]
+    requests: list[SearchRequest]
+    http_requests: int
+    cache_hits: int
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """(item id, reason) for items that could not be normalized or were unsafe."""
+
+
+def search_tiles(
+    source: ItemSource,
+    tiles: Iterable[Tile],
+    start: datetime,
+    end: datetime,
+    modalities: Sequence[str],
+    *,
+    params: RegionParams = RegionParams(),
+    query: Mapping[str, Query] | None = None,
+    cache: SearchCache | None = None,
+) -> SearchResult:
+    """Search every region once per modality's collection over [start, end].
+
+    `query` maps modality -> STAC query (e.g. {"sentinel2_l2a": {"eo:cloud_cover": {"lt": 60}}}).
+    """
+    regions = group_regions(tiles, params)
+    before = source.counter.requests
+    found: dict[str, list[dict[str, Any]]] = {m: [] for m in modalities}
+    requests: list[SearchRequest] = []
+    hits = 0
+    for modality in modalities:
+        collection = source.collection_for(modality)
+        modality_query = (query or {}).get(modality)
+        for region in regions:
+            request = SearchRequest(
+                source.name,
+                region.bbox,
+                start,
+                end,
+                collection,
+                json.dumps(modality_query, sort_keys=True) if modality_query else "",
+            )
+            requests.append(request)
+            cached = cache.get(request) if cache is not None else None
+            if cached is not None:
+                hits += 1
+                found[modality].extend(cached)
+                continue
+            answer = source.search(region.bbox, start, end, [collection], modality_query)
+            if cache is not None:
+                cache.put(request, answer)
+            found[modality].extend(answer)
+    items, rejected = _normalize_all(found, source)
+    return SearchResult(items, requests, source.counter.requests - before, hits, rejected)
+
+
+def _normalize_all(
+    found: Mapping[str, list[dict[str, Any]]], source: ItemSource
+) -> tuple[dict[str, list[NormalizedItem]], list[tuple[str, str]]]:
+    items: dict[str, list[NormalizedItem]] = {}
+    rejected: list[tuple[str, str]] = []
+    for modality, raw in found.items():
+        items[modality] = []
+        for item in dedupe_items(raw):
+            try:
+                normalized = normalize_item(item, policy=source.href_policy)
+            except (ItemNormalizationError, UnsafeHrefError) as err:
+                rejected.append((str(item.get("id")), str(err)))
+                continue
+            if normalized.modality == modality:
+                items[modality].append(normalized)
+            else:
+                rejected.append((normalized.id, f"is {normalized.modality}, searched {modality}"))
+    return items, rejected

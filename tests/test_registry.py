@@ -1,0 +1,191 @@
+"""Registry invariants the pipeline and model rely on without re-checking."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+from terracube.catalog.registry import (
+    BAND_GROUPS,
+    MODALITIES,
+    OSM_CATEGORIES,
+    TILE_SIZE_M,
+    GeometryKind,
+    TagRule,
+    band_group,
+    modality,
+    modality_of_group,
+    s2_offset_applies,
+)
+
+OSM_NAMES = (
+    "aerialway_pylon",
+    "aerodrome",
+    "airstrip",
+    "amenity_fuel",
+    "building",
+    "chimney",
+    "communications_tower",
+    "crane",
+    "flagpole",
+    "fountain",
+    "generator_wind",
+    "helipad",
+    "highway",
+    "leisure",
+    "lighthouse",
+    "obelisk",
+    "observatory",
+    "parking",
+    "petroleum_well",
+    "power_plant",
+    "power_substation",
+    "power_tower",
+    "river",
+    "runway",
+    "satellite_dish",
+    "silo",
+    "storage_tank",
+    "taxiway",
+    "water_tower",
+    "works",
+)
+
+
+def group_bands(name: str) -> list[str]:
+    return list(band_group(name).band_names)
+
+
+def test_every_band_is_in_exactly_one_group() -> None:
+    for mod in MODALITIES.values():
+        counts = Counter(b.name for g in mod.groups for b in g.bands)
+        assert all(n == 1 for n in counts.values()), (mod.name, counts)
+        assert all(g.modality == mod.name for g in mod.groups)
+    group_names = [g.name for m in MODALITIES.values() for g in m.groups]
+    assert len(group_names) == len(set(group_names)) == len(BAND_GROUPS)
+
+
+def test_group_resolutions_divide_the_tile() -> None:
+    for group in BAND_GROUPS.values():
+        assert TILE_SIZE_M % group.resolution == 0, group.name
+        assert group.pixels * group.resolution == TILE_SIZE_M
+
+
+def test_bands_of_a_group_share_dtype_and_nodata() -> None:
+    for group in BAND_GROUPS.values():
+        assert {b.dtype for b in group.bands} == {group.dtype}, group.name
+        nodata = [b.nodata for b in group.bands]
+        if math.isnan(group.nodata):
+            assert all(math.isnan(v) for v in nodata), group.name
+        else:
+            assert set(nodata) == {group.nodata}, group.name
+
+
+def test_sentinel2_groups_and_bands() -> None:
+    s2 = modality("sentinel2_l2a")
+    assert [(g.name, g.resolution) for g in s2.groups] == [
+        ("s2_10m", 10),
+        ("s2_20m", 20),
+        ("s2_40m", 40),
+    ]
+    assert group_bands("s2_10m") == ["B02", "B03", "B04", "B08"]
+    assert group_bands("s2_20m") == ["B05", "B06", "B07", "B8A", "B11", "B12"]
+    assert group_bands("s2_40m") == ["B01", "B09"]
+    assert len(s2.bands) == 12 and "B10" not in {b.name for b in s2.bands}
+    assert all(b.dtype == "uint16" and b.nodata == 0 for b in s2.bands)
+    assert s2.mask is not None and s2.mask.name == "SCL" and s2.mask.kind == "classes"
+
+
+def test_sentinel1_is_vv_vh_float_db() -> None:
+    s1 = modality("sentinel1")
+    assert [b.name for b in s1.bands] == ["VV", "VH"]
+    assert all(b.dtype == "float32" and math.isnan(b.nodata) for b in s1.bands)
+    assert s1.groups[0].resolution == 10
+
+
+def test_landsat_bands_and_qa_mask() -> None:
+    landsat = modality("landsat_c2l2")
+    assert [b.name for b in landsat.bands] == [f"SR_B{i}" for i in range(1, 8)] + ["ST_B10"]
+    assert [g.resolution for g in landsat.groups] == [20]
+    assert landsat.mask is not None
+    assert (landsat.mask.name, landsat.mask.kind) == ("QA_PIXEL", "bits")
+    # Collection 2 QA_PIXEL bits: 0 fill, 1 dilated cloud, 2 cirrus, 3 cloud, 4 cloud shadow.
+    assert set(landsat.mask.invalid) == {0, 1, 2, 3, 4}
+
+
+def test_worldcover_has_the_eleven_classes() -> None:
+    worldcover = modality("worldcover")
+    assert sorted(worldcover.classes) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100]
+    assert worldcover.classes[95] == "mangroves"
+    assert not worldcover.temporal and not worldcover.encodable
+
+
+def test_osm_categories_are_the_thirty_in_order() -> None:
+    assert tuple(c.name for c in OSM_CATEGORIES) == OSM_NAMES
+    assert group_bands("osm") == list(OSM_NAMES)
+    for category in OSM_CATEGORIES:
+        assert isinstance(category.rule, TagRule) and category.rule.key
+        assert isinstance(category.geometry, GeometryKind)
+    by_name = {c.name: c for c in OSM_CATEGORIES}
+    assert by_name["water_tower"].rule.key == "man_made"
+    assert by_name["highway"].geometry == GeometryKind.LINE
+    assert by_name["building"].geometry == GeometryKind.POLYGON
+    assert not modality("openstreetmap").encodable
+
+
+@pytest.mark.parametrize(
+    ("category", "tags", "matches"),
+    [
+        ("generator_wind", {"power": "generator", "generator:source": "wind"}, True),
+        ("generator_wind", {"power": "generator", "generator:source": "solar"}, False),
+        ("generator_wind", {"power": "generator"}, False),
+        ("generator_wind", {"generator:source": "wind"}, False),
+        ("water_tower", {"man_made": "water_tower"}, True),
+        ("water_tower", {"building": "water_tower"}, False),
+        ("building", {"building": "yes"}, True),
+        ("building", {"building": "house", "amenity": "school"}, True),
+        ("building", {"amenity": "school"}, False),
+        ("highway", {"highway": "residential"}, True),
+        ("highway", {"highway": "footway"}, False),
+        ("river", {"waterway": "river"}, True),
+        ("river", {"waterway": "stream"}, False),
+    ],
+)
+def test_tag_rules_match(category: str, tags: dict[str, str], matches: bool) -> None:
+    rule = {c.name: c.rule for c in OSM_CATEGORIES}[category]
+    assert rule.matches(tags) is matches
+
+
+def test_aliases_are_unique_within_a_modality() -> None:
+    for mod in MODALITIES.values():
+        aliases = [a for b in mod.bands for a in b.aliases]
+        if mod.mask is not None:
+            aliases += list(mod.mask.aliases)
+        duplicates = [a for a, n in Counter(aliases).items() if n > 1]
+        assert not duplicates, (mod.name, duplicates)
+        assert all(b.name in b.aliases for b in mod.bands)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "applies"),
+    [
+        ("04.00", True),
+        ("03.01", False),
+        ("05.11", True),
+        (None, False),
+        ("", False),
+        ("04.01", True),
+        ("02.14", False),
+    ],
+)
+def test_s2_offset_applies(baseline: str | None, applies: bool) -> None:
+    assert s2_offset_applies(baseline) is applies
+
+
+def test_lookups_name_the_valid_choices() -> None:
+    assert modality_of_group("s2_20m").name == "sentinel2_l2a"
+    with pytest.raises(KeyError, match=r"unknown modality 'sentinel3'.*sentinel2_l2a"):
+        modality("sentinel3")
+    with pytest.raises(KeyError, match=r"unknown band group 's2_60m'.*s2_40m"):
+        band_group("s2_60m")

@@ -15,7 +15,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ import shapely
 from terracube.catalog.grid import Tile
 from terracube.catalog.http import UnsafeHrefError
 from terracube.catalog.normalize import ItemNormalizationError, NormalizedItem, normalize_item
+from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import TILE_SIZE_M
 from terracube.catalog.sources import Bbox, ItemSource, Query, dedupe_items
+from terracube.catalog.timescheme import TimeScheme
 
 
 @dataclass(frozen=True)
@@ -210,3 +212,34 @@ def _normalize_all(
             else:
                 rejected.append((normalized.id, f"is {normalized.modality}, searched {modality}"))
     return items, rejected
+
+
+def search_and_plan(
+    source: ItemSource,
+    tiles: Sequence[Tile],
+    scheme: TimeScheme,
+    modalities: Sequence[str],
+    *,
+    region_params: RegionParams = RegionParams(),
+    plan_params: PlanParams | None = None,
+    query: Mapping[str, Query] | None = None,
+    cache: SearchCache | None = None,
+    anchors: Sequence[date] | None = None,
+) -> Plan:
+    """Search once per region x collection over the whole span, then plan (pure)."""
+    spans = [scheme.span(a) for a in (anchors or [scheme.start])]
+    start, end = min(s for s, _ in spans), max(e for _, e in spans)
+    result = search_tiles(
+        source, tiles, start, end, modalities, params=region_params, query=query, cache=cache
+    )
+    plan = make_plan(
+        tiles, scheme, result.items, params=plan_params or PlanParams(), anchors=anchors
+    )
+    plan.search = {
+        "source": source.name,
+        "search_calls": len(result.requests),
+        "http_requests": result.http_requests,
+        "cache_hits": result.cache_hits,
+        "rejected": result.rejected,
+    }
+    return plan

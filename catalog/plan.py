@@ -1,0 +1,241 @@
+"""The plan: which items feed which (sample, modality, period), ranked, as tables.
+
+Pure: items come in already searched and normalized (catalog.search), so the whole
+assignment is testable without a server. Tables:
+
+- samples: one row per sample (tile id, CRS, bounds, centre, period starts, footprint);
+- assignments: one row per candidate (sample, modality, period, rank, item, cloud, coverage);
+- availability: one row per (sample, modality, period) with the candidate count, so
+  "no data" is recorded, not inferred from a missing row;
+- items: every assigned NormalizedItem (hrefs, conversions) for the build stage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import Transformer
+from terracube.catalog.grid import Tile
+from terracube.catalog.normalize import NormalizedItem, item_from_record, item_to_record
+from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.timescheme import TimeScheme
+
+PLAN_FORMAT_VERSION = 1
+STATIC_PERIOD = -1
+"""Period value of rows for static modalities (WorldCover): one answer for all periods."""
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    max_candidates: int = 8
+    """Candidates kept per (sample, modality, period), best first."""
+    min_coverage: float = 1e-6
+    """Items covering less of the tile footprint than this are not candidates."""
+
+    def __post_init__(self) -> None:
+        if self.max_candidates < 1:
+            raise ValueError(f"PlanParams.max_candidates must be >= 1, got {self.max_candidates}")
+
+
+def tile_coverage(geometry_lonlat: shapely.Geometry, tile: Tile) -> float:
+    """Fraction (0-1) of the tile's square covered by a lon/lat footprint, in the tile CRS."""
+    near = shapely.intersection(geometry_lonlat, tile.footprint_lonlat())
+    if near.is_empty:
+        return 0.0
+    to_tile = Transformer.from_crs(4326, tile.epsg, always_xy=True)
+
+    def project(coords: np.ndarray) -> np.ndarray:
+        x, y = to_tile.transform(coords[:, 0], coords[:, 1])
+        return np.column_stack([x, y])
+
+    projected = shapely.transform(near, project)
+    square = shapely.box(*tile.bounds)
+    covered = shapely.intersection(shapely.make_valid(projected), square).area
+    return float(min(1.0, covered / (TILE_SIZE_M * TILE_SIZE_M)))
+
+
+def _cloud_key(item: NormalizedItem) -> float:
+    """Sensors without a cloud cover (S1, WorldCover) rank as clear."""
+    return item.cloud_cover if item.cloud_cover is not None else 0.0
+
+
+def rank_candidates(
+    candidates: Iterable[tuple[NormalizedItem, float]],
+) -> list[tuple[NormalizedItem, float]]:
+    """Lower cloud cover first, then higher coverage, then earlier, then id (deterministic)."""
+    return sorted(candidates, key=lambda c: (_cloud_key(c[0]), -c[1], c[0].datetime, c[0].id))
+
+
+@dataclass
+class Plan:
+    scheme: TimeScheme
+    samples: gpd.GeoDataFrame
+    assignments: pd.DataFrame
+    availability: pd.DataFrame
+    items: dict[str, NormalizedItem]
+    """Keyed by item id."""
+    search: dict[str, Any] = field(default_factory=dict)
+    """What the searches cost (requests, cache hits, rejected items), for the summary."""
+
+    def candidates(self, tile_id: str, modality_name: str, period: int) -> list[NormalizedItem]:
+        rows = self.assignments[
+            (self.assignments.tile_id == tile_id)
+            & (self.assignments.modality == modality_name)
+            & (self.assignments.period == period)
+        ].sort_values("rank")
+        return [self.items[i] for i in rows.item_id]
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_parquet(self, directory: str | Path) -> Path:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.samples.to_parquet(out / "samples.parquet")
+        self.assignments.to_parquet(out / "assignments.parquet", index=False)
+        self.availability.to_parquet(out / "availability.parquet", index=False)
+        records = [item_to_record(i) for i in self.items.values()]
+        items = gpd.GeoDataFrame(
+            {"item_id": [r["id"] for r in records], "record": [json.dumps(r) for r in records]},
+            geometry=gpd.GeoSeries([i.geometry for i in self.items.values()], crs="EPSG:4326"),
+        )
+        items.to_parquet(out / "items.parquet")
+        meta = {
+            "format_version": PLAN_FORMAT_VERSION,
+            "scheme": self.scheme.to_dict(),
+            "search": self.search,
+        }
+        (out / "plan.json").write_text(json.dumps(meta, indent=2, default=str))
+        return out
+
+    @classmethod
+    def read_parquet(cls, directory: str | Path) -> Plan:
+        src = Path(directory)
+        meta_path = src / "plan.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{src} is not a plan directory (no plan.json); write one with Plan.to_parquet"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version") != PLAN_FORMAT_VERSION:
+            raise ValueError(
+                f"plan {src} has format version {meta.get('format_version')}, this code reads "
+                f"{PLAN_FORMAT_VERSION}; re-run the plan"
+            )
+        items_table = gpd.read_parquet(src / "items.parquet")
+        items = {r["id"]: item_from_record(r) for r in map(json.loads, items_table["record"])}
+        return cls(
+            scheme=TimeScheme.from_dict(meta["scheme"]),
+            samples=gpd.read_parquet(src / "samples.parquet"),
+            assignments=pd.read_parquet(src / "assignments.parquet"),
+            availability=pd.read_parquet(src / "availability.parquet"),
+            items=items,
+            search=meta.get("search", {}),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        from terracube.catalog.plan_summary import summarize
+
+        return summarize(self)
+
+
+def _samples_table(
+    tiles: Sequence[Tile], scheme: TimeScheme, anchors: Sequence[date]
+) -> gpd.GeoDataFrame:
+    rows = []
+    for index, (tile, anchor) in enumerate(zip(tiles, anchors, strict=True)):
+        lon, lat = tile.center_lonlat
+        minx, miny, maxx, maxy = tile.bounds
+        rows.append(
+            {
+                "sample_index": index,
+                "tile_id": tile.id,
+                "epsg": tile.epsg,
+                "minx": minx,
+                "miny": miny,
+                "maxx": maxx,
+                "maxy": maxy,
+                "center_lon": lon,
+                "center_lat": lat,
+                "period_starts": [d.isoformat() for d in scheme.period_starts(anchor)[:-1]],
+            }
+        )
+    geometry = gpd.GeoSeries([t.footprint_lonlat() for t in tiles], crs="EPSG:4326")
+    return gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geometry)
+
+
+_ASSIGNMENT_COLUMNS = [
+    "sample_index", "tile_id", "modality", "period", "rank", "item_id", "collection",
+    "datetime", "cloud_cover", "coverage",
+]  # fmt: skip
+
+
+def make_plan(
+    tiles: Sequence[Tile],
+    scheme: TimeScheme,
+    items_by_modality: Mapping[str, Sequence[NormalizedItem]],
+    *,
+    params: PlanParams = PlanParams(),
+    anchors: Sequence[date] | None = None,
+) -> Plan:
+    """Assign items to every (sample, modality, period); one sample per tile, in order."""
+    if anchors is not None and len(anchors) != len(tiles):
+        raise ValueError(
+            f"make_plan: {len(anchors)} anchors for {len(tiles)} tiles; give one per tile"
+        )
+    sample_anchors = list(anchors) if anchors is not None else [scheme.start] * len(tiles)
+    rows: list[dict[str, Any]] = []
+    availability: list[dict[str, Any]] = []
+    used: dict[str, NormalizedItem] = {}
+    for index, (tile, anchor) in enumerate(zip(tiles, sample_anchors, strict=True)):
+        for name, items in items_by_modality.items():
+            covering = [
+                (i, c)
+                for i in items
+                if (c := tile_coverage(i.geometry, tile)) >= params.min_coverage
+            ]
+            temporal = modality(name).temporal
+            periods = (
+                [(p, [(i, c) for i, c in covering if start <= i.datetime < end])
+                 for p, (start, end) in enumerate(scheme.bounds(anchor))]
+                if temporal else [(STATIC_PERIOD, covering)]
+            )  # fmt: skip
+            for period, candidates in periods:
+                ranked = rank_candidates(candidates) if temporal else _best_covering(candidates)
+                kept = ranked[: params.max_candidates]
+                availability.append(
+                    {"sample_index": index, "tile_id": tile.id, "modality": name, "period": period,
+                     "candidates": len(candidates), "has_data": bool(kept)}
+                )  # fmt: skip
+                for rank, (item, coverage) in enumerate(kept):
+                    used[item.id] = item
+                    rows.append(
+                        {"sample_index": index, "tile_id": tile.id, "modality": name, "period": period,
+                         "rank": rank, "item_id": item.id, "collection": item.collection,
+                         "datetime": item.datetime, "cloud_cover": item.cloud_cover, "coverage": coverage}
+                    )  # fmt: skip
+    assignments = pd.DataFrame(rows, columns=_ASSIGNMENT_COLUMNS)
+    return Plan(
+        scheme=scheme,
+        samples=_samples_table(tiles, scheme, sample_anchors),
+        assignments=assignments.astype(
+            {"sample_index": "int64", "period": "int64", "rank": "int64"}
+        ),
+        availability=pd.DataFrame(availability),
+        items=used,
+    )
+
+
+def _best_covering(
+    candidates: Iterable[tuple[NormalizedItem, float]],
+) -> list[tuple[NormalizedItem, float]]:
+    """Static maps: the item covering most of the tile first, newest next, then id."""
+    return sorted(candidates, key=lambda c: (-c[1], -c[0].datetime.timestamp(), c[0].id))

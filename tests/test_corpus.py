@@ -458,3 +458,17 @@ def test_period_fill_is_cf_missing_value(written: tuple[Path, dict[int, SampleDa
     assert raw.fill_value == DAYS_FILL
     assert raw.attrs["units"] == "days since 1970-01-01"
     assert int(raw[0, 0]) == (np.datetime64("2023-01-01") - np.datetime64("1970-01-01")).astype(int)
+
+
+def test_fsspec_url_store_round_trips(tmp_path: Path) -> None:
+    """A non-local URL goes through zarr's FsspecStore (memory:// here, s3:// at scale)."""
+    url = f"memory://{tmp_path.name}/corpus.zarr"
+    corpus = create_corpus(url, 3, N_PERIODS, PER_SHARD, groups=GROUPS)
+    corpus.write_sample(2, make_sample(2))
+    assert validate(url) == []
+    ds = xr.open_zarr(url)
+    np.testing.assert_array_equal(ds["s2_20m"][2].values, make_sample(2).groups["s2_20m"])
+    view = sample_dataset(corpus, 2)
+    assert view["s2_10m"].rio.transform() == Affine(10.0, 0.0, 399_360.0, 0.0, -10.0, 5_002_240.0)
+    with pytest.raises(CorpusError, match="storage_options were given for the local path"):
+        create_corpus(tmp_path / "x.zarr", 3, 3, 2, storage_options={"anon": True})

@@ -9,7 +9,7 @@ covering the zone's whole extent.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 from terracube.workflows.world.config import ZoneGrid, period_of, revisit_dates
 
@@ -94,7 +94,7 @@ def plan_sentinel1(grids: list[ZoneGrid], starts: list[date]) -> list[Scene]:
             ascending = index % 2 == 1
             clock = time(17, 33, 41) if ascending else time(5, 46, 12)
             start = datetime.combine(day, clock, UTC)
-            stop = start.replace(second=start.second + 25)
+            stop = start + timedelta(seconds=25)
             absolute = 41_283 + (day - date(2022, 1, 3)).days * 175 // 12
             datatake = 0x04E84B + (day - date(2022, 1, 3)).days * 97 + grid.epsg % 100
             item_id = (

@@ -1,13 +1,35 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the real-data fixtures dir and the real local services.
+
+Services (tests/services) start once per session on 127.0.0.1 at free ports and are
+stopped in finalizers, also when tests fail. A service whose Debian package is missing
+is skipped locally but fails under CI (CI set), so CI can never go green by skipping.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from tests.services.fault_proxy import FaultProxy, run_fault_proxy
+from tests.services.http_assets import AssetServer, run_asset_server
+from tests.services.postgres_pgstac import PgstacDatabase, run_pgstac_database
+from tests.services.process import ServiceUnavailable
+from tests.services.s3 import S3Store, run_s3_server
+from tests.services.stac_api import StacApi, run_stac_api
+
 FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
 """Real-data fixtures live beside the checkout (CI has shared/ there); never copied in."""
+
+T = TypeVar("T")
+
+
+def running_under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +40,63 @@ def fixtures_dir() -> Path:
             f"real-data fixtures not found at {FIXTURES_DIR}: check out shared/ beside the repo"
         )
     return FIXTURES_DIR
+
+
+def _enter_service(stack: ExitStack, service: Callable[[], AbstractContextManager[T]]) -> T:
+    """Start a service inside `stack`; missing system package -> skip, or fail under CI."""
+    try:
+        return stack.enter_context(service())
+    except ServiceUnavailable as exc:
+        if running_under_ci():
+            pytest.fail(f"required service unavailable under CI: {exc}")
+        pytest.skip(f"service unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pgstac_database() -> Iterator[PgstacDatabase]:
+    """PostgreSQL 15 + PostGIS + migrated pgstac, for the whole session."""
+    with ExitStack() as stack:
+        yield _enter_service(stack, run_pgstac_database)
+
+
+@pytest.fixture(scope="session")
+def stac_api_session(pgstac_database: PgstacDatabase) -> Iterator[StacApi]:
+    """stac-fastapi-pgstac over `pgstac_database`; data loaded by one test stays loaded."""
+    with ExitStack() as stack:
+        yield _enter_service(stack, lambda: run_stac_api(pgstac_database))
+
+
+@pytest.fixture
+def stac_api(stac_api_session: StacApi) -> StacApi:
+    """The session STAC API with its server-side request counts reset for this test."""
+    stac_api_session.reset_request_count()
+    return stac_api_session
+
+
+@pytest.fixture(scope="session")
+def asset_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AssetServer]:
+    with run_asset_server(tmp_path_factory.mktemp("assets")) as server:
+        yield server
+
+
+@pytest.fixture
+def asset_server(asset_server_session: AssetServer) -> Iterator[AssetServer]:
+    """Range-capable HTTP server over a session temp dir (write files into `.root`);
+    counts and scripted faults are cleared before and after each test."""
+    asset_server_session.reset()
+    yield asset_server_session
+    asset_server_session.reset()
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
+    """Factory: `fault_proxy("http://127.0.0.1:PORT")` starts a proxy closed after the test."""
+    with ExitStack() as stack:
+        yield lambda target_url: stack.enter_context(run_fault_proxy(target_url))
+
+
+@pytest.fixture(scope="session")
+def s3_store() -> Iterator[S3Store]:
+    """moto S3 server with a fresh bucket; AWS_* env points at it for the session only."""
+    with ExitStack() as stack:
+        yield _enter_service(stack, run_s3_server)

@@ -421,7 +421,7 @@ def cover(aoi: AoiLike) -> list[Tile]:
     for epsg in _candidate_zones(geometry.bounds):
         region = _zone_region(epsg)
         part = shapely.intersection(geometry, region.box)
-        if part.is_empty or shapely.difference(part, region.foreign_edges).is_empty:
+        if part.is_empty or region.foreign_edges.covers(part):
             continue
         tiles.update(_tiles_meeting(epsg, _project(part, epsg)))
     return sorted(tiles)

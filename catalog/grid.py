@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -417,14 +417,16 @@ def cover(aoi: AoiLike) -> list[Tile]:
     neighbouring zone (e.g. a bbox ending exactly on 6 E) add nothing.
     """
     geometry = aoi_geometry(aoi)
-    tiles: set[Tile] = set()
-    for epsg in _candidate_zones(geometry.bounds):
+    tiles: list[Tile] = []
+    for epsg in sorted(_candidate_zones(geometry.bounds)):
         region = _zone_region(epsg)
         part = shapely.intersection(geometry, region.box)
         if part.is_empty or region.foreign_edges.covers(part):
             continue
-        tiles.update(_tiles_meeting(epsg, _project(part, epsg)))
-    return sorted(tiles)
+        # np.unique sorts (col, row) pairs natively: 10^5 Tiles sort ~10x slower in Python.
+        col_rows = np.unique(_col_rows_meeting(_project(part, epsg)), axis=0)
+        tiles.extend(Tile(epsg, int(c), int(r)) for c, r in col_rows)
+    return tiles
 
 
 def _project(geometry: shapely.Geometry, epsg: int) -> shapely.Geometry:
@@ -438,8 +440,9 @@ def _project(geometry: shapely.Geometry, epsg: int) -> shapely.Geometry:
     return projected if projected.is_valid else shapely.make_valid(projected)
 
 
-def _tiles_meeting(epsg: int, projected: shapely.Geometry) -> Iterable[Tile]:
-    """Grid squares of one zone intersecting a projected geometry, tested vectorised per part."""
+def _col_rows_meeting(projected: shapely.Geometry) -> np.ndarray:
+    """(n, 2) col/row of the grid squares meeting a projected geometry, tested vectorised per part."""
+    found = [np.empty((0, 2), dtype=np.int64)]
     for part in shapely.get_parts(projected):
         minx, miny, maxx, maxy = part.bounds
         cols = np.arange(math.floor(minx / TILE_SIZE_M), math.floor(maxx / TILE_SIZE_M) + 1)
@@ -453,6 +456,5 @@ def _tiles_meeting(epsg: int, projected: shapely.Geometry) -> Iterable[Tile]:
         )
         shapely.prepare(part)
         hits = shapely.intersects(part, boxes)
-        yield from (
-            Tile(epsg, int(c), int(r)) for c, r in zip(col_grid[hits], row_grid[hits], strict=True)
-        )
+        found.append(np.column_stack([col_grid[hits], row_grid[hits]]).astype(np.int64))
+    return np.concatenate(found)

@@ -67,9 +67,17 @@ class TimeScheme:
         return None
 
     def to_dict(self) -> dict[str, object]:
-        return {"start": self.start.isoformat(), "periods": self.periods, "period_days": self.period_days}
+        return {
+            "start": self.start.isoformat(),
+            "periods": self.periods,
+            "period_days": self.period_days,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> TimeScheme:
         days = data.get("period_days")
-        return cls(date.fromisoformat(str(data["start"])), int(data["periods"]), int(days) if days else None)  # type: ignore[arg-type]
+        return cls(
+            date.fromisoformat(str(data["start"])),
+            int(data["periods"]),
+            int(days) if days else None,
+        )  # type: ignore[arg-type]

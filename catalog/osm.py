@@ -1,0 +1,104 @@
+"""OpenStreetMap features for tiles, mapped to the registry's 30 categories.
+
+Features come from a local extract (.osm or .osm.bz2, read by osmnx offline) or from
+Overpass (one query per region polygon, never per tile). Each feature gets one row per
+matching category (TagRule.matches); `features_for_tile` returns the features meeting a
+tile, clipped to it, in the tile's CRS, ready to rasterize.
+
+.osm.pbf is not read: osmnx 2.x parses XML only. Convert with `osmium cat x.osm.pbf -o
+x.osm` (osmium-tool) first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+import shapely
+from terracube.catalog.grid import Tile
+from terracube.catalog.registry import OSM_CATEGORIES
+
+OSM_TAG_QUERY: dict[str, bool | str | list[str]] = {c.rule.key: True for c in OSM_CATEGORIES}
+"""osmnx tag filter fetching every key any category looks at (filtered exactly later)."""
+
+_TAG_KEYS = sorted(
+    {c.rule.key for c in OSM_CATEGORIES} | {k for c in OSM_CATEGORIES for k, _ in c.rule.also}
+)
+
+
+def categories_of(tags: Mapping[str, Any]) -> list[str]:
+    """Names of the registry categories whose TagRule matches these tags."""
+    clean = {
+        k: str(v)
+        for k, v in tags.items()
+        if v is not None and not (isinstance(v, float) and pd.isna(v))
+    }
+    return [c.name for c in OSM_CATEGORIES if c.rule.matches(clean)]
+
+
+def categorize(raw: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """osmnx features -> one row per (feature, category): osm_type, osm_id, category, geometry."""
+    rows: list[dict[str, Any]] = []
+    keys = [k for k in _TAG_KEYS if k in raw.columns]
+    for (element, osm_id), record in zip(raw.index, raw[keys].to_dict("records"), strict=True):
+        for name in categories_of(record):
+            rows.append({"osm_type": element, "osm_id": int(osm_id), "category": name})
+    geometry = [raw.geometry.loc[(r["osm_type"], r["osm_id"])] for r in rows]
+    return gpd.GeoDataFrame(
+        rows, columns=["osm_type", "osm_id", "category"], geometry=geometry, crs="EPSG:4326"
+    )
+
+
+def read_extract(path: str | Path, polygon: shapely.Geometry | None = None) -> gpd.GeoDataFrame:
+    """Categorized features of a local .osm / .osm.bz2 extract (offline)."""
+    import osmnx
+
+    path = Path(path)
+    if path.name.endswith(".pbf"):
+        raise ValueError(
+            f"{path}: osmnx reads OSM XML only, not PBF; convert it first with "
+            f"`osmium cat {path.name} -o {path.name.removesuffix('.pbf')}` (osmium-tool)"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"OSM extract {path} does not exist")
+    raw = osmnx.features_from_xml(path, polygon=polygon, tags=OSM_TAG_QUERY)
+    return categorize(raw)
+
+
+def fetch_overpass(region: shapely.Geometry) -> gpd.GeoDataFrame:
+    """Categorized features inside a lon/lat region polygon, in one Overpass query.
+
+    osmnx settings (ox.settings.overpass_url, requests_timeout, cache_folder) apply.
+    """
+    import osmnx
+
+    return categorize(osmnx.features_from_polygon(region, tags=OSM_TAG_QUERY))
+
+
+class OsmFeatures:
+    """Categorized features of one region, indexed for per-tile queries."""
+
+    def __init__(self, features: gpd.GeoDataFrame) -> None:
+        if features.crs is None or features.crs.to_epsg() != 4326:
+            raise ValueError(
+                f"OsmFeatures wants lon/lat (EPSG:4326) features, got CRS {features.crs}"
+            )
+        self.features = features.reset_index(drop=True)
+
+    @classmethod
+    def from_extract(cls, path: str | Path, polygon: shapely.Geometry | None = None) -> OsmFeatures:
+        return cls(read_extract(path, polygon))
+
+    def features_for_tile(self, tile: Tile) -> gpd.GeoDataFrame:
+        """Features meeting the tile, clipped to its square, in the tile CRS."""
+        hits = self.features.sindex.query(tile.footprint_lonlat(), predicate="intersects")
+        near = self.features.iloc[sorted(hits)].to_crs(tile.crs)
+        square = shapely.box(*tile.bounds)
+        clipped = near.geometry.intersection(square)
+        keep = ~clipped.is_empty
+        out = near.loc[keep].copy()
+        out["geometry"] = clipped[keep]
+        return out.reset_index(drop=True)

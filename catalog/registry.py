@@ -16,6 +16,7 @@ Storage conventions (what the corpus holds):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -130,7 +131,8 @@ class TagRule:
 
     def matches(self, tags: dict[str, str]) -> bool:
         value = tags.get(self.key)
-        if value is None or (self.values and value not in self.values):
+        # OSM mappers write `building=no` to say "not a building".
+        if value is None or value == "no" or (self.values and value not in self.values):
             return False
         return all(tags.get(k) == v for k, v in self.also)
 
@@ -461,10 +463,22 @@ def modality_of_group(group: str) -> Modality:
     return MODALITIES[band_group(group).modality]
 
 
+def parse_processing_baseline(value: str) -> tuple[int, int]:
+    """Read an S2 baseline as written in STAC ("04.00") or in product names ("N0400")."""
+    match = re.fullmatch(r"\s*(?:N(\d{2})(\d{2})|(\d{1,2})\.(\d{1,2}))\s*", value)
+    if not match:
+        raise ValueError(
+            f"unreadable Sentinel-2 processing baseline {value!r}: expected 'MM.mm' "
+            "(s2:processing_baseline, e.g. '04.00') or 'Nxxyy' (product name, e.g. 'N0400')"
+        )
+    major, minor = (g for g in match.groups() if g is not None)
+    return int(major), int(minor)
+
+
 def s2_offset_applies(processing_baseline: str | None) -> bool:
     """True when DN of this S2 L2A baseline carry the +1000 BOA_ADD_OFFSET."""
     if not processing_baseline:
         return False
-    major, _, minor = processing_baseline.partition(".")
-    ref_major, _, ref_minor = S2_OFFSET_BASELINE.partition(".")
-    return (int(major), int(minor or 0)) >= (int(ref_major), int(ref_minor))
+    return parse_processing_baseline(processing_baseline) >= parse_processing_baseline(
+        S2_OFFSET_BASELINE
+    )

@@ -150,6 +150,8 @@ def test_osm_categories_are_the_thirty_in_order() -> None:
         ("highway", {"highway": "footway"}, False),
         ("river", {"waterway": "river"}, True),
         ("river", {"waterway": "stream"}, False),
+        ("building", {"building": "no"}, False),
+        ("leisure", {"leisure": "no"}, False),
     ],
 )
 def test_tag_rules_match(category: str, tags: dict[str, str], matches: bool) -> None:
@@ -177,10 +179,18 @@ def test_aliases_are_unique_within_a_modality() -> None:
         ("", False),
         ("04.01", True),
         ("02.14", False),
+        ("N0400", True),
+        ("N0213", False),
     ],
 )
 def test_s2_offset_applies(baseline: str | None, applies: bool) -> None:
     assert s2_offset_applies(baseline) is applies
+
+
+@pytest.mark.parametrize("bad", ["4", "v04.00", "N04", "04-00"])
+def test_unreadable_baseline_is_named(bad: str) -> None:
+    with pytest.raises(ValueError, match=repr(bad)):
+        s2_offset_applies(bad)
 
 
 def test_lookups_name_the_valid_choices() -> None:

@@ -27,9 +27,18 @@ FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures
 
 T = TypeVar("T")
 
+SERVICE_STARTUP_S: dict[str, float] = {}
+"""Start-up seconds of each service this session started, printed in the summary."""
+
 
 def running_under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SERVICE_STARTUP_S:
+        timings = ", ".join(f"{name} {sec:.1f} s" for name, sec in SERVICE_STARTUP_S.items())
+        terminalreporter.write_line(f"service start-up: {timings}")
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +51,7 @@ def fixtures_dir() -> Path:
     return FIXTURES_DIR
 
 
-def _enter_service(stack: ExitStack, service: Callable[[], AbstractContextManager[T]]) -> T:
+def enter_service(stack: ExitStack, service: Callable[[], AbstractContextManager[T]]) -> T:
     """Start a service inside `stack`; missing system package -> skip, or fail under CI."""
     try:
         return stack.enter_context(service())
@@ -56,14 +65,18 @@ def _enter_service(stack: ExitStack, service: Callable[[], AbstractContextManage
 def pgstac_database() -> Iterator[PgstacDatabase]:
     """PostgreSQL 15 + PostGIS + migrated pgstac, for the whole session."""
     with ExitStack() as stack:
-        yield _enter_service(stack, run_pgstac_database)
+        database = enter_service(stack, run_pgstac_database)
+        SERVICE_STARTUP_S["postgres+pgstac"] = database.startup_s
+        yield database
 
 
 @pytest.fixture(scope="session")
 def stac_api_session(pgstac_database: PgstacDatabase) -> Iterator[StacApi]:
     """stac-fastapi-pgstac over `pgstac_database`; data loaded by one test stays loaded."""
     with ExitStack() as stack:
-        yield _enter_service(stack, lambda: run_stac_api(pgstac_database))
+        api = enter_service(stack, lambda: run_stac_api(pgstac_database))
+        SERVICE_STARTUP_S["stac-fastapi-pgstac"] = api.startup_s
+        yield api
 
 
 @pytest.fixture
@@ -76,6 +89,7 @@ def stac_api(stac_api_session: StacApi) -> StacApi:
 @pytest.fixture(scope="session")
 def asset_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AssetServer]:
     with run_asset_server(tmp_path_factory.mktemp("assets")) as server:
+        SERVICE_STARTUP_S["asset server"] = server.startup_s
         yield server
 
 
@@ -99,4 +113,6 @@ def fault_proxy() -> Iterator[Callable[[str], FaultProxy]]:
 def s3_store() -> Iterator[S3Store]:
     """moto S3 server with a fresh bucket; AWS_* env points at it for the session only."""
     with ExitStack() as stack:
-        yield _enter_service(stack, run_s3_server)
+        store = enter_service(stack, run_s3_server)
+        SERVICE_STARTUP_S["moto S3"] = store.startup_s
+        yield store

@@ -10,8 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,11 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from shapely.geometry import box, shape
 
+from tests.conftest import enter_service
 from tests.services.fault_proxy import FaultProxy
 from tests.services.faults import Fault, FaultScript
 from tests.services.http_assets import AssetServer, RangeNotSatisfiable, parse_byte_ranges
+from tests.services.process import ServiceUnavailable, require_executable, spawn, wait_until
 from tests.services.s3 import S3Store, patched_environ
 from tests.services.stac_api import StacApi, synthesize_collections
 
@@ -553,3 +557,44 @@ def test_patched_environ_restores_previous_values(monkeypatch: pytest.MonkeyPatc
     assert os.environ["TERRACUBE_KEEP"] == "old"
     assert "TERRACUBE_NEW" not in os.environ
     assert "HOME" in os.environ
+
+
+# ------------------------------------------------------------------ process hygiene (pure)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")  # a zombie awaiting its (new) parent's reaping is dead
+
+
+def test_managed_process_stop_kills_the_whole_group(tmp_path: Path) -> None:
+    script = "trap '' TERM; sleep 300 & echo $! > child.pid; wait"
+    process = spawn("stubborn", ["sh", "-c", script], tmp_path / "log", cwd=tmp_path)
+    pid_file = tmp_path / "child.pid"
+    wait_until(process, lambda: pid_file.exists() and pid_file.read_text().strip() != "", 10, "")
+    child = int(pid_file.read_text())
+    process.stop(timeout_s=0.5)  # the leader ignores SIGTERM: the group kill must do it
+    assert process.popen.returncode is not None
+    deadline_polls = 200
+    while not _pid_gone(child) and deadline_polls:
+        deadline_polls -= 1
+        time.sleep(0.05)
+    assert _pid_gone(child)
+
+
+def test_missing_package_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ServiceUnavailable, match="apt-get install no-such-package"):
+        require_executable("/nonexistent/bin/tool", "no-such-package")
+
+    def missing() -> AbstractContextManager[None]:
+        raise ServiceUnavailable("tool not found: install the Debian package 'x'")
+
+    monkeypatch.delenv("CI", raising=False)
+    with ExitStack() as stack, pytest.raises(pytest.skip.Exception, match="install the Debian"):
+        enter_service(stack, missing)
+    monkeypatch.setenv("CI", "true")
+    with ExitStack() as stack, pytest.raises(pytest.fail.Exception, match="under CI"):
+        enter_service(stack, missing)

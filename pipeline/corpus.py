@@ -16,21 +16,26 @@ import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
 import zarr
-from terracube.catalog.registry import MODALITIES, band_group
+from terracube.catalog.registry import band_group
+from terracube.pipeline.corpus_sample import (
+    STRING_DTYPE,
+    SampleData,
+    check_sample,
+    epsg_is_known,
+    sample_rows,
+)
 from terracube.pipeline.corpus_schema import (
     DAYS_FILL,
-    FORMAT_VERSION,
     SUPPORTED_FORMAT_VERSIONS,
     ArraySpec,
     CorpusCodecs,
+    CorpusError,
     CorpusParams,
     InnerChunking,
     SampleState,
@@ -51,14 +56,10 @@ __all__ = [
     "SampleData",
     "SampleState",
     "create_corpus",
+    "epsg_is_known",
     "open_store",
+    "sample_rows",
 ]
-
-STRING_DTYPE = np.dtypes.StringDType()
-
-
-class CorpusError(ValueError):
-    """A corpus cannot be created, opened or written as asked; the message says why and how to fix."""
 
 
 # --------------------------------------------------------------------------- stores
@@ -110,163 +111,6 @@ def shard_lock(root: Path | None, shard: int) -> Iterator[None]:
             yield
         finally:
             fcntl.lockf(fh, fcntl.LOCK_UN, 1, shard)
-
-
-# --------------------------------------------------------------------------- samples
-
-
-@dataclass(frozen=True)
-class SampleData:
-    """Everything the build writes for one sample, in storage dtypes.
-
-    `groups` holds (T, B, H, W) for temporal and (B, H, W) for static groups.
-    A modality in `states` as DONE must supply all its groups; groups left out
-    are stored as nodata. Modalities absent from `states` stay PENDING.
-    """
-
-    tile_id: str
-    epsg: int
-    x0: float
-    y0: float
-    center_lon: float
-    center_lat: float
-    period_starts: np.ndarray
-    groups: dict[str, np.ndarray] = field(default_factory=dict)
-    valid_fraction: dict[str, np.ndarray] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    states: dict[str, SampleState] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
-@lru_cache(maxsize=256)
-def _epsg_is_known(epsg: int) -> bool:
-    from pyproj import CRS
-    from pyproj.exceptions import CRSError
-
-    try:
-        CRS.from_epsg(epsg)
-    except CRSError:
-        return False
-    return True
-
-
-def _check_sample(s: SampleData, p: CorpusParams, label: str) -> None:
-    """Raise CorpusError naming the field and the expected shape/dtype; never touches the store."""
-    if not s.tile_id:
-        raise CorpusError(f"{label}: tile_id is empty; pass the grid tile id")
-    if not isinstance(s.epsg, int | np.integer) or not _epsg_is_known(int(s.epsg)):
-        raise CorpusError(f"{label}: epsg={s.epsg!r} is not a known EPSG code (e.g. 32631)")
-    for name in ("x0", "y0", "center_lon", "center_lat"):
-        if not np.isfinite(getattr(s, name)):
-            raise CorpusError(f"{label}: {name}={getattr(s, name)!r} must be a finite number")
-    starts = np.asarray(s.period_starts)
-    if starts.shape != (p.n_periods,) or not np.issubdtype(starts.dtype, np.datetime64):
-        raise CorpusError(
-            f"{label}: period_starts must be datetime64[D] of shape ({p.n_periods},), "
-            f"got {starts.dtype} {starts.shape}"
-        )
-    if np.isnat(starts).any():
-        raise CorpusError(f"{label}: period_starts contains NaT; every period needs a start date")
-    for m in (*s.states, *s.errors):
-        if m not in p.modalities:
-            raise CorpusError(
-                f"{label}: modality {m!r} is not in this corpus ({', '.join(p.modalities)})"
-            )
-    for m, state in s.states.items():
-        if not isinstance(state, SampleState):
-            raise CorpusError(f"{label}: state of {m!r} is {state!r}; use a SampleState member")
-        if state is SampleState.DONE:
-            missing = [
-                g.name
-                for g in MODALITIES[m].groups
-                if g.name in p.groups and g.name not in s.groups
-            ]
-            if missing:
-                raise CorpusError(f"{label}: {m} is DONE but groups {missing} are missing")
-    for name in (*s.groups, *s.valid_fraction, *s.provenance):
-        if name not in p.groups:
-            raise CorpusError(
-                f"{label}: band group {name!r} is not in this corpus ({', '.join(p.groups)})"
-            )
-    for name, data in s.groups.items():
-        g = band_group(name)
-        t = (p.n_periods,) if is_temporal(g) else ()
-        want = (*t, len(g.bands), g.pixels, g.pixels)
-        arr = np.asarray(data)
-        if arr.shape != want or arr.dtype != np.dtype(g.dtype):
-            raise CorpusError(
-                f"{label}: group {name!r} must be {g.dtype} of shape {want} "
-                f"(time, band, y, x at {g.resolution} m), got {arr.dtype} {arr.shape}"
-            )
-    for name, vf in s.valid_fraction.items():
-        t = (p.n_periods,) if is_temporal(band_group(name)) else ()
-        arr = np.asarray(vf, dtype=np.float64)
-        if arr.shape != t or not np.all((arr >= 0) & (arr <= 1)):
-            raise CorpusError(
-                f"{label}: valid_fraction[{name!r}] must be in [0, 1] with shape {t}, got {arr!r}"
-            )
-    for name, prov in s.provenance.items():
-        temporal = is_temporal(band_group(name))
-        ok = isinstance(prov, list | tuple)
-        if ok and temporal:
-            ok = len(prov) == p.n_periods and all(
-                isinstance(ids, list | tuple) and all(isinstance(i, str) for i in ids)
-                for ids in prov
-            )
-        elif ok:
-            ok = all(isinstance(i, str) for i in prov)
-        if not ok:
-            shape = (
-                f"a list of {p.n_periods} lists of item ids" if temporal else "a list of item ids"
-            )
-            raise CorpusError(f"{label}: provenance[{name!r}] must be {shape}")
-
-
-def sample_rows(s: SampleData | None, specs: Sequence[ArraySpec]) -> dict[str, np.ndarray]:
-    """One sample's row of every per-sample array (fill values for None = pending)."""
-    rows: dict[str, np.ndarray] = {}
-    for spec in specs:
-        if spec.role == "coord":
-            continue
-        row_shape = spec.shape[1:]
-        dtype = STRING_DTYPE if spec.dtype == "string" else np.dtype(spec.dtype)
-        row = np.full(row_shape, spec.fill_value, dtype=dtype)
-        if s is not None:
-            _fill_row(row, spec.name, s)
-        rows[spec.name] = row
-    return rows
-
-
-def _fill_row(row: np.ndarray, name: str, s: SampleData) -> None:
-    index = {
-        "tile_id": s.tile_id,
-        "epsg": s.epsg,
-        "x0": s.x0,
-        "y0": s.y0,
-        "center_lon": s.center_lon,
-        "center_lat": s.center_lat,
-    }
-    if name in index:
-        row[...] = index[name]
-    elif name == "period_start":
-        row[...] = np.asarray(s.period_starts).astype("datetime64[D]").astype(np.int64)
-    elif name in s.groups:
-        row[...] = s.groups[name]
-    elif (
-        name.endswith("_valid_fraction")
-        and name.removesuffix("_valid_fraction") in s.valid_fraction
-    ):
-        row[...] = s.valid_fraction[name.removesuffix("_valid_fraction")]
-    elif name.endswith("_provenance") and name.removesuffix("_provenance") in s.provenance:
-        prov = s.provenance[name.removesuffix("_provenance")]
-        if row.ndim:
-            row[...] = [json.dumps(list(ids)) for ids in prov]
-        else:
-            row[...] = json.dumps(list(prov))
-    elif name.endswith("_state") and name.removesuffix("_state") in s.states:
-        row[...] = int(s.states[name.removesuffix("_state")])
-    elif name.endswith("_error") and name.removesuffix("_error") in s.errors:
-        row[...] = s.errors[name.removesuffix("_error")]
 
 
 # --------------------------------------------------------------------------- corpus
@@ -395,7 +239,7 @@ class Corpus:
 
     @property
     def format_version(self) -> int:
-        return FORMAT_VERSION
+        return int(self.group.attrs["terracube_format_version"])
 
     @property
     def n_samples(self) -> int:
@@ -447,7 +291,7 @@ class Corpus:
             )
         for i, s in zip(span, samples, strict=True):
             if s is not None:
-                _check_sample(s, self.params, f"sample {i}")
+                check_sample(s, self.params, f"sample {i}")
         rows = [sample_rows(s, self.specs) for s in samples]
         blocks = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
         with shard_lock(self._root, shard_index):
@@ -458,7 +302,7 @@ class Corpus:
     def write_sample(self, index: int, sample: SampleData) -> None:
         """Replace one sample (read-modify-write of its shard under the shard lock)."""
         self._check_index(index)
-        _check_sample(sample, self.params, f"sample {index}")
+        check_sample(sample, self.params, f"sample {index}")
         rows = sample_rows(sample, self.specs)
         with shard_lock(self._root, self.shard_of(index)):
             for spec in self.specs:

@@ -21,7 +21,7 @@ from terracube.pipeline.corpus_schema import (
     PROJ_CONVENTION,
     SAMPLE_DIM,
     SPATIAL_CONVENTION,
-    _res_label,
+    resolution_label,
     spatial_dims,
 )
 
@@ -78,7 +78,7 @@ def _crs_attrs(epsg: int) -> dict[str, Any]:
 
 def grid_mapping_name(resolution: float) -> str:
     """One CF grid-mapping variable per resolution: a GeoTransform fits one pixel size only."""
-    return f"spatial_ref_{_res_label(resolution)}"
+    return f"spatial_ref_{resolution_label(resolution)}"
 
 
 def sample_dataset(source: CorpusLike, index: int) -> xr.Dataset:

@@ -54,6 +54,10 @@ PROJ_CONVENTION = {
 }
 
 
+class CorpusError(ValueError):
+    """A corpus cannot be created, opened or written as asked; the message says why and how to fix."""
+
+
 class SampleState(IntEnum):
     """Per (sample, modality) build state; PENDING is the fill so unwritten reads as pending."""
 
@@ -163,7 +167,7 @@ def is_temporal(group: BandGroup) -> bool:
 
 def spatial_dims(group: BandGroup) -> tuple[str, str]:
     """Distinct y/x dim names per resolution (y10/x10, y20/x20...) so xarray can open the store."""
-    res = _res_label(group.resolution)
+    res = resolution_label(group.resolution)
     return f"y{res}", f"x{res}"
 
 
@@ -171,7 +175,7 @@ def band_dim(group: BandGroup) -> str:
     return f"band_{group.name}"
 
 
-def _res_label(resolution: float) -> str:
+def resolution_label(resolution: float) -> str:
     return (
         str(int(resolution))
         if float(resolution).is_integer()

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import zarr
 from terracube.catalog.registry import band_group
-from terracube.pipeline.corpus import Corpus, _epsg_is_known, open_store
+from terracube.pipeline.corpus import Corpus, epsg_is_known, open_store
 from terracube.pipeline.corpus_schema import (
     DAYS_FILL,
     SUPPORTED_FORMAT_VERSIONS,
@@ -205,7 +205,7 @@ def _check_index_row(values: dict[str, np.ndarray], sample: int, i: int) -> list
     found: list[Problem] = []
     if "tile_id" in values and not str(values["tile_id"][i]):
         found.append(Problem("tile_id", f"sample {sample} is written but has an empty tile_id"))
-    if "epsg" in values and not _epsg_is_known(int(values["epsg"][i])):
+    if "epsg" in values and not epsg_is_known(int(values["epsg"][i])):
         found.append(
             Problem(
                 "epsg",

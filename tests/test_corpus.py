@@ -9,7 +9,9 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -303,7 +305,7 @@ def test_failed_and_empty_states_keep_their_reason(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def _edit_root_attrs(path: Path, edit) -> None:
+def _edit_root_attrs(path: Path, edit: Callable[[dict[str, Any]], object]) -> None:
     """Edit the root attributes by hand, in zarr.json and its consolidated copy."""
     meta_path = path / "zarr.json"
     meta = json.loads(meta_path.read_text())
@@ -377,7 +379,7 @@ CONCURRENT_GROUPS = ("s2_40m", "worldcover")
 CONCURRENT_SAMPLES = 16
 
 
-def _write_in_child(path: str, indices: list[int], barrier) -> None:
+def _write_in_child(path: str, indices: list[int], barrier: Any) -> None:
     corpus = Corpus.open(path, writable=True)
     samples = {i: make_sample(i, groups=CONCURRENT_GROUPS) for i in indices}
     barrier.wait(timeout=120)  # both processes start writing together

@@ -303,9 +303,16 @@ def test_fault_proxy_forwards_and_injects(
         503
     ] * 4
 
+    # A faulted POST's body is consumed, so the kept-alive connection stays in sync.
+    proxy.faults.add("/p.bin", Fault.error(500))
+    with requests.Session() as session:
+        faulted = session.post(f"{proxy.url}/p.bin", data=b"x" * 5000, timeout=10)
+        assert faulted.status_code == 500
+        assert session.get(f"{proxy.url}/p.bin", timeout=10).content == data
+
     # Faulted requests never reached the upstream server.
-    assert proxy.stats("/p.bin").requests == 5
-    assert asset_server.stats("p.bin").requests == 3
+    assert proxy.stats("/p.bin").requests == 7
+    assert asset_server.stats("p.bin").requests == 4
     assert asset_server.stats("down").requests == 0
 
 

@@ -41,8 +41,7 @@ class _ProxyHandler(FaultingHandler):
         fault = self.begin_request()
         if self.answered:
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else None
+        body = self.request_body or None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         connection = http.client.HTTPConnection(
             self.server.target_host, self.server.target_port, timeout=self.server.timeout_s

@@ -96,9 +96,13 @@ class FaultingHandler(BaseHTTPRequestHandler):
 
         Returns the fault when the caller must still serve the real response with it
         (truncation, or pure delay), None when there is no fault or it was fully answered
-        (`self.answered` is then True).
+        (`self.answered` is then True). The request body is in `self.request_body`.
         """
         self.answered = False
+        # Read the body first, always: a fault answered without consuming it would leave
+        # the bytes on a keep-alive connection, to be parsed as the next request.
+        length = int(self.headers.get("Content-Length") or 0)
+        self.request_body = self.rfile.read(length) if length > 0 else b""
         self.server.request_log.record_request(self.url_path, self.command)
         fault = self.server.faults.next_fault(self.url_path)
         if fault is None:

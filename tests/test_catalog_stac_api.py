@@ -20,11 +20,6 @@ from tests.services.stac_api import synthesize_collections
 pytestmark = pytest.mark.services
 
 PC_S2 = "pystac-client/items/planetary-computer_sentinel-2-l2a_2019-01-01T000001-000010_page1.json"
-PROXY_BODY_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="tests/services fault proxy answers a scripted fault without reading the POST body, "
-    "so the next request on that keep-alive connection arrives corrupted (HTTP 400)",
-)
 DAY = (datetime(2019, 1, 1, tzinfo=UTC), datetime(2019, 1, 1, 23, 59, tzinfo=UTC))
 BBOX = (150.0, 40.0, 180.0, 80.0)
 
@@ -54,7 +49,6 @@ def test_paged_search_returns_every_item(loaded) -> None:
     assert source.counter.requests == 4 + source.counter.by_endpoint[f"{api.url}/"]
 
 
-@PROXY_BODY_BUG
 def test_500_then_429_then_success(loaded, fault_proxy) -> None:
     api, ids = loaded
     proxy = fault_proxy(api.url)
@@ -65,7 +59,6 @@ def test_500_then_429_then_success(loaded, fault_proxy) -> None:
     assert source.counter.retries == 2
 
 
-@PROXY_BODY_BUG
 def test_never_recovering_search_names_the_endpoint(loaded, fault_proxy) -> None:
     api, _ = loaded
     proxy = fault_proxy(api.url)

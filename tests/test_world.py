@@ -92,7 +92,7 @@ def _hashes(root: Path) -> dict[str, str]:
 def test_same_seed_gives_identical_bytes(world: WorldManifest, tmp_path: Path) -> None:
     again = generate_world(tmp_path / "again", seed=0, size="test")
     first, second = _hashes(world.root), _hashes(again.root)
-    assert len(first) > 700
+    assert len(first) >= 790
     assert first.keys() == second.keys()
     differing = [k for k in first if first[k] != second[k]]
     assert differing == []
@@ -153,15 +153,18 @@ def test_items_round_trip_and_match_their_cogs(world: WorldManifest) -> None:
                 assert list(src.shape) == asset.extra_fields["proj:shape"], key
                 assert src.dtypes[0] == band["data_type"], key
                 assert src.nodata == band["nodata"], key
-                assert src.profile["tiled"] and src.block_shapes[0] == (256, 256), key
-                assert src.compression.name.lower() == "deflate"
+                # LAYOUT=COG is GDAL's own check of a valid COG (tiled, overviews first);
+                # rasterio's profile["tiled"] reads False when the image is one block wide.
+                structure = src.tags(ns="IMAGE_STRUCTURE")
+                assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "DEFLATE"
+                assert src.block_shapes[0] == (256, 256), key
                 if max(src.shape) > 256:
                     assert src.overviews(1), f"{item.id}/{key} has no overviews"
                 # every raster origin sits on the 120 m block lattice
                 assert src.transform.c % BLOCK_M == 0 and src.transform.f % BLOCK_M == 0
             seen += 1
     assert seen == sum(len(item["assets"]) for c in world.item_ids for item in _items(world, c))
-    assert seen > 700
+    assert seen >= 700
 
 
 def test_s2_item_metadata_follows_earth_search(world: WorldManifest) -> None:
@@ -184,7 +187,7 @@ def test_s2_item_metadata_follows_earth_search(world: WorldManifest) -> None:
         assert props["constellation"] == "sentinel-2"
     assert baselines.count("03.01") == len(baselines) // 2
     covers = [i["properties"]["eo:cloud_cover"] for i in items]
-    assert min(covers) == 0.0 and max(c for c in covers if c < 100) <= 60.0
+    assert min(covers) == 0.0 and 20.0 < max(c for c in covers if c < 100) <= 60.0
 
 
 def test_s1_and_landsat_metadata(world: WorldManifest) -> None:
@@ -248,7 +251,8 @@ def test_stackstac_loads_the_declared_geometry(world: WorldManifest) -> None:
         resampling=Resampling.nearest,
     ).compute(scheduler="synchronous")
     assert stack.shape == (2, 2, 256, 256)
-    assert float(stack.x[0]) == tile.bounds[0] + 5 and float(stack.y[0]) == tile.bounds[3] - 5
+    # stackstac 0.5.1 labels pixels by their top-left corner by default (xy_coords="topleft")
+    assert float(stack.x[0]) == tile.bounds[0] and float(stack.y[0]) == tile.bounds[3]
     for t, item in enumerate(items):
         for b, key in enumerate(["red", "nir"]):
             expected = _read_tile(item["assets"][key]["href"], tile, 10)

@@ -23,7 +23,9 @@ SKY_NAMES = {
 }
 """Block sky codes (truth/masks_*.npy); only CLEAR is a valid observation."""
 
-MAX_CLOUD_SHARE = 0.6
+MAX_CLOUD_SHARE = 0.52
+MAX_CIRRUS_SHARE = 0.08
+"""Cloud plus cirrus stay within 60 % of a scene (all-cloud scenes aside)."""
 
 
 @dataclass(frozen=True)
@@ -38,11 +40,11 @@ class SkyParams:
 
 
 def draw_sky_params(rng: np.random.Generator, all_cloud: bool, dilate: bool) -> SkyParams:
-    """A quarter of scenes are clear; the rest 0-60 % cloud with a little cirrus."""
+    """A quarter of scenes are clear; the rest 2-52 % cloud plus up to 8 % cirrus."""
     clear = rng.random() < 0.25
     return SkyParams(
         cloud_share=0.0 if clear else float(rng.uniform(0.02, MAX_CLOUD_SHARE)),
-        cirrus_share=0.0 if clear else float(rng.uniform(0.0, 0.08)),
+        cirrus_share=0.0 if clear else float(rng.uniform(0.0, MAX_CIRRUS_SHARE)),
         shadow_shift=(int(rng.integers(2, 5)), int(rng.integers(-4, 5))),
         all_cloud=all_cloud,
         dilate=dilate,

@@ -1,0 +1,393 @@
+"""The streaming loader against a small structured corpus written with the Corpus API."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
+from terracube.model.batch import validate_batch
+from terracube.model.groups import decode_only_groups
+from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.loader_plan import (
+    BatchPlan,
+    LoaderParams,
+    Slot,
+    TokenShape,
+    buffer_shuffle,
+    draw_geometry,
+    round_robin,
+)
+from terracube.model.normalize_stats import (
+    STATS_ATTR,
+    compute_stats,
+    group_normalizer,
+    stats_command,
+)
+from terracube.pipeline.corpus import Corpus
+from torch.utils.data import DataLoader
+
+from tests.loader_corpus import (
+    MISSING_PERIOD,
+    N_SAMPLES,
+    NOTHING_DONE,
+    S1_EMPTY,
+    sample_data,
+    write_loader_corpus,
+)
+
+ELIGIBLE = sorted(set(range(N_SAMPLES)) - {NOTHING_DONE})
+SMALL = LoaderParams(batch_size=2, crop_sizes=(16, 32), patch_sizes=(4, 8), token_budget=1200)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def corpus_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("loader") / "corpus.zarr"
+    write_loader_corpus(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def stats_path(corpus_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("stats") / "corpus.zarr"
+    shutil.copytree(corpus_path, path)
+    stats_command(path)
+    return path
+
+
+def _identity(item: LoaderItem) -> LoaderItem:
+    return item
+
+
+# --------------------------------------------------------------------------- split
+
+
+def test_every_sample_once_per_epoch_across_two_ranks_of_two_workers(corpus_path: Path) -> None:
+    seen: Counter[int] = Counter()
+    for rank in range(2):
+        dataset = CorpusStream(corpus_path, SMALL, rank=rank, world_size=2)
+        loader = DataLoader(dataset, batch_size=None, num_workers=2, collate_fn=_identity)
+        for item in loader:
+            seen.update(item.samples)
+            assert len(item.samples) == item.batch.batch_size
+    assert sorted(seen) == ELIGIBLE  # 6 shards over 4 slots; the nothing-done sample skipped
+    assert set(seen.values()) == {1}
+
+
+def test_equalize_gives_every_rank_the_same_batch_count_and_no_repeats(
+    corpus_path: Path,
+) -> None:
+    params = LoaderParams(**{**SMALL.__dict__, "equalize": True, "drop_last": True})
+    counts, seen = [], Counter()
+    for rank in range(3):
+        dataset = CorpusStream(corpus_path, params, rank=rank, world_size=3)
+        items = list(dataset.iter_plans(dataset.plans(0, 0, 1)))
+        counts.append(len(items))
+        assert dataset.batches_in_epoch(0, 1) == len(items)
+        for item in items:
+            assert len(item.samples) == params.batch_size
+            seen.update(item.samples)
+    assert len(set(counts)) == 1 and counts[0] >= 1
+    assert set(seen.values()) == {1} and set(seen) <= set(ELIGIBLE)
+
+
+def test_round_robin_matches_a_dataloader_skipping_exhausted_workers() -> None:
+    assert round_robin([2, 1, 3]) == [(0, 0), (1, 0), (2, 0), (0, 1), (2, 1), (2, 2)]
+    assert round_robin([2, 1, 3], limit=4) == [(0, 0), (1, 0), (2, 0), (0, 1)]
+
+
+def test_buffer_shuffle_is_a_permutation_that_never_runs_ahead_of_the_buffer() -> None:
+    shards = [list(range(k * 4, k * 4 + 4)) for k in range(5)]
+    out = buffer_shuffle(shards, 3, np.random.default_rng(1))
+    assert sorted(out) == list(range(20))
+    for position, sample in enumerate(out):
+        assert sample <= position + 3  # only samples already read can be emitted
+    assert out != list(range(20))
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def test_geometry_respects_the_token_budget_and_shrinks_time_for_big_crops() -> None:
+    shape = TokenShape(temporal_groups=5, static_groups=2, n_periods=12)
+    params = LoaderParams(crop_sizes=(32, 64, 128), patch_sizes=(4, 8), token_budget=2048)
+    by_crop: dict[tuple[int, int], set[int]] = {}
+    for j in range(300):
+        geo = draw_geometry(params, shape, 0, j)
+        assert geo.crop % geo.patch == 0
+        assert shape.tokens(geo.crop, geo.patch, geo.timesteps) <= params.token_budget
+        # as many timesteps as fit: one more would break the budget (or exceed the periods)
+        assert (
+            geo.timesteps == 12
+            or shape.tokens(geo.crop, geo.patch, geo.timesteps + 1) > params.token_budget
+        )
+        by_crop.setdefault((geo.crop, geo.patch), set()).add(geo.timesteps)
+    assert by_crop[(32, 8)] == {12}
+    assert by_crop[(64, 8)] == {6}  # 64 tokens/group: (2048 // 64 - 2) // 5
+    assert by_crop[(128, 8)] == {1}
+    assert (128, 4) not in by_crop  # 1024 tokens x 7 groups cannot fit
+
+
+def test_batches_from_the_store_stay_under_the_budget(corpus_path: Path) -> None:
+    dataset = CorpusStream(corpus_path, SMALL)
+    for item in dataset:
+        b = item.batch
+        validate_batch(b)
+        h, w = b.grid
+        tokens = sum(b.data[g].shape[1] * h * w for g in b.groups)
+        assert tokens <= SMALL.token_budget
+
+
+def test_a_budget_that_fits_nothing_names_the_setting(corpus_path: Path) -> None:
+    params = LoaderParams(crop_sizes=(64,), patch_sizes=(4,), token_budget=100)
+    with pytest.raises(ValueError, match="token_budget=100"):
+        CorpusStream(corpus_path, params)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LoaderParams(crop_sizes=(30,))
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _expected(plan: BatchPlan, b: int, group: str, stats: dict | None):
+    """What the loader must give for sample b of `plan`: recomputed from the fixture."""
+    sample = plan.samples[b]
+    g = BAND_GROUPS[group]
+    temporal = MODALITIES[g.modality].temporal
+    record = sample_data(sample)
+    assert record is not None
+    raw = record.groups.get(group)
+    f = int(g.resolution // 10)
+    t0, t = plan.starts[b], plan.geometry.timesteps
+    side = plan.geometry.crop // f
+    y, x = plan.offsets[b][0] // f, plan.offsets[b][1] // f
+    n_t = t if temporal else 1
+    if raw is None:  # modality not done
+        return None, np.zeros((n_t, plan.geometry.crop, plan.geometry.crop), bool)
+    if not temporal:
+        raw = raw[None]
+        fraction = np.array([record.valid_fraction[group]])
+    else:
+        raw = raw[t0 : t0 + t]
+        fraction = record.valid_fraction[group][t0 : t0 + t]
+    raw = raw[:, :, y : y + side, x : x + side]
+    nodata = g.nodata
+    bad = np.isnan(raw) if np.isnan(nodata) else raw == nodata
+    ok = ~bad.any(axis=1) & (fraction > 0)[:, None, None]
+    norm = g.bands[0].normalization
+    if norm.kind == "onehot":
+        codes = sorted(WORLDCOVER_CLASSES)
+        chans = np.stack([raw[:, 0] == c for c in codes], axis=1).astype(np.float32)
+    else:
+        mean = np.array([bd.normalization.mean for bd in g.bands])
+        std = np.array([bd.normalization.std for bd in g.bands])
+        if norm.kind == "standard" and stats is not None:
+            mean = np.array(stats["groups"][group]["mean"])
+            std = np.array(stats["groups"][group]["std"])
+        chans = (raw.astype(np.float64) - mean[:, None, None]) / std[:, None, None]
+    chans = np.where(ok[:, None], chans, 0.0)
+    chans = chans.repeat(f, axis=-2).repeat(f, axis=-1)
+    ok = ok.repeat(f, axis=-2).repeat(f, axis=-1)
+    return chans, ok
+
+
+@pytest.mark.parametrize("with_stats", [False, True])
+def test_batch_values_are_the_cropped_normalised_upsampled_store(
+    corpus_path: Path, stats_path: Path, with_stats: bool
+) -> None:
+    path = stats_path if with_stats else corpus_path
+    stats = Corpus.open(path).group.attrs.get(STATS_ATTR) if with_stats else None
+    dataset = CorpusStream(path, SMALL)
+    plans = dataset.plans(0, 0, 1)
+    checked_missing = set()
+    for plan, item in zip(plans, dataset.iter_plans(plans), strict=True):
+        assert item.samples == plan.samples
+        for b, sample in enumerate(plan.samples):
+            for group in dataset.groups:
+                chans, ok = _expected(plan, b, group, stats)
+                got_valid = item.batch.valid[group][b].numpy()
+                np.testing.assert_array_equal(got_valid, ok, err_msg=f"{group} sample {sample}")
+                got = item.batch.data[group][b].numpy()
+                if chans is None:
+                    assert not got.any()
+                    checked_missing.add(group)
+                else:
+                    np.testing.assert_allclose(got, chans, rtol=1e-5, atol=1e-5)
+            months = item.batch.months[b].numpy()
+            starts = sample_data(sample).period_starts[plan.starts[b] :][: len(months)]
+            assert list(months) == [int(str(d)[5:7]) - 1 for d in starts]
+    assert checked_missing >= {"landsat", "s1"}  # pending everywhere, empty for S1_EMPTY
+    assert S1_EMPTY in {s for p in plans for s in p.samples}
+
+
+def test_missing_timestep_masks_the_period(corpus_path: Path) -> None:
+    dataset = CorpusStream(corpus_path, SMALL)
+    sample, period = MISSING_PERIOD
+    for item in dataset:
+        if sample in item.samples:
+            b = item.samples.index(sample)
+            plan = next(p for p in dataset.plans(0, 0, 1) if p.index == item.index)
+            t = period - plan.starts[b]
+            for group in ("s2_10m", "s2_20m", "s2_40m"):
+                valid = item.batch.valid[group][b]
+                if 0 <= t < valid.shape[0]:
+                    assert not valid[t].any()
+                assert valid.any()  # other periods keep their pixels
+            return
+    pytest.fail("the sample with a missing period was never loaded")
+
+
+def test_masking_runs_in_the_worker_and_never_encodes_maps(corpus_path: Path) -> None:
+    dataset = CorpusStream(corpus_path, SMALL)
+    for item in dataset:
+        assert len(item.views) == 2
+        for view in item.views:
+            for g in decode_only_groups():
+                assert not view.encode[g].any()
+            for g in item.batch.groups:
+                assert not (view.encode[g] & view.decode[g]).any()
+                assert not (view.encode[g] & ~item.batch.token_valid(g)).any()
+        assert any(view.encode[g].any() for view in item.views for g in item.batch.groups)
+
+
+# --------------------------------------------------------------------------- stats
+
+
+def test_stats_match_a_direct_numpy_computation(stats_path: Path) -> None:
+    stats = compute_stats(stats_path)
+    assert (
+        Corpus.open(stats_path).group.attrs[STATS_ATTR]["groups"]["s2_10m"]["mean"]
+        == (stats["groups"]["s2_10m"]["mean"])
+    )
+    records = [sample_data(i) for i in range(N_SAMPLES)]
+    for group in ("s2_10m", "s2_40m", "s1", "osm", "worldcover"):
+        g = BAND_GROUPS[group]
+        for b, band in enumerate(g.bands):
+            values = []
+            for r in records:
+                if r is None or group not in r.groups:
+                    continue
+                arr = r.groups[group]
+                fraction = np.atleast_1d(r.valid_fraction[group])
+                arr = arr[fraction > 0] if arr.ndim == 4 else arr[None]
+                v = arr[:, b].ravel().astype(np.float64)
+                values.append(v[~np.isnan(v)] if np.isnan(band.nodata) else v[v != band.nodata])
+            v = np.concatenate(values)
+            s = stats["groups"][group]
+            assert s["count"][b] == v.size
+            np.testing.assert_allclose(s["mean"][b], v.mean(), rtol=1e-12)
+            np.testing.assert_allclose(s["std"][b], v.std(), rtol=1e-9)
+    assert stats["groups"]["landsat"]["count"] == [0] * 8  # never built
+
+
+def test_registry_defaults_without_stats_and_corpus_stats_with_them(stats_path: Path) -> None:
+    stats = Corpus.open(stats_path).group.attrs[STATS_ATTR]
+    default = group_normalizer("s2_10m", None)
+    assert default.mean[0] == BAND_GROUPS["s2_10m"].bands[0].normalization.mean
+    tuned = group_normalizer("s2_10m", stats)
+    assert tuned.mean[0] == pytest.approx(stats["groups"]["s2_10m"]["mean"][0])
+    osm = group_normalizer("osm", stats)  # coverage percent: fixed /100, never corpus stats
+    x = np.full((1, 30, 2, 2), 50, np.uint8)
+    np.testing.assert_allclose(osm(x, osm.pixel_valid(x)), 0.5)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def _shard_file(path: Path, group: str, shard: int) -> Path:
+    return path / group / "c" / str(shard) / "0" / "0" / "0" / "0"
+
+
+@pytest.mark.parametrize("how", ["truncate", "overwrite"])
+def test_a_corrupted_chunk_is_skipped_and_counted(
+    corpus_path: Path, tmp_path: Path, how: str
+) -> None:
+    path = tmp_path / "corpus.zarr"
+    shutil.copytree(corpus_path, path)
+    target = _shard_file(path, "s2_10m", 0)  # samples 0 and 1
+    raw = target.read_bytes()
+    if how == "truncate":
+        target.write_bytes(raw[: len(raw) // 2])
+    else:  # garbage over the first inner chunk only: sample 0 breaks, sample 1 survives
+        target.write_bytes(b"\xff" * 64 + raw[64:])
+    dataset = CorpusStream(path, SMALL)
+    loader = StreamingLoader(dataset)
+    seen: set[int] = set()
+    for item in islice(loader, dataset.batches_in_epoch(0, 0)):  # one epoch
+        seen.update(item.samples)
+        for b, sample in enumerate(item.samples):
+            broken = sample == 0 or (how == "truncate" and sample == 1)
+            valid = item.batch.valid["s2_10m"][b]
+            if broken:
+                assert not valid.any() and not item.batch.data["s2_10m"][b].any()
+                assert item.batch.valid["s2_20m"][b].any()  # other groups intact
+            else:
+                assert valid.any()
+    assert seen == set(ELIGIBLE)
+    assert loader.decode_errors == (2 if how == "truncate" else 1)
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _signature(item: LoaderItem) -> tuple:
+    return (
+        item.epoch,
+        item.index,
+        item.samples,
+        item.batch.patch_size,
+        tuple(item.batch.data["s2_10m"].shape),
+        float(item.batch.data["s2_10m"].sum()),
+        tuple(int(v.encode["s2_10m"].sum()) for v in item.views),
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restoring_the_position_resumes_the_stream_exactly(corpus_path: Path, workers: int) -> None:
+    n_first, n_total = 4, 9  # crosses the epoch boundary (6 batches per epoch)
+    reference = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=workers)
+    it = iter(reference)
+    expected = [_signature(next(it)) for _ in range(n_total)]
+    assert expected[6][0] == 1 and expected[0][:3] != expected[6][:3]
+
+    first = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=workers)
+    it = iter(first)
+    got = [_signature(next(it)) for _ in range(n_first)]
+    state = first.state_dict()
+    assert all(isinstance(v, int) for v in state.values())
+    second = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=workers)
+    second.load_state_dict(state)
+    it = iter(second)
+    got += [_signature(next(it)) for _ in range(n_total - n_first)]
+    assert got == expected
+
+
+def test_seed_changes_the_stream_and_a_mismatched_resume_is_refused(corpus_path: Path) -> None:
+    a = [i.samples for i in CorpusStream(corpus_path, SMALL)]
+    b = [
+        i.samples for i in CorpusStream(corpus_path, LoaderParams(**{**SMALL.__dict__, "seed": 7}))
+    ]
+    assert a == [i.samples for i in CorpusStream(corpus_path, SMALL)]
+    assert a != b
+    loader = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=2)
+    state = {**loader.state_dict(), "num_workers": 3}
+    with pytest.raises(ValueError, match="num_workers=3"):
+        loader.load_state_dict(state)
+
+
+def test_slot_rejects_a_rank_outside_the_world() -> None:
+    with pytest.raises(ValueError, match="rank=2"):
+        Slot(rank=2, world_size=2)

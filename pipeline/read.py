@@ -1,0 +1,155 @@
+"""Reading planned assets onto a tile's grid: the pipeline's one I/O edge for rasters.
+
+A `Reader` turns a `ReadRequest` (items, bands, tile, resolution, dtype, fill,
+resampling) into an (items, bands, rows, cols) array on the tile grid. The
+default `StackstacReader` goes through stackstac (all quirks in
+`stackstac_compat`). `source_windows` lists exactly which source pixels a request
+touches, and `read_source_windows` reads those windows raw with rasterio: the
+floor a benchmark compares the pipeline against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import rasterio
+from pyproj import Transformer
+from rasterio.enums import Resampling
+from rasterio.windows import Window, from_bounds
+from terracube.catalog.grid import Tile
+from terracube.catalog.normalize import AssetRef, NormalizedItem
+from terracube.catalog.registry import BandGroup, modality
+from terracube.pipeline.stackstac_compat import GDAL_HTTP_OPTIONS, gdal_href, stack_tile
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """What to read: `bands` (registry band or mask names) of `items` on `tile` at `resolution`."""
+
+    items: tuple[NormalizedItem, ...]
+    bands: tuple[str, ...]
+    tile: Tile
+    resolution: float
+    dtype: str
+    fill_value: float
+    resampling: Resampling = Resampling.nearest
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        rows, cols = self.tile.shape(self.resolution)
+        return (len(self.items), len(self.bands), rows, cols)
+
+
+def group_request(
+    items: Sequence[NormalizedItem], group: BandGroup, tile: Tile, with_mask: bool = True
+) -> ReadRequest:
+    """A group's bands (plus the modality's mask band, read on the same grid with nearest).
+
+    The mask shares the group's dtype: SCL (uint8 codes) and QA_PIXEL (uint16 bits)
+    both fit the optical groups' uint16 exactly.
+    """
+    mask = modality(group.modality).mask
+    bands = group.band_names + ((mask.name,) if with_mask and mask is not None else ())
+    return ReadRequest(
+        items=tuple(items),
+        bands=bands,
+        tile=tile,
+        resolution=group.resolution,
+        dtype=group.dtype,
+        fill_value=group.nodata,
+    )
+
+
+class Reader(Protocol):
+    """Anything that reads a ReadRequest onto the tile grid."""
+
+    def read(self, request: ReadRequest) -> np.ndarray:
+        """(items, bands, rows, cols) in request.dtype; outside footprints = fill_value."""
+        ...
+
+
+@dataclass(frozen=True)
+class StackstacReader:
+    """The default reader: stackstac with a local scheduler inside the tile task."""
+
+    scheduler: str = "threads"
+    gdal_options: dict[str, object] = field(default_factory=dict)
+
+    def read(self, request: ReadRequest) -> np.ndarray:
+        from terracube.pipeline.stackstac_compat import gdal_env
+
+        return stack_tile(
+            request.items,
+            request.bands,
+            request.tile,
+            request.resolution,
+            request.dtype,
+            request.fill_value,
+            resampling=request.resampling,
+            scheduler=self.scheduler,
+            env=gdal_env(self.gdal_options),
+        )
+
+
+# --------------------------------------------------------------------------- raw floor
+
+
+@dataclass(frozen=True)
+class SourceWindow:
+    """The source pixels of one asset that cover a tile: what any reader must fetch."""
+
+    href: str
+    window: Window
+
+
+def _asset(item: NormalizedItem, band: str) -> AssetRef | None:
+    if item.mask is not None and item.mask.band == band:
+        return item.mask
+    return next((ref for ref in item.assets if ref.band == band), None)
+
+
+def _tile_bounds_in(tile: Tile, epsg: int) -> tuple[float, float, float, float]:
+    if epsg == tile.epsg:
+        return tile.bounds
+    tf = Transformer.from_crs(tile.epsg, epsg, always_xy=True)
+    return tf.transform_bounds(*tile.bounds, densify_pts=21)
+
+
+def source_windows(request: ReadRequest) -> list[SourceWindow]:
+    """Windows (in each asset's own pixels, clipped to it) that cover the request's tile.
+
+    Assets without STAC proj metadata are opened to learn their grid.
+    """
+    out: list[SourceWindow] = []
+    for item in request.items:
+        for band in request.bands:
+            ref = _asset(item, band)
+            if ref is None:
+                continue
+            transform, shape, epsg = ref.transform, ref.shape, item.epsg
+            if transform is None or shape is None or epsg is None:
+                with rasterio.open(gdal_href(ref.href)) as ds:
+                    transform, shape, epsg = ds.transform, ds.shape, ds.crs.to_epsg()
+            bounds = _tile_bounds_in(request.tile, int(epsg))
+            window = from_bounds(*bounds, transform=transform)
+            col0 = max(0, math.floor(window.col_off))
+            row0 = max(0, math.floor(window.row_off))
+            col1 = min(shape[1], math.ceil(window.col_off + window.width))
+            row1 = min(shape[0], math.ceil(window.row_off + window.height))
+            if col1 > col0 and row1 > row0:
+                out.append(SourceWindow(ref.href, Window(col0, row0, col1 - col0, row1 - row0)))
+    return out
+
+
+def read_source_windows(windows: Sequence[SourceWindow]) -> int:
+    """Read every window raw (no warp, no mask, no conversion); returns the pixels read."""
+    pixels = 0
+    with rasterio.Env(**GDAL_HTTP_OPTIONS):
+        for sw in windows:
+            with rasterio.open(gdal_href(sw.href)) as ds:
+                pixels += ds.read(1, window=sw.window).size
+    return pixels

@@ -1,0 +1,143 @@
+"""Static maps on the tile grid: ESA WorldCover classes and OSM category coverage.
+
+WorldCover: nearest from a 10 m source on the tile's CRS (pixels are copied),
+mode from anything else (coarser pixels, EPSG:4326 tiles) so a class is never
+invented by interpolation; codes outside the registry's classes become nodata.
+
+OSM: each category is burned with `all_touched` on a finer raster (2 m by
+default), then every 10 m pixel stores the percent of its fine pixels covered.
+A touched 10 m pixel therefore stores >= 1 (one 2 m pixel = 4 %), and every
+feature's representative point is burned as well, so a point, a hairline or a
+sliver on the tile edge is never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from terracube.catalog.grid import Tile
+from terracube.catalog.normalize import NormalizedItem
+from terracube.catalog.registry import OSM_CATEGORIES, band_group, modality
+from terracube.pipeline.read import Reader, ReadRequest
+
+
+@dataclass(frozen=True)
+class OsmRasterParams:
+    fine_m: float = 2.0
+    """Fine raster pixel; must divide the OSM group resolution."""
+
+    def __post_init__(self) -> None:
+        res = band_group("osm").resolution
+        if self.fine_m <= 0 or (res / self.fine_m) % 1:
+            raise ValueError(
+                f"OsmRasterParams.fine_m={self.fine_m} must divide the {res} m OSM grid (e.g. 1 or 2)"
+            )
+
+
+def worldcover_resampling(item: NormalizedItem, tile: Tile) -> Resampling:
+    """Nearest for a 10 m source on the tile CRS, mode otherwise."""
+    ref = item.asset("map")
+    res = band_group("worldcover").resolution
+    same_grid = (
+        item.epsg == tile.epsg
+        and ref.transform is not None
+        and abs(abs(ref.transform.a) - res) < 1e-9
+        and abs(abs(ref.transform.e) - res) < 1e-9
+    )
+    return Resampling.nearest if same_grid else Resampling.mode
+
+
+def worldcover_map(
+    items: Sequence[NormalizedItem], tile: Tile, reader: Reader
+) -> tuple[np.ndarray, list[str]]:
+    """(1, rows, cols) uint8 classes and the ids of the items that gave pixels.
+
+    Items are in plan order (most coverage first); later items fill only pixels
+    earlier ones left as nodata (tiles straddling two WorldCover 3x3 degree tiles).
+    """
+    group = band_group("worldcover")
+    valid_codes = np.array(sorted(modality("worldcover").classes), dtype=np.uint8)
+    out = np.full((1, group.pixels, group.pixels), group.nodata, dtype=group.dtype)
+    used: list[str] = []
+    for item in items:
+        request = ReadRequest(
+            items=(item,),
+            bands=group.band_names,
+            tile=tile,
+            resolution=group.resolution,
+            dtype=group.dtype,
+            fill_value=group.nodata,
+            resampling=worldcover_resampling(item, tile),
+        )
+        values = reader.read(request)[0]
+        values = np.where(np.isin(values, valid_codes), values, group.nodata).astype(group.dtype)
+        take = (out == group.nodata) & (values != group.nodata)
+        if take.any():
+            out[take] = values[take]
+            used.append(item.id)
+    return out, used
+
+
+def osm_raster(
+    features: gpd.GeoDataFrame, tile: Tile, params: OsmRasterParams = OsmRasterParams()
+) -> np.ndarray:
+    """(categories, rows, cols) uint8 percent cover per registry OSM category.
+
+    `features` are in the tile CRS with a `category` column (catalog.osm
+    `OsmFeatures.features_for_tile`); unknown categories raise.
+    """
+    group = band_group("osm")
+    n = group.pixels
+    factor = round(group.resolution / params.fine_m)
+    fine = n * factor
+    out = np.zeros((len(group.bands), n, n), dtype=np.uint8)
+    if features is None or len(features) == 0:
+        return out
+    _check_features(features, tile)
+    names = [c.name for c in OSM_CATEGORIES]
+    unknown = sorted(set(features["category"]) - set(names))
+    if unknown:
+        raise ValueError(
+            f"OSM features carry categories {unknown} the registry does not know; "
+            f"categorize them with terracube.catalog.osm.categorize"
+        )
+    transform = tile.transform(params.fine_m)
+    minx, miny, maxx, maxy = tile.bounds
+    for name, rows in features.groupby("category"):
+        geoms = [g for g in rows.geometry if g is not None and not g.is_empty]
+        if not geoms:
+            continue
+        burned = rasterize(
+            ((g, 1) for g in geoms),
+            out_shape=(fine, fine),
+            transform=transform,
+            all_touched=True,
+            fill=0,
+            dtype=np.uint8,
+        )
+        # The representative point of each feature, clamped onto the raster, so a
+        # feature on the closed max edge of the tile still marks its pixel.
+        points = shapely.get_coordinates(shapely.point_on_surface(np.asarray(geoms)))
+        cols = np.clip(np.floor((points[:, 0] - minx) / params.fine_m), 0, fine - 1).astype(int)
+        rows_ = np.clip(np.floor((maxy - points[:, 1]) / params.fine_m), 0, fine - 1).astype(int)
+        burned[rows_, cols] = 1
+        counts = burned.reshape(n, factor, n, factor).sum(axis=(1, 3), dtype=np.int32)
+        percent = np.where(counts > 0, np.maximum(1, (counts * 100) // (factor * factor)), 0)
+        out[names.index(str(name))] = percent.astype(np.uint8)
+    return out
+
+
+def _check_features(features: gpd.GeoDataFrame, tile: Tile) -> None:
+    if "category" not in features.columns:
+        raise ValueError("OSM features need a 'category' column (catalog.osm.categorize)")
+    if features.crs is None or features.crs.to_epsg() != tile.epsg:
+        raise ValueError(
+            f"OSM features are in {features.crs}, tile {tile.id} is EPSG:{tile.epsg}; "
+            "use OsmFeatures.features_for_tile(tile), which clips and reprojects them"
+        )

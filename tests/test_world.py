@@ -329,7 +329,7 @@ def test_s2_pixels_follow_truth_and_median_composite_is_exact(world: WorldManife
     # SCL at 20 m agrees with the block sky codes: clouds, shadow, cirrus where the truth says
     sky_codes = {CLOUD_HIGH: 9, CLOUD_MEDIUM: 8, SHADOW: 3, CIRRUS: 10}
     epsg_sky = np.load(truth.root / f"sky_sentinel2_l2a_{tile.epsg}.npy")
-    _, rows, cols = truth._block_index(tile_id, 20)
+    _, rows, cols = truth.block_index(tile_id, 20)
     hits = 0
     for scene in scenes:
         scl = _read_tile(items[scene.item_id]["assets"]["scl"]["href"], tile, 20)
@@ -370,7 +370,7 @@ def test_landsat_qa_bits_and_values_follow_truth(world: WorldManifest) -> None:
     tile = Tile.from_id(tile_id)
     group = band_group("landsat")
     sky_stack = np.load(truth.root / f"sky_landsat_c2l2_{tile.epsg}.npy")
-    _, rows, cols = truth._block_index(tile_id, group.resolution)
+    _, rows, cols = truth.block_index(tile_id, group.resolution)
     stack, valid = [], []
     for scene in truth.scenes_of("landsat_c2l2", tile.epsg, period):
         item = items[scene.item_id]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +138,7 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
             "block_m": 120,
             "period_starts": [d.isoformat() for d in starts[:-1]],
             "period_end": starts[-1].isoformat(),
-            "zones": [g.__dict__ for g in grids],
+            "zones": [asdict(g) for g in grids],
             "tiles": [t.id for t in tiles],
             "scenes": scene_truth,
             "sentinel2_l2a": _table_doc(ctx.s2_table, S2_BANDS, "reflectance x 10000 (uint16)"),

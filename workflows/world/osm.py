@@ -264,8 +264,8 @@ def _add_landscape_lines(
 
 def write_osm_xml(path: Path, features: list[OsmFeature]) -> None:
     """OSM API 0.6 XML: tagged nodes for points, untagged nodes + tagged ways otherwise."""
-    nodes: list[str] = []
-    ways: list[str] = []
+    nodes: list[tuple[int, str]] = []
+    ways: list[tuple[int, str]] = []
     next_node = 3_000_001
     lons = [c[0] for f in features for c in f.coords]
     lats = [c[1] for f in features for c in f.coords]
@@ -275,24 +275,32 @@ def write_osm_xml(path: Path, features: list[OsmFeature]) -> None:
         if feature.osm_type == "node":
             lon, lat = feature.coords[0]
             nodes.append(
-                f'<node id="{feature.osm_id}" {attrs} lat="{lat:.7f}" lon="{lon:.7f}">{tag_xml}\n </node>'
+                (
+                    feature.osm_id,
+                    f'<node id="{feature.osm_id}" {attrs} lat="{lat:.7f}" lon="{lon:.7f}">{tag_xml}\n </node>',
+                )
             )
             continue
         refs = []
         ring = feature.kind == GeometryKind.POLYGON
         for lon, lat in feature.coords[:-1] if ring else feature.coords:
-            nodes.append(f'<node id="{next_node}" {attrs} lat="{lat:.7f}" lon="{lon:.7f}"/>')
+            nodes.append(
+                (next_node, f'<node id="{next_node}" {attrs} lat="{lat:.7f}" lon="{lon:.7f}"/>')
+            )
             refs.append(next_node)
             next_node += 1
         if ring:
             refs.append(refs[0])
         nd_xml = "".join(f'\n  <nd ref="{r}"/>' for r in refs)
-        ways.append(f'<way id="{feature.osm_id}" {attrs}>{nd_xml}{tag_xml}\n </way>')
+        ways.append(
+            (feature.osm_id, f'<way id="{feature.osm_id}" {attrs}>{nd_xml}{tag_xml}\n </way>')
+        )
     header = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<osm version="0.6" generator="terracube synthetic world">\n'
         f' <bounds minlat="{min(lats):.7f}" minlon="{min(lons):.7f}" maxlat="{max(lats):.7f}" maxlon="{max(lons):.7f}"/>\n'
     )
-    body = "".join(f" {n}\n" for n in nodes) + "".join(f" {w}\n" for w in ways)
+    # Elements sorted by type then id, as planet extracts are (osmium relies on it).
+    body = "".join(f" {xml}\n" for _, xml in sorted(nodes) + sorted(ways))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + body + "</osm>\n", encoding="utf-8")

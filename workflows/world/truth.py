@@ -70,8 +70,8 @@ class WorldTruth:
     def blocks(self, epsg: int) -> np.ndarray:
         return np.load(self.root / f"blocks_{epsg}.npy")
 
-    def _block_index(self, tile_id: str, resolution: float) -> tuple[int, np.ndarray, np.ndarray]:
-        """Zone and (row, col) block index of every pixel centre of a tile at a resolution."""
+    def block_index(self, tile_id: str, resolution: float) -> tuple[int, np.ndarray, np.ndarray]:
+        """Zone, and the block row of every pixel-centre row and block column of every column."""
         tile = Tile.from_id(tile_id)
         if tile_id not in self.tile_ids:
             raise KeyError(
@@ -95,7 +95,7 @@ class WorldTruth:
 
     def classes(self, tile_id: str, resolution: float = 10) -> np.ndarray:
         """uint8 class of every pixel of a tile: the class of the block holding its centre."""
-        epsg, rows, cols = self._block_index(tile_id, resolution)
+        epsg, rows, cols = self.block_index(tile_id, resolution)
         return self.blocks(epsg)[np.ix_(rows, cols)]
 
     def expected_worldcover(self, tile_id: str) -> np.ndarray:
@@ -114,7 +114,7 @@ class WorldTruth:
     def clear_mask(self, tile_id: str, item_id: str, resolution: float) -> np.ndarray:
         """True where a scene's pixel is a clear observation on the tile grid."""
         scene = next(s for s in self.scenes if s.item_id == item_id)
-        epsg, rows, cols = self._block_index(tile_id, resolution)
+        epsg, rows, cols = self.block_index(tile_id, resolution)
         sky = np.load(self.root / f"sky_{scene.modality}_{epsg}.npy", mmap_mode="r")[
             scene.sky_index
         ]

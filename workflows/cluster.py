@@ -1,0 +1,146 @@
+"""Where shard tasks run: in this process, on a LocalCluster, or on any Dask cluster by address.
+
+One coarse task per shard, submitted in waves: at most `max_in_flight` futures exist
+at a time and a new one is submitted as one finishes, so the scheduler holds a
+bounded number of tasks however many shards the corpus has. A worker that dies is
+the scheduler's business: it reschedules the task elsewhere (`allowed-failures`),
+and the task's atomic shard write makes the rerun safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from terracube.workflows.tasks import ShardOutcome, ShardTask, run_shard_task
+
+OnDone = Callable[[ShardTask, ShardOutcome | BaseException], None]
+
+
+class Executor(Protocol):
+    """Runs shard tasks and reports each one (its outcome or its exception) as it finishes."""
+
+    dashboard: str | None
+
+    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None: ...
+
+
+class SerialExecutor:
+    """Every task in this process, in order: the synchronous path (debugging, tiny corpora)."""
+
+    dashboard: str | None = None
+
+    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
+        for task in tasks:
+            try:
+                outcome: ShardOutcome | BaseException = run_shard_task(task)
+            except Exception as error:
+                outcome = error
+            on_done(task, outcome)
+
+
+@dataclass
+class DaskExecutor:
+    """Shard tasks on a Dask cluster, at most `max_in_flight` submitted at a time."""
+
+    client: Any
+    max_in_flight: int = 256
+    retries: int = 1
+    """Extra tries of a task that raised (a worker that died is rescheduled regardless)."""
+
+    @property
+    def dashboard(self) -> str | None:
+        link = getattr(self.client, "dashboard_link", None)
+        return str(link) if link else None
+
+    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
+        from distributed import as_completed
+
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight={self.max_in_flight} must be >= 1")
+        pending = iter(tasks)
+        by_key: dict[str, ShardTask] = {}
+
+        def submit_next() -> Any | None:
+            task = next(pending, None)
+            if task is None:
+                return None
+            by_key[task.key] = task
+            return self.client.submit(
+                run_shard_task, task, key=task.key, pure=False, retries=self.retries
+            )
+
+        first = [f for f in (submit_next() for _ in range(self.max_in_flight)) if f is not None]
+        if not first:
+            return
+        completed = as_completed(first)
+        try:
+            for future in completed:
+                task = by_key.pop(future.key)
+                try:
+                    outcome: ShardOutcome | BaseException = future.result()
+                except Exception as error:
+                    outcome = error
+                future.release()
+                on_done(task, outcome)
+                nxt = submit_next()
+                if nxt is not None:
+                    completed.add(nxt)
+        except BaseException:
+            # Ctrl-C: stop asking for more; finished shards are already on storage.
+            self.client.cancel(list(completed.futures))
+            raise
+
+
+def default_workers() -> int:
+    """One single-threaded worker process per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover (not Linux)
+        return max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def open_executor(
+    scheduler: str | None = None,
+    workers: int | None = None,
+    memory_limit: str = "auto",
+    max_in_flight: int = 256,
+    synchronous: bool = False,
+) -> Iterator[Executor]:
+    """The executor for a build: synchronous, an existing scheduler, or a new LocalCluster.
+
+    A LocalCluster has `workers` processes (default: one per core) with one thread
+    each, so a task's memory is bounded by the worker's `memory_limit` ("auto" splits
+    the machine's memory evenly) and GIL-bound work does not contend.
+    """
+    if synchronous:
+        if scheduler:
+            raise ValueError("choose --synchronous or --scheduler, not both")
+        yield SerialExecutor()
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        if workers is not None:
+            raise ValueError(
+                f"--workers {workers} only sizes a new LocalCluster; the cluster at "
+                f"{scheduler} already has its workers (scale it there)"
+            )
+        with Client(scheduler, timeout="30s") as client:
+            yield DaskExecutor(client, max_in_flight)
+        return
+    with (
+        LocalCluster(
+            n_workers=workers or default_workers(),
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield DaskExecutor(client, max_in_flight)

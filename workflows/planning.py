@@ -1,0 +1,232 @@
+"""From a validated BuildConfig to a Plan: sources, tiles, one search per source, the plan.
+
+Everything that can be wrong in a config but only shows up against the world (a STAC
+URL nobody answers, an AOI that covers no tile, a catalog path that does not exist) is
+checked here, before any build work, and reported as a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from terracube.catalog.grid import Tile, cover
+from terracube.catalog.http import RetryPolicy
+from terracube.catalog.normalize import NormalizedItem
+from terracube.catalog.plan import Plan, PlanParams, make_plan
+from terracube.catalog.registry import MODALITIES, modality
+from terracube.catalog.search import RegionParams, SearchCache, search_tiles
+from terracube.catalog.sources import (
+    ItemSource,
+    SourceError,
+    StacApiSource,
+    StaticCatalogSource,
+    generic_profile,
+)
+from terracube.catalog.timescheme import TimeScheme
+from terracube.workflows.config import (
+    BuildConfig,
+    ConfigError,
+    OsmFileSource,
+    OverpassSource,
+    StacApiSourceConfig,
+    StaticSource,
+)
+
+STATIC_SEARCH_START = datetime(1970, 1, 1, tzinfo=UTC)
+"""Static maps are searched from here to the end of the time span."""
+
+PREFLIGHT_RETRY = RetryPolicy(attempts=2, backoff_s=0.2, connect_timeout_s=5.0, read_timeout_s=20.0)
+"""A landing-page probe should fail fast: a dead URL is a config error, not a transient one."""
+
+
+def time_scheme(config: BuildConfig) -> TimeScheme:
+    period = config.time.period
+    return TimeScheme(
+        config.time.start, config.time.periods, None if period == "month" else int(period)
+    )
+
+
+def period_duration(config: BuildConfig) -> str:
+    """ISO-8601 duration of one period, as the corpus records it."""
+    period = config.time.period
+    return "P1M" if period == "month" else f"P{int(period)}D"
+
+
+def stac_modalities(config: BuildConfig) -> list[str]:
+    """Configured modalities that come from a STAC catalog (OSM does not), registry order."""
+    return [
+        m
+        for m in MODALITIES
+        if m in config.modalities
+        and not isinstance(config.modalities[m], OsmFileSource | OverpassSource)
+    ]
+
+
+def corpus_groups(config: BuildConfig) -> tuple[str, ...]:
+    """Band groups of the configured modalities, in registry order."""
+    return tuple(g.name for m in MODALITIES if m in config.modalities for g in modality(m).groups)
+
+
+def select_tiles(config: BuildConfig) -> list[Tile]:
+    """The tiles to build, from the AOI and sampling mode; never empty."""
+    aoi = config.aoi
+    try:
+        if aoi.tiles is not None:
+            tiles = sorted({Tile.from_id(t) for t in aoi.tiles})
+        elif aoi.geojson is not None:
+            path = config.resolve(aoi.geojson)
+            if not path.is_file():
+                raise ConfigError(f"aoi.geojson: {path} does not exist")
+            tiles = cover(json.loads(path.read_text()))
+        else:
+            assert aoi.bbox is not None
+            tiles = cover(aoi.bbox)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"aoi: {exc}") from None
+    if not tiles:
+        raise ConfigError("aoi: the AOI covers no tile of the grid; widen it or fix its bounds")
+    sampling = config.sampling
+    if sampling.mode == "random":
+        assert sampling.n is not None
+        if sampling.n > len(tiles):
+            raise ConfigError(
+                f"sampling.n: asks {sampling.n} tiles but the AOI covers {len(tiles)}; "
+                "ask for at most that many"
+            )
+        tiles = _draw(tiles, sampling.n, sampling.seed)
+    elif sampling.mode == "stratified":
+        raise ConfigError(
+            "sampling.mode: 'stratified' needs a WorldCover read per tile at plan time, "
+            "which `terracube plan` does not do yet; use 'cover' or 'random'"
+        )
+    return tiles
+
+
+def _draw(tiles: Sequence[Tile], n: int, seed: int) -> list[Tile]:
+    """Same draw as catalog.sampling.draw_random_tiles, on tiles already covered."""
+    picks = np.random.default_rng(seed).choice(len(tiles), size=n, replace=False)
+    return sorted(tiles[i] for i in picks)
+
+
+def make_source(config: BuildConfig, name: str, retry: RetryPolicy | None = None) -> ItemSource:
+    """The catalog source of one modality, as configured."""
+    source = config.modalities[name]
+    where = f"modalities.{name}"
+    if isinstance(source, StaticSource):
+        path = config.resolve(source.catalog)
+        if not path.is_file():
+            raise ConfigError(f"{where}.catalog: {path} does not exist")
+        try:
+            return StaticCatalogSource(path, collection_modalities={source.collection: name})
+        except SourceError as exc:
+            raise ConfigError(f"{where}.catalog: {exc}") from None
+    if isinstance(source, StacApiSourceConfig):
+        kwargs: dict[str, Any] = {"retry": retry} if retry is not None else {}
+        if source.profile == "generic":
+            assert source.url and source.collection
+            profile = generic_profile(source.url, {name: source.collection})
+            return StacApiSource(profile, **kwargs)
+        return StacApiSource(source.profile, **kwargs)
+    raise ConfigError(f"{where}: source {source.source!r} is not a STAC catalog")
+
+
+def _source_key(config: BuildConfig, name: str) -> str:
+    """Modalities with the same source settings share one source (one catalog walk)."""
+    source = config.modalities[name].model_dump(mode="json")
+    source.pop("collection", None)
+    source.pop("query", None)
+    return json.dumps(source, sort_keys=True)
+
+
+def check_sources(config: BuildConfig) -> None:
+    """Open every STAC API landing page once (fast fail) and check collections exist."""
+    for name in stac_modalities(config):
+        source = config.modalities[name]
+        if not isinstance(source, StacApiSourceConfig):
+            continue
+        api = make_source(config, name, retry=PREFLIGHT_RETRY)
+        assert isinstance(api, StacApiSource)
+        try:
+            api.collection_for(name)
+            api.client  # noqa: B018  (opens the landing page)
+        except SourceError as exc:
+            raise ConfigError(f"modalities.{name}: {exc}") from None
+        except Exception as exc:
+            field = "url" if source.url else "profile"
+            raise ConfigError(
+                f"modalities.{name}.{field}: the STAC API {api.profile.url} cannot be reached "
+                f"({type(exc).__name__}: {str(exc)[:200]}); check the URL and your network"
+            ) from None
+
+
+def plan_build(
+    config: BuildConfig,
+    cache_dir: Path | None = None,
+    region_params: RegionParams | None = None,
+    plan_params: PlanParams | None = None,
+) -> Plan:
+    """Search every source once per region x collection, then plan all modalities together."""
+    tiles = select_tiles(config)
+    check_sources(config)
+    scheme = time_scheme(config)
+    start, end = scheme.span()
+    by_source: dict[str, list[str]] = defaultdict(list)
+    for name in stac_modalities(config):
+        by_source[_source_key(config, name)].append(name)
+    items: dict[str, list[NormalizedItem]] = {}
+    search: dict[str, Any] = {
+        "source": [],
+        "search_calls": 0,
+        "http_requests": 0,
+        "cache_hits": 0,
+        "rejected": [],
+    }
+    cache = SearchCache(cache_dir) if cache_dir is not None else None
+    for names in by_source.values():
+        source = make_source(config, names[0])
+        search["source"].append(source.name)
+        temporal = [n for n in names if modality(n).temporal]
+        static = [n for n in names if not modality(n).temporal]
+        # A static map (WorldCover 2021) is dated before the periods it describes:
+        # search it over all time up to the end of the span, not over the span only.
+        for group, group_start in ((temporal, start), (static, STATIC_SEARCH_START)):
+            if not group:
+                continue
+            try:
+                result = search_tiles(
+                    source,
+                    tiles,
+                    group_start,
+                    end,
+                    group,
+                    params=region_params or RegionParams(),
+                    query=_queries(config, group),
+                    cache=cache,
+                )
+            except SourceError as exc:
+                raise ConfigError(f"modalities.{group[0]}: {exc}") from None
+            items.update(result.items)
+            search["search_calls"] += len(result.requests)
+            search["http_requests"] += result.http_requests
+            search["cache_hits"] += result.cache_hits
+            search["rejected"] += result.rejected
+    plan = make_plan(tiles, scheme, items, params=plan_params or PlanParams())
+    plan.search = search
+    return plan
+
+
+def _queries(config: BuildConfig, names: Sequence[str]) -> Mapping[str, Any]:
+    out: dict[str, Any] = {}
+    for name in names:
+        source = config.modalities[name]
+        if isinstance(source, StacApiSourceConfig) and source.query:
+            out[name] = source.query
+    return out

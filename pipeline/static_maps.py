@@ -108,7 +108,7 @@ def osm_raster(
             f"categorize them with terracube.catalog.osm.categorize"
         )
     transform = tile.transform(params.fine_m)
-    minx, miny, maxx, maxy = tile.bounds
+    minx, _, _, maxy = tile.bounds
     for name, rows in features.groupby("category"):
         geoms = [g for g in rows.geometry if g is not None and not g.is_empty]
         if not geoms:

@@ -146,7 +146,9 @@ def build_temporal(
 def build_worldcover(
     items: Sequence[NormalizedItem], tile: Tile, reader: Reader, params: BuildParams
 ) -> ModalityResult:
-    chosen = select_items(items, tile, own_zone_first=False)
+    meeting = select_items(items, tile, own_zone_first=False)
+    # Own-CRS items first (pixels copied exactly); others only fill what they leave.
+    chosen = sorted(meeting, key=lambda i: i.epsg != tile.epsg)
     if not chosen:
         return ModalityResult(SampleState.EMPTY, f"no WorldCover item meets tile {tile.id}")
     values, used = worldcover_map(chosen, tile, reader)

@@ -51,6 +51,9 @@ class TileInputs:
 class BuildParams:
     method: CompositeMethod = "median"
     own_zone_first: bool = True
+    allow_unmasked: bool = False
+    """Use items that lack their modality's mask band (Major TOM, SSL4EO patches) with
+    nodata-only validity; off by default, since their clouds would enter composites."""
     osm: OsmRasterParams = field(default_factory=OsmRasterParams)
 
 
@@ -111,12 +114,16 @@ def build_temporal(
         raw = reader.read(request)
         n_bands = len(group.bands)
         mask = raw[:, n_bands] if mask_band is not None else None
-        if mask is not None and any(i.mask is None for i in items):
+        unmasked = [i.id for i in items if i.mask is None]
+        if mask_band is not None and unmasked and not params.allow_unmasked:
             raise ValueError(
-                f"{name} items {[i.id for i in items if i.mask is None]} have no "
-                f"{mask_band.name} mask; clouds cannot be masked per pixel"  # type: ignore[union-attr]
+                f"{name} items {unmasked} have no {mask_band.name} mask, so clouds cannot be "
+                "masked per pixel; pass BuildParams(allow_unmasked=True) to use them anyway"
             )
         valid = observation_valid(raw[:, :n_bands], group.nodata, mask, mask_band)
+        if unmasked and mask_band is not None:
+            no_mask = np.array([i.mask is None for i in items])
+            valid[no_mask] = observation_valid(raw[no_mask, :n_bands], group.nodata, None, None)
         stored = to_stored(raw[:, :n_bands], items, group, group.nodata)
         del raw
         values = np.full(

@@ -1,0 +1,186 @@
+"""Pure parts of the build: which shards need work, merging carried-over samples,
+the failure table, the run log's secret scrubbing, and sample verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from terracube.catalog.registry import MODALITIES
+from terracube.pipeline.corpus import SampleData, SampleState
+from terracube.workflows.failures import FailureTable, split_error, top_reasons
+from terracube.workflows.progress import sample_verdict
+from terracube.workflows.runlog import RunLog, read_run_log
+from terracube.workflows.shards import groups_of, merge_sample, plan_shard_work
+from terracube.workflows.tasks import SampleOutcome, ShardOutcome
+
+P, D, E, F = (int(s) for s in SampleState)
+
+
+def test_only_shards_with_pending_work_are_planned() -> None:
+    states = {
+        "sentinel1": np.array([D, D, D, P, F, D, E]),
+        "worldcover": np.array([D, E, D, D, D, D, D]),
+    }
+    work = plan_shard_work(states, samples_per_shard=2)
+    assert [w.shard for w in work] == [1]
+    assert dict(work[0].todo) == {3: ("sentinel1",)}
+    assert (work[0].start, work[0].stop) == (2, 4)
+
+
+def test_retry_failed_adds_failed_samples_and_keeps_shard_bounds() -> None:
+    states = {
+        "sentinel1": np.array([D, D, D, P, F, D, E]),
+        "worldcover": np.array([D, E, D, D, F, D, P]),
+    }
+    work = plan_shard_work(states, samples_per_shard=2, retry_failed=True)
+    assert [(w.shard, w.start, w.stop) for w in work] == [(1, 2, 4), (2, 4, 6), (3, 6, 7)]
+    assert dict(work[1].todo) == {4: ("sentinel1", "worldcover")}
+    assert dict(work[2].todo) == {6: ("worldcover",)}
+
+
+def test_nothing_planned_when_every_sample_is_terminal() -> None:
+    states = {"sentinel1": np.array([D, E, F]), "worldcover": np.array([D, D, F])}
+    assert plan_shard_work(states, 2) == []
+    assert len(plan_shard_work(states, 2, retry_failed=True)) == 1
+
+
+def test_plan_shard_work_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        plan_shard_work({"a": np.zeros(2), "b": np.zeros(3)}, 1)
+    with pytest.raises(ValueError, match="samples_per_shard"):
+        plan_shard_work({"a": np.zeros(2)}, 0)
+
+
+def test_groups_of_follows_the_registry() -> None:
+    corpus_groups = ("s2_10m", "s2_20m", "s2_40m", "s1", "worldcover", "osm")
+    expected_s2 = tuple(g.name for g in MODALITIES["sentinel2_l2a"].groups)
+    assert groups_of(["sentinel2_l2a"], corpus_groups) == expected_s2
+    assert groups_of(["worldcover", "sentinel1"], corpus_groups) == ("s1", "worldcover")
+
+
+def _sample(states: dict[str, SampleState], errors: dict[str, str], value: int) -> SampleData:
+    s1 = MODALITIES["sentinel1"].groups[0]
+    groups, vf, prov = {}, {}, {}
+    if states.get("sentinel1") is SampleState.DONE:
+        groups[s1.name] = np.full((2, len(s1.bands), s1.pixels, s1.pixels), value, s1.dtype)
+        vf[s1.name] = np.array([1.0, 0.5])
+        prov[s1.name] = [["a"], ["b"]]
+    return SampleData(
+        tile_id="32631_0284_02034",
+        epsg=32631,
+        x0=0.0,
+        y0=0.0,
+        center_lon=6.0,
+        center_lat=47.0,
+        period_starts=np.array(["2022-01-01", "2022-02-01"], dtype="datetime64[D]"),
+        groups=groups,
+        valid_fraction=vf,
+        provenance=prov,
+        states=states,
+        errors=errors,
+    )
+
+
+def test_merge_keeps_stored_modalities_and_takes_rebuilt_ones() -> None:
+    stored = _sample(
+        {"sentinel1": SampleState.DONE, "worldcover": SampleState.FAILED},
+        {"worldcover": "OSError: boom"},
+        value=7,
+    )
+    built = _sample(
+        {"worldcover": SampleState.EMPTY}, {"worldcover": "no WorldCover item meets tile"}, 0
+    )
+    merged = merge_sample(built, stored, ["worldcover"])
+    assert merged.states == {"sentinel1": SampleState.DONE, "worldcover": SampleState.EMPTY}
+    assert merged.errors == {"worldcover": "no WorldCover item meets tile"}
+    assert set(merged.groups) == {"s1"} and int(merged.groups["s1"][0, 0, 0, 0]) == 7
+    assert merged.provenance == {"s1": [["a"], ["b"]]}
+
+
+def test_merge_drops_what_a_build_never_writes() -> None:
+    """A stored record carries every group (nodata for non-done modalities); a merge must
+    keep only what the build writes, or a rewrite would differ from the first write."""
+    stored = _sample({"sentinel1": SampleState.FAILED}, {"sentinel1": "X: y"}, 0)
+    stored.groups["s1"] = np.zeros((2, 2, 256, 256), "float32")
+    stored.provenance["s1"] = [[], []]
+    merged = merge_sample(None, stored, [])
+    assert merged.groups == {} and merged.provenance == {}
+    assert merged.states == {"sentinel1": SampleState.FAILED}
+    with pytest.raises(ValueError, match="built or a stored"):
+        merge_sample(None, None, [])
+
+
+def test_split_error_and_top_reasons() -> None:
+    assert split_error("RasterioIOError: HTTP 503 on x.tif") == (
+        "RasterioIOError",
+        "HTTP 503 on x.tif",
+    )
+    assert split_error("no clear pixel: all cloud") == ("Error", "no clear pixel: all cloud")
+    rows = [("s1", "A", "m")] * 3 + [("s1", "B", "n")] * 5 + [("wc", "A", "m")]
+    assert top_reasons(rows, 2) == [
+        {"modality": "s1", "error_class": "B", "message": "n", "count": 5},
+        {"modality": "s1", "error_class": "A", "message": "m", "count": 3},
+    ]
+
+
+def _outcome(sample: int, state: int, error: str = "") -> ShardOutcome:
+    return ShardOutcome(
+        shard=sample,
+        samples=(
+            SampleOutcome(
+                sample=sample,
+                tile_id=f"t{sample}",
+                states={"sentinel1": state},
+                errors={"sentinel1": error} if error else {},
+                rebuilt=("sentinel1",),
+            ),
+        ),
+        seconds=1.0,
+        build_seconds=0.5,
+        worker="w",
+    )
+
+
+def test_failure_table_counts_attempts_and_forgets_fixed_tiles(tmp_path: Path) -> None:
+    path = tmp_path / "failures.json"
+    table = FailureTable(path)
+    table.record(_outcome(0, F, "OSError: 503"))
+    table.record(_outcome(1, F, "ValueError: bad"))
+    table.save()
+    again = FailureTable(path)
+    again.record(_outcome(0, F, "OSError: 504"))
+    again.record(_outcome(1, D))
+    again.save()
+    rows = json.loads(path.read_text())
+    assert rows == [
+        {
+            "sample": 0,
+            "tile_id": "t0",
+            "modality": "sentinel1",
+            "error_class": "OSError",
+            "message": "504",
+            "attempts": 2,
+        }
+    ]
+
+
+def test_sample_verdicts() -> None:
+    assert sample_verdict({"a": D, "b": E}) == "done"
+    assert sample_verdict({"a": E, "b": E}) == "empty"
+    assert sample_verdict({"a": D, "b": F}) == "failed"
+    assert sample_verdict({"a": D, "b": P}) == "pending"
+
+
+def test_run_log_never_writes_a_secret(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with RunLog(path, secrets={"AKIA-SECRET-123"}) as log:
+        log.write("start", config={"key": "AKIA-SECRET-123"})
+        log.write("shard_error", error="denied for AKIA-SECRET-123 at s3://b")
+    assert "AKIA-SECRET-123" not in path.read_text()
+    events = read_run_log(path)
+    assert [e["event"] for e in events] == ["start", "shard_error"]
+    assert events[0]["config"] == {"key": "***"}
+    assert events[1]["error"] == "denied for *** at s3://b"

@@ -195,10 +195,9 @@ def test_torchrun_two_gloo_ranks_train_and_stay_identical(
     proc = subprocess.run(
         [
             torchrun,
+            "--standalone",  # c10d rendezvous on a free loopback port
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "0",
             "-m",
             "terracube.workflows.pretrain_config",
             str(config),
@@ -207,7 +206,7 @@ def test_torchrun_two_gloo_ranks_train_and_stay_identical(
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())

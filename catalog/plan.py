@@ -5,8 +5,9 @@ assignment is testable without a server. Tables:
 
 - samples: one row per sample (tile id, CRS, bounds, centre, period starts, footprint);
 - assignments: one row per candidate (sample, modality, period, rank, item, cloud, coverage);
-- availability: one row per (sample, modality, period) with the candidate count, so
-  "no data" is recorded, not inferred from a missing row;
+- availability: one row per (sample, modality, period) with the candidate count (and
+  how many other-CRS candidates the same-CRS preference dropped), so "no data" is
+  recorded, not inferred from a missing row;
 - items: every assigned NormalizedItem (hrefs, conversions) for the build stage.
 """
 
@@ -40,10 +41,21 @@ class PlanParams:
     """Candidates kept per (sample, modality, period), best first."""
     min_coverage: float = 1e-6
     """Items covering less of the tile footprint than this are not candidates."""
+    prefer_same_crs: bool = True
+    """Near a UTM zone boundary a tile is covered by scenes of both zones. Reading the
+    other zone's scene means resampling across CRSs (inexact and slower), so when items
+    in the tile's own CRS cover it (see `full_coverage`), other-CRS items are dropped;
+    otherwise they stay, ranked after same-CRS items at equal cloud cover."""
+    full_coverage: float = 0.999
+    """Union coverage of the same-CRS items at which the tile counts as fully covered."""
 
     def __post_init__(self) -> None:
         if self.max_candidates < 1:
             raise ValueError(f"PlanParams.max_candidates must be >= 1, got {self.max_candidates}")
+        if not 0 < self.full_coverage <= 1:
+            raise ValueError(
+                f"PlanParams.full_coverage must be in (0, 1], got {self.full_coverage}"
+            )
 
 
 def tile_coverage(geometry_lonlat: shapely.Geometry, tile: Tile) -> float:
@@ -68,11 +80,48 @@ def _cloud_key(item: NormalizedItem) -> float:
     return item.cloud_cover if item.cloud_cover is not None else 0.0
 
 
+Candidate = tuple[NormalizedItem, float]
+"""An item and the fraction of the tile it covers."""
+
+
 def rank_candidates(
-    candidates: Iterable[tuple[NormalizedItem, float]],
-) -> list[tuple[NormalizedItem, float]]:
-    """Lower cloud cover first, then higher coverage, then earlier, then id (deterministic)."""
-    return sorted(candidates, key=lambda c: (_cloud_key(c[0]), -c[1], c[0].datetime, c[0].id))
+    candidates: Iterable[Candidate], tile_epsg: int | None = None
+) -> list[Candidate]:
+    """Lower cloud cover first, then (with `tile_epsg`) the tile's own CRS, then higher
+    coverage, then earlier, then id (deterministic)."""
+    return sorted(
+        candidates,
+        key=lambda c: (
+            _cloud_key(c[0]),
+            _other_crs(c[0], tile_epsg),
+            -c[1],
+            c[0].datetime,
+            c[0].id,
+        ),
+    )
+
+
+def _other_crs(item: NormalizedItem, tile_epsg: int | None) -> bool:
+    """True when reading the item onto the tile means a reprojection (unknown CRS included)."""
+    return tile_epsg is not None and item.epsg != tile_epsg
+
+
+def prefer_same_crs(
+    candidates: Sequence[Candidate], tile: Tile, full_coverage: float
+) -> list[Candidate]:
+    """Drop other-CRS candidates when the same-CRS ones together cover the tile.
+
+    The union of the same-CRS footprints is measured, so two half-scenes of the tile's
+    own zone are enough; a same-CRS scene with a gap keeps the neighbours as fallback.
+    """
+    own = [c for c in candidates if not _other_crs(c[0], tile.epsg)]
+    if not own or len(own) == len(candidates):
+        return list(candidates)
+    if max(c for _, c in own) < full_coverage:
+        union = shapely.union_all([i.geometry for i, _ in own])
+        if tile_coverage(union, tile) < full_coverage:
+            return list(candidates)
+    return own
 
 
 @dataclass
@@ -208,12 +257,23 @@ def make_plan(
                  for p, (start, end) in enumerate(scheme.bounds(anchor))]
                 if temporal else [(STATIC_PERIOD, covering)]
             )  # fmt: skip
-            for period, candidates in periods:
-                ranked = rank_candidates(candidates) if temporal else _best_covering(candidates)
+            crs_key = tile.epsg if params.prefer_same_crs else None
+            for period, found in periods:
+                candidates = (
+                    prefer_same_crs(found, tile, params.full_coverage)
+                    if params.prefer_same_crs
+                    else found
+                )
+                ranked = (
+                    rank_candidates(candidates, crs_key)
+                    if temporal
+                    else _best_covering(candidates, crs_key)
+                )
                 kept = ranked[: params.max_candidates]
                 availability.append(
                     {"sample_index": index, "tile_id": tile.id, "modality": name, "period": period,
-                     "candidates": len(candidates), "has_data": bool(kept)}
+                     "candidates": len(candidates), "other_crs_dropped": len(found) - len(candidates),
+                     "has_data": bool(kept)}
                 )  # fmt: skip
                 for rank, (item, coverage) in enumerate(kept):
                     used[item.id] = item
@@ -235,7 +295,16 @@ def make_plan(
 
 
 def _best_covering(
-    candidates: Iterable[tuple[NormalizedItem, float]],
-) -> list[tuple[NormalizedItem, float]]:
-    """Static maps: the item covering most of the tile first, newest next, then id."""
-    return sorted(candidates, key=lambda c: (-c[1], -c[0].datetime.timestamp(), c[0].id))
+    candidates: Iterable[Candidate], tile_epsg: int | None = None
+) -> list[Candidate]:
+    """Static maps (no cloud: all rank equal there): the tile's own CRS first (with
+    `tile_epsg`), then the item covering most of the tile, newest next, then id."""
+    return sorted(
+        candidates,
+        key=lambda c: (
+            _other_crs(c[0], tile_epsg),
+            -c[1],
+            -c[0].datetime.timestamp(),
+            c[0].id,
+        ),
+    )

@@ -15,17 +15,17 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
 import shapely
 from terracube.catalog.grid import Tile
-from terracube.catalog.http import UnsafeHrefError
+from terracube.catalog.http import RequestCounter, UnsafeHrefError
 from terracube.catalog.normalize import ItemNormalizationError, NormalizedItem, normalize_item
 from terracube.catalog.plan import Plan, PlanParams, make_plan
-from terracube.catalog.registry import TILE_SIZE_M
+from terracube.catalog.registry import TILE_SIZE_M, modality
 from terracube.catalog.sources import Bbox, ItemSource, Query, dedupe_items
 from terracube.catalog.timescheme import TimeScheme
 
@@ -136,6 +136,11 @@ class SearchCache:
         return path
 
 
+STATIC_SEARCH_START = datetime(1970, 1, 1, tzinfo=UTC)
+"""Static maps (WorldCover 2021) are dated before the periods they describe: they are
+searched from here to the end of the span, not over the span only."""
+
+
 @dataclass
 class SearchResult:
     """What the searches found, normalized, plus what they cost."""
@@ -143,9 +148,22 @@ class SearchResult:
     items: dict[str, list[NormalizedItem]]
     requests: list[SearchRequest]
     http_requests: int
+    """Every request the source sent (landing page and retries included)."""
     cache_hits: int
     rejected: list[tuple[str, str]] = field(default_factory=list)
     """(item id, reason) for items that could not be normalized or were unsafe."""
+    pages: list[int] = field(default_factory=list)
+    """Requests to a /search endpoint per entry of `requests` (0: cache hit or no HTTP);
+    without faults that is the number of result pages."""
+
+    @property
+    def search_pages(self) -> int:
+        return sum(self.pages)
+
+
+def search_endpoint_requests(counter: RequestCounter) -> int:
+    """Requests the counter saw to STAC item-search endpoints (paths ending in /search)."""
+    return sum(n for endpoint, n in counter.by_endpoint.items() if endpoint.endswith("/search"))
 
 
 def search_tiles(
@@ -167,10 +185,11 @@ def search_tiles(
     before = source.counter.requests
     found: dict[str, list[dict[str, Any]]] = {m: [] for m in modalities}
     requests: list[SearchRequest] = []
+    pages: list[int] = []
     hits = 0
-    for modality in modalities:
-        collection = source.collection_for(modality)
-        modality_query = (query or {}).get(modality)
+    for name in modalities:
+        collection = source.collection_for(name)
+        modality_query = (query or {}).get(name)
         for region in regions:
             request = SearchRequest(
                 source.name,
@@ -184,14 +203,17 @@ def search_tiles(
             cached = cache.get(request) if cache is not None else None
             if cached is not None:
                 hits += 1
-                found[modality].extend(cached)
+                pages.append(0)
+                found[name].extend(cached)
                 continue
+            searched_before = search_endpoint_requests(source.counter)
             answer = source.search(region.bbox, start, end, [collection], modality_query)
+            pages.append(search_endpoint_requests(source.counter) - searched_before)
             if cache is not None:
                 cache.put(request, answer)
-            found[modality].extend(answer)
+            found[name].extend(answer)
     items, rejected = _normalize_all(found, source)
-    return SearchResult(items, requests, source.counter.requests - before, hits, rejected)
+    return SearchResult(items, requests, source.counter.requests - before, hits, rejected, pages)
 
 
 def _normalize_all(
@@ -199,18 +221,18 @@ def _normalize_all(
 ) -> tuple[dict[str, list[NormalizedItem]], list[tuple[str, str]]]:
     items: dict[str, list[NormalizedItem]] = {}
     rejected: list[tuple[str, str]] = []
-    for modality, raw in found.items():
-        items[modality] = []
+    for name, raw in found.items():
+        items[name] = []
         for item in dedupe_items(raw):
             try:
                 normalized = normalize_item(item, policy=source.href_policy)
             except (ItemNormalizationError, UnsafeHrefError) as err:
                 rejected.append((str(item.get("id")), str(err)))
                 continue
-            if normalized.modality == modality:
-                items[modality].append(normalized)
+            if normalized.modality == name:
+                items[name].append(normalized)
             else:
-                rejected.append((normalized.id, f"is {normalized.modality}, searched {modality}"))
+                rejected.append((normalized.id, f"is {normalized.modality}, searched {name}"))
     return items, rejected
 
 
@@ -226,20 +248,49 @@ def search_and_plan(
     cache: SearchCache | None = None,
     anchors: Sequence[date] | None = None,
 ) -> Plan:
-    """Search once per region x collection over the whole span, then plan (pure)."""
+    """Search once per region x collection, then plan (pure).
+
+    Temporal modalities are searched over the whole span of all anchors; static maps
+    from STATIC_SEARCH_START to the span's end (they predate the periods they describe).
+    """
     spans = [scheme.span(a) for a in (anchors or [scheme.start])]
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
-    result = search_tiles(
-        source, tiles, start, end, modalities, params=region_params, query=query, cache=cache
-    )
-    plan = make_plan(
-        tiles, scheme, result.items, params=plan_params or PlanParams(), anchors=anchors
-    )
-    plan.search = {
+    temporal = [m for m in modalities if modality(m).temporal]
+    static = [m for m in modalities if not modality(m).temporal]
+    items: dict[str, list[NormalizedItem]] = {}
+    search: dict[str, Any] = {
         "source": source.name,
-        "search_calls": len(result.requests),
-        "http_requests": result.http_requests,
-        "cache_hits": result.cache_hits,
-        "rejected": result.rejected,
+        "search_calls": 0,
+        "http_requests": 0,
+        "search_pages": 0,
+        "cache_hits": 0,
+        "rejected": [],
     }
+    for group, group_start in ((temporal, start), (static, min(STATIC_SEARCH_START, start))):
+        if not group:
+            continue
+        result = search_tiles(
+            source,
+            tiles,
+            group_start,
+            end,
+            group,
+            params=region_params,
+            query=query,
+            cache=cache,
+        )
+        items.update(result.items)
+        search["search_calls"] += len(result.requests)
+        search["http_requests"] += result.http_requests
+        search["search_pages"] += result.search_pages
+        search["cache_hits"] += result.cache_hits
+        search["rejected"] += result.rejected
+    plan = make_plan(
+        tiles,
+        scheme,
+        {m: items[m] for m in modalities},
+        params=plan_params or PlanParams(),
+        anchors=anchors,
+    )
+    plan.search = search
     return plan

@@ -202,3 +202,20 @@ def test_only_the_all_cloud_period_gives_empty(truth: WorldTruth, world_items, o
     result = build_tile(inputs, [g.name for g in S2_GROUPS], BuildParams(method="best"))
     assert result.sample.states == {"sentinel2_l2a": SampleState.EMPTY}
     assert "no clear sentinel2_l2a pixel" in result.sample.errors["sentinel2_l2a"]
+
+
+def test_quicklook_png(tmp_path: Path, built, truth) -> None:
+    from terracube.pipeline.quicklook import ATTRIBUTION, quicklook
+    from terracube.pipeline.tile import write_tile
+
+    _, result = built
+    url = tmp_path / "q.zarr"
+    corpus = create_corpus(
+        url, n_samples=1, n_periods=len(truth.period_starts), samples_per_shard=1
+    )
+    write_tile(corpus, 0, result)
+    out = quicklook(url, 0, tmp_path / "q.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "OpenStreetMap contributors" in ATTRIBUTION
+    with pytest.raises(ValueError, match="no built"):
+        quicklook(create_corpus(tmp_path / "e.zarr", 1, 1, 1), 0, tmp_path / "e.png")

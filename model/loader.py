@@ -41,7 +41,7 @@ from terracube.model.loader_plan import (
     rank_batch_count,
 )
 from terracube.model.masking import ViewMasks, mask_batch
-from terracube.model.normalize_stats import GroupNormalizer, group_normalizer, read_stats
+from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -63,14 +63,14 @@ class LoaderItem:
 
 
 @dataclass
-class _Shard:
-    """Decoded arrays of one shard, split per sample (None = failed to decode)."""
+class _SampleCrop:
+    """One sample cut to its batch's crop and timestep window, at native resolution."""
 
-    data: dict[str, list[np.ndarray | None]]
-    valid_fraction: dict[str, np.ndarray]
-    period_start: np.ndarray
-    errors: int
-    nbytes: int
+    data: dict[str, np.ndarray | None]
+    """group -> (T_g, band, side, side) storage dtype; None = failed to decode."""
+    present: dict[str, np.ndarray]
+    """group -> bool (T_g,): modality done and timestep not missing."""
+    months: np.ndarray
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -133,68 +133,82 @@ class CorpusStream(IterableDataset):
         return plan_worker(self.eligible, self.params, self.shape, epoch, slot, start)
 
     # ------------------------------------------------------------------ reading
-    def _read_shard(self, corpus: Corpus, k: int) -> _Shard:
+    def _arrays(self, corpus: Corpus) -> dict[str, Any]:
+        """Array handles opened once per worker (a group lookup re-reads metadata)."""
+        names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
+        return {name: corpus.array(name) for name in names}
+
+    def _crop(self, g: str, arr: np.ndarray, plan: BatchPlan, b: int) -> np.ndarray:
+        group = band_group(g)
+        factor = int(group.resolution // BASE_RESOLUTION_M)
+        side = plan.geometry.crop // factor
+        y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
+        if is_temporal(group):
+            window = slice(plan.starts[b], plan.starts[b] + plan.geometry.timesteps)
+            return np.ascontiguousarray(arr[window, :, y : y + side, x : x + side])
+        return np.ascontiguousarray(arr[None, :, y : y + side, x : x + side])
+
+    def _read_shard(
+        self, arrays: dict[str, Any], k: int, wanted: dict[int, tuple[BatchPlan, int]]
+    ) -> tuple[dict[int, _SampleCrop], int, int]:
+        """One read per array of shard k; crops of the wanted samples, decode errors, bytes."""
         span = self.shard_spans[k]
-        data: dict[str, list[np.ndarray | None]] = {}
+        mine = [i for i in span if i in wanted]
+        crops = {i: _SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
         errors = nbytes = 0
         for g in self.groups:
-            arr = corpus.array(g)
+            arr = arrays[g]
             try:
                 block = np.asarray(arr[span.start : span.stop])
-                # copies, so a sample lingering in the shuffle buffer frees the rest of its shard
-                data[g] = [row.copy() for row in block]
                 nbytes += block.nbytes
+                rows: dict[int, np.ndarray | None] = {i: block[i - span.start] for i in mine}
             except Exception as exc:  # any codec/store error: fall back per sample
                 log.warning("shard %d of %s failed to decode (%s); reading per sample", k, g, exc)
-                rows: list[np.ndarray | None] = []
-                for i in span:
+                rows = {}
+                for i in mine:
                     try:
-                        row = np.asarray(arr[i])
-                        rows.append(row)
-                        nbytes += row.nbytes
+                        rows[i] = np.asarray(arr[i])
+                        nbytes += rows[i].nbytes
                     except Exception as row_exc:
                         log.warning("sample %d of %s skipped: %s", i, g, row_exc)
-                        rows.append(None)
+                        rows[i] = None
                         errors += 1
-                data[g] = rows
-        fractions = {
-            g: np.asarray(corpus.array(f"{g}_valid_fraction")[span.start : span.stop])
-            for g in self.groups
-        }
-        period_start = np.asarray(corpus.array("period_start")[span.start : span.stop])
-        return _Shard(data, fractions, period_start, errors, nbytes)
+            fraction = np.asarray(arrays[f"{g}_valid_fraction"][span.start : span.stop])
+            done = self.done[band_group(g).modality]
+            for i in mine:
+                plan, b = wanted[i]
+                row = rows[i]
+                crops[i].data[g] = None if row is None else self._crop(g, row, plan, b)
+                f = np.atleast_1d(fraction[i - span.start])
+                if is_temporal(band_group(g)):
+                    f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
+                crops[i].present[g] = (f > 0) & bool(done[i])
+        days = np.asarray(arrays["period_start"][span.start : span.stop]).astype(np.int64)
+        for i in mine:
+            plan, b = wanted[i]
+            d = days[i - span.start][plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
+            crops[i].months = (
+                d.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
+            )
+        return crops, errors, nbytes
 
-    def _assemble(self, plan: BatchPlan, rows: dict[int, tuple[_Shard, int]]) -> LoaderItem:
+    def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
         geo = plan.geometry
-        t = geo.timesteps
         data: dict[str, torch.Tensor] = {}
         valid: dict[str, torch.Tensor] = {}
-        errors = 0
         for g in self.groups:
             group = band_group(g)
-            temporal = is_temporal(group)
             factor = int(group.resolution // BASE_RESOLUTION_M)
             side = geo.crop // factor
-            norm: GroupNormalizer = self.normalizers[g]
-            n_bands, steps = len(group.bands), (t if temporal else 1)
-            raw = np.zeros((len(plan.samples), steps, n_bands, side, side), dtype=group.dtype)
-            ok = np.zeros((len(plan.samples), steps), dtype=bool)
-            for b, sample in enumerate(plan.samples):
-                shard, k = rows[sample]
-                arr = shard.data[g][k]
-                if arr is None:
-                    errors += 1
-                    continue
-                if not self.done[group.modality][sample]:
-                    continue
-                y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
-                window = slice(plan.starts[b], plan.starts[b] + t)
-                if temporal:
-                    raw[b] = arr[window, :, y : y + side, x : x + side]
-                    ok[b] = shard.valid_fraction[g][k][window] > 0
-                else:
-                    raw[b, 0] = arr[:, y : y + side, x : x + side]
-                    ok[b] = shard.valid_fraction[g][k] > 0
+            steps = geo.timesteps if is_temporal(group) else 1
+            raw = np.zeros((len(crops), steps, len(group.bands), side, side), dtype=group.dtype)
+            ok = np.zeros((len(crops), steps), dtype=bool)
+            for b, crop in enumerate(crops):
+                arr = crop.data[g]
+                if arr is not None and crop.present[g].any():
+                    raw[b] = arr
+                    ok[b] = crop.present[g]
+            norm = self.normalizers[g]
             pixel_ok = norm.pixel_valid(raw) & ok[:, :, None, None]
             channels = norm(raw, pixel_ok)
             if factor > 1:
@@ -202,15 +216,11 @@ class CorpusStream(IterableDataset):
                 pixel_ok = pixel_ok.repeat(factor, axis=-2).repeat(factor, axis=-1)
             data[g] = torch.from_numpy(np.ascontiguousarray(channels))
             valid[g] = torch.from_numpy(np.ascontiguousarray(pixel_ok))
-        months = np.zeros((len(plan.samples), t), dtype=np.int64)
-        for b, sample in enumerate(plan.samples):
-            shard, k = rows[sample]
-            days = shard.period_start[k][plan.starts[b] : plan.starts[b] + t].astype(np.int64)
-            months[b] = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
-        batch = Batch(data, valid, torch.from_numpy(months), patch_size=geo.patch)
+        months = torch.from_numpy(np.stack([c.months for c in crops]))
+        batch = Batch(data, valid, months, patch_size=geo.patch)
         generator = torch.Generator().manual_seed(plan.masking_seed)
         views = mask_batch(batch, generator, self.params.num_views)
-        return LoaderItem(batch, views, plan.samples, plan.epoch, plan.index, errors)
+        return LoaderItem(batch, views, plan.samples, plan.epoch, plan.index)
 
     def __iter__(self) -> Iterator[LoaderItem]:
         info = get_worker_info()
@@ -219,32 +229,27 @@ class CorpusStream(IterableDataset):
         yield from self.iter_plans(plans)
 
     def iter_plans(self, plans: list[BatchPlan]) -> Iterator[LoaderItem]:
-        """Read shards lazily in stream order; free each sample once its batch is built."""
-        corpus = self._open()
+        """Read shards lazily in stream order; a sample's crop lives until its batch is built."""
+        arrays = self._arrays(self._open())
         shard_of = {s: k for k, span in enumerate(self.shard_spans) for s in span}
-        remaining = {s for p in plans for s in p.samples}
-        rows: dict[int, tuple[_Shard, int]] = {}
+        wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
+        ready: dict[int, _SampleCrop] = {}
         pending_errors = 0
         for plan in plans:
             decoded = 0
             for sample in plan.samples:
-                if sample in rows:
+                if sample in ready:
                     continue
-                k = shard_of[sample]
-                shard = self._read_shard(corpus, k)
-                pending_errors += shard.errors
-                decoded += shard.nbytes
-                span = self.shard_spans[k]
-                for i in span:
-                    if i in remaining:
-                        rows[i] = (shard, i - span.start)
-            item = self._assemble(plan, rows)
+                crops, errors, nbytes = self._read_shard(arrays, shard_of[sample], wanted)
+                ready.update(crops)
+                pending_errors += errors
+                decoded += nbytes
+            item = self._assemble(plan, [ready.pop(s) for s in plan.samples])
             item.decoded_bytes = decoded
             item.decode_errors = pending_errors
             pending_errors = 0
             for sample in plan.samples:
-                remaining.discard(sample)
-                rows.pop(sample, None)
+                wanted.pop(sample)
             yield item
 
 

@@ -1,12 +1,17 @@
-"""Shared pytest fixtures: the real-data fixtures dir and the real local services.
+"""Shared pytest fixtures: real-data fixtures, the synthetic world, the real local services.
 
 Services (tests/services) start once per session on 127.0.0.1 at free ports and are
 stopped in finalizers, also when tests fail. A service whose Debian package is missing
 is skipped locally but fails under CI (CI set), so CI can never go green by skipping.
+
+The synthetic world (`world`, `world_truth`) is generated at most once per session,
+whichever module asks first; `world_assets` serves its files over HTTP and
+`world_stac_api` holds its collections and items in the pgstac STAC API.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from terracube.workflows.world import WorldManifest, WorldTruth, load_truth, rewrite_hrefs
 
 from tests.services.fault_proxy import FaultProxy, run_fault_proxy
 from tests.services.http_assets import AssetServer, run_asset_server
@@ -21,6 +27,7 @@ from tests.services.postgres_pgstac import PgstacDatabase, run_pgstac_database
 from tests.services.process import ServiceUnavailable
 from tests.services.s3 import S3Store, run_s3_server
 from tests.services.stac_api import StacApi, run_stac_api
+from tests.world_fixture import shared_world
 
 FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
 """Real-data fixtures live beside the checkout (CI has shared/ there); never copied in."""
@@ -116,3 +123,59 @@ def s3_store() -> Iterator[S3Store]:
         store = enter_service(stack, run_s3_server)
         SERVICE_STARTUP_S["moto S3"] = store.startup_s
         yield store
+
+
+# --------------------------------------------------------------------------- synthetic world
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> WorldManifest:
+    """The seed-0 test-size synthetic world, generated once per session into a temp dir."""
+    return shared_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def world_truth(world: WorldManifest) -> WorldTruth:
+    """The world's ground truth (load_truth), read once per session."""
+    return load_truth(world.root)
+
+
+@pytest.fixture(scope="session")
+def world_assets(world: WorldManifest) -> Iterator[AssetServer]:
+    """Range-capable HTTP server over the world's root (its COGs under stac/).
+
+    Session-wide and shared: a test that counts requests or scripts faults calls
+    `.reset()` first and last.
+    """
+    with run_asset_server(world.root) as server:
+        SERVICE_STARTUP_S["world asset server"] = server.startup_s
+        yield server
+
+
+def world_ndjson_items(world: WorldManifest, base_url: str | None = None) -> list[dict]:
+    """Every item of the world's NDJSON, asset paths rewritten to `base_url` when given."""
+    items = []
+    for collection_id in world.item_ids:
+        for line in world.ndjson[collection_id].read_text().splitlines():
+            item = json.loads(line)
+            items.append(rewrite_hrefs(item, world.root, base_url) if base_url else item)
+    return items
+
+
+@pytest.fixture(scope="session")
+def world_stac_api(
+    stac_api_session: StacApi, world: WorldManifest, world_assets: AssetServer
+) -> StacApi:
+    """The session STAC API with the world's collections and items loaded once.
+
+    Item assets point at `world_assets` (http://127.0.0.1:PORT/stac/...), so the same
+    items can be read as well as searched. Request counts are not reset here: ask for
+    the `stac_api` fixture too (it resets them per test) or call reset_request_count().
+    """
+    collections = [
+        json.loads(line) for line in world.ndjson["collections"].read_text().splitlines()
+    ]
+    stac_api_session.load_collections(collections)
+    stac_api_session.load_items(world_ndjson_items(world, world_assets.url))
+    stac_api_session.reset_request_count()
+    return stac_api_session

@@ -1,7 +1,7 @@
 """The synthetic world: determinism, STAC/COG consistency, readers, and truth exactness.
 
-The world is generated once per session (tests/world_fixture.py); the
-determinism test generates the same public size a second time.
+The world is generated once per session (the `world` fixture in tests/conftest.py);
+the determinism test generates the same public size a second time.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from terracube.catalog.registry import (
 )
 from terracube.workflows.world import (
     WorldManifest,
+    WorldTruth,
     generate_world,
-    load_truth,
     rewrite_hrefs,
 )
 from terracube.workflows.world.clouds import (
@@ -42,14 +42,6 @@ from terracube.workflows.world.clouds import (
 from terracube.workflows.world.config import BLOCK_M, planned_tiles, world_size, zone_grids
 from terracube.workflows.world.landcover import block_classes
 from terracube.workflows.world.osm import PREFERRED_CLASSES
-
-from tests.world_fixture import shared_world
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory: pytest.TempPathFactory) -> WorldManifest:
-    return shared_world(tmp_path_factory)
-
 
 S2_INVALID = modality("sentinel2_l2a").mask.invalid
 LANDSAT_INVALID_BITS = modality("landsat_c2l2").mask.invalid
@@ -232,10 +224,12 @@ def test_rewrite_hrefs_serves_the_same_files(world: WorldManifest) -> None:
 # ----------------------------------------------------------------------------- readers
 
 
-def test_stackstac_loads_the_declared_geometry(world: WorldManifest) -> None:
+def test_stackstac_loads_the_declared_geometry(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
     import stackstac
 
-    truth = load_truth(world.root)
+    truth = world_truth
     tile = Tile.from_id(world.tile_ids[0])
     ids = truth.items(tile.id, "sentinel2_l2a", 0, native_only=True)[:2]
     items = [i for i in _items(world, "sentinel-2-l2a") if i["id"] in ids]
@@ -279,8 +273,10 @@ def test_odc_stac_loads_the_same_pixels(world: WorldManifest) -> None:
 # ----------------------------------------------------------------------------- truth
 
 
-def test_worldcover_and_class_map_equal_the_truth(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_worldcover_and_class_map_equal_the_truth(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     items = {i["properties"]["proj:epsg"]: i for i in _items(world, "esa-worldcover")}
     shares: dict[int, int] = {}
     for tile_id in world.tile_ids:
@@ -300,8 +296,10 @@ def test_worldcover_and_class_map_equal_the_truth(world: WorldManifest) -> None:
     assert max(shares, key=shares.get) in (10, 40)  # cropland or forest dominate, as at 47 N
 
 
-def test_s2_pixels_follow_truth_and_median_composite_is_exact(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_s2_pixels_follow_truth_and_median_composite_is_exact(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     items = {i["id"]: i for i in _items(world, "sentinel-2-l2a")}
     tile_id, period = world.tile_ids[-1], 2
     tile = Tile.from_id(tile_id)
@@ -342,8 +340,10 @@ def test_s2_pixels_follow_truth_and_median_composite_is_exact(world: WorldManife
     assert hits > 0
 
 
-def test_all_cloud_period_is_recorded_and_empty(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_all_cloud_period_is_recorded_and_empty(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     (case,) = truth.all_cloud
     assert case["modality"] == "sentinel2_l2a" and case["period"] == 1
     for item in _items(world, "sentinel-2-l2a"):
@@ -363,8 +363,10 @@ def test_all_cloud_period_is_recorded_and_empty(world: WorldManifest) -> None:
         assert np.all(src.read(1) == 9)
 
 
-def test_landsat_qa_bits_and_values_follow_truth(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_landsat_qa_bits_and_values_follow_truth(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     items = {i["id"]: i for i in _items(world, "landsat-c2-l2")}
     tile_id, period = world.tile_ids[0], 0
     tile = Tile.from_id(tile_id)
@@ -422,8 +424,8 @@ def test_landsat_fill_lies_outside_the_footprint(world: WorldManifest) -> None:
     assert 0.0 < float((qa == 1).mean()) < 0.2
 
 
-def test_s1_class_means_match_truth(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_s1_class_means_match_truth(world: WorldManifest, world_truth: WorldTruth) -> None:
+    truth = world_truth
     tile_id = world.tile_ids[0]
     tile = Tile.from_id(tile_id)
     scene = truth.scenes_of("sentinel1", tile.epsg, 0)[0]
@@ -439,8 +441,10 @@ def test_s1_class_means_match_truth(world: WorldManifest) -> None:
     assert ratio.var() == pytest.approx(1 / 4.4, rel=0.1)  # gamma speckle of ~4.4 looks
 
 
-def test_items_by_tile_cover_every_planned_tile(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_items_by_tile_cover_every_planned_tile(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     for tile_id in world.tile_ids:
         for period in range(3):
             for name in ("sentinel2_l2a", "sentinel1", "landsat_c2l2", "worldcover"):
@@ -455,10 +459,12 @@ def test_items_by_tile_cover_every_planned_tile(world: WorldManifest) -> None:
         truth.classes("32631_0001_00001")
 
 
-def test_osm_extract_loads_with_osmnx_and_has_every_category(world: WorldManifest) -> None:
+def test_osm_extract_loads_with_osmnx_and_has_every_category(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
     import osmnx
 
-    truth = load_truth(world.root)
+    truth = world_truth
     gdf = osmnx.features_from_xml(world.osm)
     tag_columns = [c for c in gdf.columns if c != "geometry"]
     found: dict[str, set[str]] = {}
@@ -481,8 +487,10 @@ def test_osm_extract_loads_with_osmnx_and_has_every_category(world: WorldManifes
         assert any(feature.geometry.intersects(p) for p in planned), feature.osm_id
 
 
-def test_osm_features_sit_on_fitting_land_cover(world: WorldManifest) -> None:
-    truth = load_truth(world.root)
+def test_osm_features_sit_on_fitting_land_cover(
+    world: WorldManifest, world_truth: WorldTruth
+) -> None:
+    truth = world_truth
     from pyproj import Transformer
 
     on_preferred = 0

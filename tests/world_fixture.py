@@ -1,10 +1,8 @@
 """The test-size synthetic world, generated at most once per test session.
 
-A module that needs it declares its own session fixture calling `shared_world`
-(until the lead moves `world` into conftest.py)::
-
-    @pytest.fixture(scope="session")
-    def world(tmp_path_factory): return shared_world(tmp_path_factory)
+Use the `world` / `world_truth` fixtures from tests/conftest.py. `shared_world` is the
+cache behind them; modules that still declare their own session `world` fixture
+calling it get the very same manifest, so the world is still generated only once.
 """
 
 from __future__ import annotations

@@ -213,7 +213,12 @@ def score(kind: str, truth: np.ndarray, result: ProbeResult, n_classes: int) -> 
 
 
 def _probe(
-    kind: str, train_x, train_y, test_x, n_classes: int, params: EvalParams
+    kind: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    n_classes: int,
+    params: EvalParams,
 ) -> dict[str, ProbeResult]:
     multilabel = kind == "multilabel"
     knn = (
@@ -226,8 +231,12 @@ def _probe(
 
 
 def _rows_of(
-    features: np.ndarray, rows: np.ndarray, per_token: bool, usable: np.ndarray, labels: np.ndarray
-):
+    features: np.ndarray,
+    rows: np.ndarray,
+    per_token: bool,
+    usable: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Flatten (rows, h, w, D) to the usable labelled patches; pass pooled rows through."""
     if not per_token:
         return features[rows], labels[rows]

@@ -14,6 +14,7 @@ stopping on a validation split carved from train by a seeded permutation. The
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +156,7 @@ def _fit_logistic(
     x: torch.Tensor,
     y: torch.Tensor,
     val_x: torch.Tensor,
-    score_val,
+    score_val: Callable[[torch.Tensor], float],
     multilabel: bool,
     n_out: int,
     lr: float,

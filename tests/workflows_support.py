@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from terracube.pipeline.corpus import SampleData
+from terracube.pipeline.tile import TileInputs
+from terracube.workflows.tasks import PipelineTileBuilder
 from terracube.workflows.world import WorldManifest
 
 from tests.world_fixture import shared_world
@@ -67,3 +72,18 @@ def shard_files(root: Path) -> dict[str, float]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and "/c/" in f"/{p.relative_to(root)}"
     }
+
+
+@dataclass(frozen=True)
+class SlowTiles:
+    """The pipeline builder after a pause: keeps a task on its worker long enough to kill it.
+
+    Same output as the pipeline builder; lives here (not in a test module) so that Dask
+    workers started with PYTHONPATH=<repo> can unpickle it cheaply.
+    """
+
+    pause_s: float = 2.0
+
+    def __call__(self, inputs: TileInputs, groups: Sequence[str]) -> SampleData:
+        time.sleep(self.pause_s)
+        return PipelineTileBuilder()(inputs, groups)

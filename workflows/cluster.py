@@ -53,8 +53,12 @@ class DaskExecutor:
 
     @property
     def dashboard(self) -> str | None:
-        link = getattr(self.client, "dashboard_link", None)
-        return str(link) if link else None
+        """The dashboard link, only when the scheduler really serves one."""
+        try:
+            services = self.client.scheduler_info().get("services", {})
+        except Exception:
+            return None
+        return str(self.client.dashboard_link) if "dashboard" in services else None
 
     def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
         from distributed import as_completed

@@ -6,8 +6,10 @@ and timestep count shared by its samples, and forming it in the worker lets the
 worker do the modality-aware masking too. What each worker reads and in which
 order is planned purely in `loader_plan`; this module only does the reads.
 
-Reads are whole shards: one zarr read per array per shard, samples split out of
-the block and kept until the shuffle buffer emits them. A read that fails to
+Reads are whole shards: one read per array per shard (`loader_shard`: one store
+GET and a tight zstd loop for the corpus's default layout, zarr otherwise); each
+wanted sample is cut to its planned crop and timestep window at once, and only
+those crops wait in memory until the shuffle buffer emits them. A read that fails to
 decode falls back to per-sample reads of that shard; a (sample, group) that
 still fails is logged, counted in `LoaderItem.decode_errors`, and treated like
 a missing modality (all pixels invalid), so batch counts — and therefore DDP
@@ -40,6 +42,7 @@ from terracube.model.loader_plan import (
     plan_worker,
     rank_batch_count,
 )
+from terracube.model.loader_shard import fast_path_supported, read_shard
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
@@ -136,7 +139,9 @@ class CorpusStream(IterableDataset):
     def _arrays(self, corpus: Corpus) -> dict[str, Any]:
         """Array handles opened once per worker (a group lookup re-reads metadata)."""
         names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
-        return {name: corpus.array(name) for name in names}
+        arrays = {name: corpus.array(name) for name in names}
+        self._fast = {g: fast_path_supported(arrays[g]) for g in self.groups}
+        return arrays
 
     def _crop(self, g: str, arr: np.ndarray, plan: BatchPlan, b: int) -> np.ndarray:
         group = band_group(g)
@@ -159,7 +164,10 @@ class CorpusStream(IterableDataset):
         for g in self.groups:
             arr = arrays[g]
             try:
-                block = np.asarray(arr[span.start : span.stop])
+                if self._fast[g]:
+                    block = read_shard(arr, k)
+                else:
+                    block = np.asarray(arr[span.start : span.stop])
                 nbytes += block.nbytes
                 rows: dict[int, np.ndarray | None] = {i: block[i - span.start] for i in mine}
             except Exception as exc:  # any codec/store error: fall back per sample

@@ -23,6 +23,7 @@ from terracube.model.loader_plan import (
     draw_geometry,
     round_robin,
 )
+from terracube.model.loader_shard import fast_path_supported, read_shard
 from terracube.model.normalize_stats import (
     STATS_ATTR,
     compute_stats,
@@ -391,3 +392,15 @@ def test_seed_changes_the_stream_and_a_mismatched_resume_is_refused(corpus_path:
 def test_slot_rejects_a_rank_outside_the_world() -> None:
     with pytest.raises(ValueError, match="rank=2"):
         Slot(rank=2, world_size=2)
+
+
+def test_whole_shard_fast_path_equals_zarr_for_every_group(corpus_path: Path) -> None:
+    corpus = Corpus.open(corpus_path)
+    for group in corpus.params.groups:
+        arr = corpus.array(group)
+        assert fast_path_supported(arr), group
+        for k, span in enumerate(corpus.shards):
+            want = np.asarray(arr[span.start : span.stop])
+            got = read_shard(arr, k)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)

@@ -4,7 +4,8 @@ Builds a synthetic corpus (every registry band group, structured values plus
 noise so zstd has real work), then measures over one epoch:
 
 - the streaming loader (`StreamingLoader`) with 1 and 2 DataLoader workers:
-  samples/s and MB/s decoded (crop, normalise, upsample and masking included);
+  samples/s and MB/s decoded (crop, normalise, upsample and masking included),
+  in steady state: timed from the first batch's arrival (worker start-up excluded);
 - the decode floor: numcodecs zstd decode of exactly the inner chunks the loader
   decodes, from shard bytes already in memory, one thread, no Python-level work
   beyond a loop over chunks;
@@ -156,12 +157,19 @@ def read_h5(root: Path, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def loader_epoch(path: Path, params: LoaderParams, workers: int) -> tuple[float, int, int]:
+def loader_epoch(path: Path, params: LoaderParams, workers: int) -> tuple[float, int, int, int]:
+    """Steady state: the clock starts when the first batch arrives (worker start-up, a
+    one-off per epoch, is excluded); returns seconds, samples and bytes after it, and all
+    samples seen."""
     loader = StreamingLoader(CorpusStream(path, params), num_workers=workers)
     n_batches = loader.dataset.batches_in_epoch(0, workers)
+    items = islice(loader, n_batches)
+    first = next(items)
+    first_bytes = loader.decoded_bytes
     t0 = time.perf_counter()
-    samples = sum(item.batch.batch_size for item in islice(loader, n_batches))
-    return time.perf_counter() - t0, samples, loader.decoded_bytes
+    samples = sum(item.batch.batch_size for item in items)
+    seconds = time.perf_counter() - t0
+    return seconds, samples, loader.decoded_bytes - first_bytes, samples + first.batch.batch_size
 
 
 def gpu_estimate(token_budget: int) -> tuple[float, int]:
@@ -179,7 +187,7 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--periods", type=int, default=6)
     ap.add_argument("--per-shard", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -207,8 +215,8 @@ def main() -> None:
         )
         results = {}
         for workers in (1, 2):
-            seconds, n, decoded = loader_epoch(path, params, workers)
-            assert n == args.samples, f"loader yielded {n} samples of {args.samples}"
+            seconds, n, decoded, seen = loader_epoch(path, params, workers)
+            assert seen == args.samples, f"loader yielded {seen} samples of {args.samples}"
             results[workers] = n / seconds
             print(
                 f"loader, {workers} worker(s):        {n / seconds:8.1f} samples/s  "

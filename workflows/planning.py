@@ -76,6 +76,7 @@ def corpus_groups(config: BuildConfig) -> tuple[str, ...]:
 def select_tiles(config: BuildConfig) -> list[Tile]:
     """The tiles to build, from the AOI and sampling mode; never empty."""
     aoi = config.aoi
+    field = "aoi.tiles" if aoi.tiles is not None else "aoi.geojson" if aoi.geojson else "aoi.bbox"
     try:
         if aoi.tiles is not None:
             tiles = sorted({Tile.from_id(t) for t in aoi.tiles})
@@ -90,9 +91,9 @@ def select_tiles(config: BuildConfig) -> list[Tile]:
     except ConfigError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"aoi: {exc}") from None
+        raise ConfigError(f"{field}: {exc}") from None
     if not tiles:
-        raise ConfigError("aoi: the AOI covers no tile of the grid; widen it or fix its bounds")
+        raise ConfigError(f"{field}: the AOI covers no tile of the grid; widen it or fix it")
     sampling = config.sampling
     if sampling.mode == "random":
         assert sampling.n is not None

@@ -78,6 +78,16 @@ class EvalParams:
     """Segmentation: seeded subsample of the training tokens handed to the probes."""
     eurosat_month: int = 0
     device: str = "cpu"
+    """cpu, cuda, or auto (CUDA when torch sees a device)."""
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={self.device!r} was asked for but torch sees no CUDA device"
+            )
+        return torch.device(self.device)
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,7 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
         random_init = _init_model(size, seed)
         label = f"{path.name} (step {state.get('step')})"
     for model in (trained, random_init):
-        model.eval().requires_grad_(False).to(params.device)
+        model.eval().requires_grad_(False).to(params.torch_device())
     return Encoders(trained, random_init, label)
 
 
@@ -182,7 +192,7 @@ def extract_features(
     masks = []
     for start in range(0, len(eval_set), params.batch_size):
         index = np.arange(start, min(start + params.batch_size, len(eval_set)))
-        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.device)
+        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
         trained, present = encoder_features(encoders.trained, batch, per_token)
         random_init, _ = encoder_features(encoders.random_init, batch, per_token)
         out["checkpoint"].append(trained.float().cpu().numpy())
@@ -245,12 +255,16 @@ def _rows_of(
 
 
 def load_task(
-    task: str, data: str | os.PathLike[str], params: EvalParams, groups: Sequence[str] | None = None
+    task: str,
+    data: str | os.PathLike[str],
+    params: EvalParams,
+    groups: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> EvalSet:
-    if task == "worldcover-classification":
-        return worldcover_task(data, "classification", params.crop, groups)
-    if task == "worldcover-segmentation":
-        return worldcover_task(data, "segmentation", params.crop, groups)
+    """The labelled set of `task`: corpus crops (WorldCover tasks) or a dataset folder."""
+    if task in ("worldcover-classification", "worldcover-segmentation"):
+        kind = "classification" if task.endswith("classification") else "segmentation"
+        return worldcover_task(data, kind, params.crop, groups, storage_options)
     if task == "eurosat":
         return read_eurosat(Path(data), month=params.eurosat_month)
     if task == "bigearthnet":
@@ -265,13 +279,17 @@ def evaluate(
     out_dir: Path,
     params: EvalParams | None = None,
     groups: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Probe the frozen encoder on `task` (data = corpus store or dataset folder); write
-    results.json, results.md and confusion_matrix.png to `out_dir` and return the results."""
+    results.json, results.md and confusion_matrix.png to `out_dir` and return the results.
+
+    `groups` restricts the encoder input of corpus tasks (default: every encodable group);
+    `storage_options` open a remote corpus (fsspec)."""
     params = params or EvalParams()
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
-    eval_set = load_task(task, data, params, groups)
+    eval_set = load_task(task, data, params, groups, storage_options)
     encoders = load_encoders(checkpoint, params)
     per_token = eval_set.kind == "segmentation"
     features, usable = extract_features(eval_set, encoders, params, per_token)

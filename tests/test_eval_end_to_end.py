@@ -21,6 +21,7 @@ from terracube.model.eval_report import METRIC_COLUMNS
 from terracube.model.eval_tasks import (
     WORLDCOVER_CODES,
     CropParams,
+    crop_windows,
     split_by_key,
     token_labels,
     worldcover_task,
@@ -268,3 +269,18 @@ def test_evaluate_loads_a_pretraining_checkpoint(tiny_corpus: Path, tmp_path: Pa
         evaluate(bad, "worldcover-classification", tiny_corpus, tmp_path / "c", params)
     with pytest.raises(ValueError, match="unknown task"):
         evaluate(None, "imagenet", tiny_corpus, tmp_path / "d", params)
+
+
+def test_split_crop_and_device_errors_name_the_fix() -> None:
+    train, test = split_by_key(np.array(["b", "a", "b", "c", "a"]), 0.34, seed=1)
+    keys = np.array(["b", "a", "b", "c", "a"])
+    assert not set(keys[train]) & set(keys[test]) and len(set(keys[test])) == 1
+    assert sorted([*train, *test]) == list(range(5))
+    with pytest.raises(ValueError, match=">= 2 distinct samples"):
+        split_by_key(np.array(["t", "t"]), 0.25, seed=0)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        crop_windows(256, CropParams(crop=30))
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            EvalParams(device="cuda").torch_device()
+    assert EvalParams(device="auto").torch_device().type in ("cpu", "cuda")

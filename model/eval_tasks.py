@@ -140,7 +140,22 @@ class CropParams:
     min_labelled: float = 0.5
     """Crops with a smaller fraction of WorldCover-labelled pixels are skipped."""
     max_crops_per_tile: int | None = None
+    """Seeded subset of each tile's crops (None = all)."""
+    max_tiles: int | None = None
+    """Seeded subset of the tiles with WorldCover done (None = all)."""
+    max_bytes: int = 8 * 2**30
+    """The task is held in memory; refuse plans larger than this before reading."""
     seed: int = 0
+
+
+def planned_bytes(corpus: Corpus, inputs: Sequence[str], n_crops: int, crop: int) -> int:
+    """Memory of `n_crops` crops of `inputs` in storage dtype on the 10 m grid."""
+    per_crop = 0
+    for g in inputs:
+        group = band_group(g)
+        steps = corpus.n_periods if is_temporal(g) else 1
+        per_crop += steps * len(group.bands) * crop * crop * np.dtype(group.dtype).itemsize
+    return n_crops * per_crop
 
 
 def _input_groups(corpus: Corpus, groups: Sequence[str] | None) -> tuple[str, ...]:
@@ -200,11 +215,21 @@ def worldcover_task(
     samples = np.flatnonzero(states["worldcover"] == SampleState.DONE)
     if samples.size == 0:
         raise ValueError(f"{corpus.url!r} has no sample with worldcover done; build it first")
+    rng = np.random.default_rng(params.seed)
+    if params.max_tiles is not None and samples.size > params.max_tiles:
+        samples = np.sort(rng.choice(samples, params.max_tiles, replace=False))
     lookup = np.full(256, IGNORE, dtype=np.int64)
     lookup[list(WORLDCOVER_CODES)] = np.arange(len(WORLDCOVER_CODES))
     tile_px = band_group("worldcover").pixels
     windows = crop_windows(tile_px, params)
-    rng = np.random.default_rng(params.seed)
+    per_tile = min(len(windows), params.max_crops_per_tile or len(windows))
+    need = planned_bytes(corpus, inputs, samples.size * per_tile, params.crop)
+    if need > params.max_bytes:
+        raise ValueError(
+            f"the {kind} task of {corpus.url!r} would hold {need / 2**30:.1f} GiB of crops in "
+            f"memory (max_bytes {params.max_bytes / 2**30:.1f} GiB); set CropParams.max_tiles or "
+            "max_crops_per_tile, or restrict the input groups"
+        )
     raw: dict[str, list[np.ndarray]] = {g: [] for g in inputs}
     present: dict[str, list[np.ndarray]] = {g: [] for g in inputs}
     labels, keys, months = [], [], []

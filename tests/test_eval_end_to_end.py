@@ -22,6 +22,7 @@ from terracube.model.eval_tasks import (
     WORLDCOVER_CODES,
     CropParams,
     crop_windows,
+    planned_bytes,
     split_by_key,
     token_labels,
     worldcover_task,
@@ -29,7 +30,7 @@ from terracube.model.eval_tasks import (
 from terracube.model.evaluate import EvalParams, _init_model, evaluate, load_encoders
 from terracube.model.pretrain import CHECKPOINT_FORMAT
 from terracube.model.probes import KnnParams, LinearProbeParams
-from terracube.pipeline.corpus import SampleData, SampleState, create_corpus
+from terracube.pipeline.corpus import Corpus, SampleData, SampleState, create_corpus
 
 N_TILES = 6
 PENDING_WORLDCOVER = 5
@@ -284,3 +285,18 @@ def test_split_crop_and_device_errors_name_the_fix() -> None:
         with pytest.raises(RuntimeError, match="no CUDA device"):
             EvalParams(device="cuda").torch_device()
     assert EvalParams(device="auto").torch_device().type in ("cpu", "cuda")
+
+
+def test_tile_subset_and_memory_guard(tiny_corpus: Path) -> None:
+    params = CropParams(crop=32, max_tiles=2, max_crops_per_tile=5, seed=3)
+    ds = worldcover_task(tiny_corpus, "classification", params)
+    assert len(np.unique(ds.split_keys)) == 2 and len(ds) <= 10
+    corpus = Corpus.open(tiny_corpus)
+    held = sum(x.nbytes for x in ds.raw.values())
+    assert (
+        held == planned_bytes(corpus, tuple(ds.raw), len(ds), 32) == len(ds) * 2 * 12 * 32 * 32 * 2
+    )
+    again = worldcover_task(tiny_corpus, "classification", params)
+    assert again.split_keys.tolist() == ds.split_keys.tolist()  # seeded
+    with pytest.raises(ValueError, match="GiB of crops in memory"):
+        worldcover_task(tiny_corpus, "classification", CropParams(max_bytes=10_000))

@@ -218,4 +218,5 @@ def test_quicklook_png(tmp_path: Path, built, truth) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "OpenStreetMap contributors" in ATTRIBUTION
     with pytest.raises(ValueError, match="no built"):
-        quicklook(create_corpus(tmp_path / "e.zarr", 1, 1, 1), 0, tmp_path / "e.png")
+        create_corpus(tmp_path / "e.zarr", 1, 1, 1)
+        quicklook(tmp_path / "e.zarr", 0, tmp_path / "e.png")

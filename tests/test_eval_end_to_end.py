@@ -27,9 +27,17 @@ from terracube.model.eval_tasks import (
     token_labels,
     worldcover_task,
 )
-from terracube.model.evaluate import EvalParams, _init_model, evaluate, load_encoders
+from terracube.model.evaluate import (
+    EvalParams,
+    _init_model,
+    encoder_features,
+    evaluate,
+    load_encoders,
+    raw_pixel_features,
+)
 from terracube.model.pretrain import CHECKPOINT_FORMAT
 from terracube.model.probes import KnnParams, LinearProbeParams
+from terracube.model.synthetic import synthetic_batch
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState, create_corpus
 
 N_TILES = 6
@@ -300,3 +308,38 @@ def test_tile_subset_and_memory_guard(tiny_corpus: Path) -> None:
     assert again.split_keys.tolist() == ds.split_keys.tolist()  # seeded
     with pytest.raises(ValueError, match="GiB of crops in memory"):
         worldcover_task(tiny_corpus, "classification", CropParams(max_bytes=10_000))
+
+
+def test_raw_pixel_features_equal_numpy_per_crop_and_per_patch() -> None:
+    batch = synthetic_batch(
+        batch_size=2, timesteps=2, size=8, patch_size=4, groups=("s2_10m", "s1"), valid_fraction=0.7
+    )
+    pooled = raw_pixel_features(batch, per_token=False).numpy()
+    patches = raw_pixel_features(batch, per_token=True).numpy()
+    assert pooled.shape == (2, 2 * (4 + 2)) and patches.shape == (2, 2, 2, 12)
+    x, v = batch.data["s2_10m"].numpy(), batch.valid["s2_10m"].numpy()
+    for b in range(2):
+        for c in range(4):
+            values = x[b, :, c][v[b]]  # valid pixels of band c over time and the crop
+            assert pooled[b, c] == pytest.approx(values.mean(), rel=1e-5)
+            assert pooled[b, 4 + c] == pytest.approx(values.std(), rel=1e-4)
+        window = (slice(None), slice(4, 8), slice(0, 4))  # patch (row 1, col 0)
+        values = x[b, :, 2][window][v[b][window]]
+        assert patches[b, 1, 0, 2] == pytest.approx(values.mean(), rel=1e-5)
+    s1 = batch.data["s1"].numpy()[1, :, 1][batch.valid["s1"].numpy()[1]]
+    assert pooled[1, 8 + 1] == pytest.approx(s1.mean(), rel=1e-5)
+
+
+def test_per_patch_embedding_is_mean_of_encoded_tokens() -> None:
+    model = _init_model("nano", seed=0).eval()
+    batch = synthetic_batch(batch_size=1, timesteps=2, size=8, patch_size=4, groups=("s2_10m",))
+    batch.valid["s2_10m"][0, :, :4, :4] = False  # patch (0, 0) never valid: not encoded
+    batch.valid["s2_10m"][0, 1, 4:, 4:] = False  # patch (1, 1) valid only at t = 0
+    features, present = encoder_features(model, batch, per_token=True)
+    with torch.no_grad():
+        _, tokens = model.encode(batch)
+    grid = tokens["s2_10m"][0]  # (T, 2, 2, D)
+    assert present[0].tolist() == [[False, True], [True, True]]
+    torch.testing.assert_close(features[0, 1, 1], grid[0, 1, 1])
+    torch.testing.assert_close(features[0, 0, 1], grid[:, 0, 1].mean(0))
+    assert torch.equal(features[0, 0, 0], torch.zeros(model.size.dim))

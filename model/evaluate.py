@@ -99,7 +99,7 @@ class Encoders:
     label: str
 
 
-def _init_model(size: str, seed: int) -> LatentMIM:
+def init_model(size: str, seed: int) -> LatentMIM:
     """Exactly how pretraining builds its step-0 model, without touching the caller's RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -110,8 +110,8 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
     """Encoder from a pretraining checkpoint (weights_only load) or a random init, plus the
     random-init baseline of the same size and seed; both frozen on `params.device`."""
     if checkpoint is None:
-        trained = _init_model(params.size, params.seed)
-        random_init = _init_model(params.size, params.seed)
+        trained = init_model(params.size, params.seed)
+        random_init = init_model(params.size, params.seed)
         label = f"random-init {params.size} (no checkpoint)"
     else:
         path = Path(checkpoint)
@@ -125,9 +125,9 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
             )
         settings = state.get("settings", {})
         size, seed = str(settings.get("model_size", "nano")), int(settings.get("seed", 0))
-        trained = _init_model(size, seed)
+        trained = init_model(size, seed)
         trained.load_state_dict(state["model"])
-        random_init = _init_model(size, seed)
+        random_init = init_model(size, seed)
         label = f"{path.name} (step {state.get('step')})"
     for model in (trained, random_init):
         model.eval().requires_grad_(False).to(params.torch_device())

@@ -29,9 +29,9 @@ from terracube.model.eval_tasks import (
 )
 from terracube.model.evaluate import (
     EvalParams,
-    _init_model,
     encoder_features,
     evaluate,
+    init_model,
     load_encoders,
     raw_pixel_features,
 )
@@ -237,7 +237,7 @@ def test_evaluate_segmentation_scores_tokens(tiny_corpus: Path, tmp_path: Path) 
 
 
 def test_evaluate_loads_a_pretraining_checkpoint(tiny_corpus: Path, tmp_path: Path) -> None:
-    model = _init_model("nano", seed=0)
+    model = init_model("nano", seed=0)
     with torch.no_grad():
         for p in model.encoder.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -331,7 +331,7 @@ def test_raw_pixel_features_equal_numpy_per_crop_and_per_patch() -> None:
 
 
 def test_per_patch_embedding_is_mean_of_encoded_tokens() -> None:
-    model = _init_model("nano", seed=0).eval()
+    model = init_model("nano", seed=0).eval()
     batch = synthetic_batch(batch_size=1, timesteps=2, size=8, patch_size=4, groups=("s2_10m",))
     batch.valid["s2_10m"][0, :, :4, :4] = False  # patch (0, 0) never valid: not encoded
     batch.valid["s2_10m"][0, 1, 4:, 4:] = False  # patch (1, 1) valid only at t = 0

@@ -13,6 +13,7 @@ assignment is testable without a server. Tables:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,12 +59,26 @@ class PlanParams:
             )
 
 
+Candidate = tuple[NormalizedItem, float]
+"""An item and the fraction of the tile it covers."""
+
+
 def tile_coverage(geometry_lonlat: shapely.Geometry, tile: Tile) -> float:
     """Fraction (0-1) of the tile's square covered by a lon/lat footprint, in the tile CRS."""
-    near = shapely.intersection(geometry_lonlat, tile.footprint_lonlat())
+    return _coverage(geometry_lonlat, tile, tile.footprint_lonlat())
+
+
+@functools.lru_cache(maxsize=64)
+def _lonlat_to(epsg: int) -> Transformer:
+    """One transformer per CRS: building one costs more than projecting a footprint."""
+    return Transformer.from_crs(4326, epsg, always_xy=True)
+
+
+def _coverage(geometry_lonlat: shapely.Geometry, tile: Tile, footprint: shapely.Geometry) -> float:
+    near = shapely.intersection(geometry_lonlat, footprint)
     if near.is_empty:
         return 0.0
-    to_tile = Transformer.from_crs(4326, tile.epsg, always_xy=True)
+    to_tile = _lonlat_to(tile.epsg)
 
     def project(coords: np.ndarray) -> np.ndarray:
         x, y = to_tile.transform(coords[:, 0], coords[:, 1])
@@ -75,13 +90,26 @@ def tile_coverage(geometry_lonlat: shapely.Geometry, tile: Tile) -> float:
     return float(min(1.0, covered / (TILE_SIZE_M * TILE_SIZE_M)))
 
 
+def covering_items(
+    items: Sequence[NormalizedItem], tile: Tile, min_coverage: float
+) -> list[Candidate]:
+    """(item, coverage) of the items covering at least `min_coverage` of the tile.
+
+    A vectorised intersects test first, so items far from the tile cost nothing more.
+    """
+    footprint = tile.footprint_lonlat()
+    geometries = np.array([i.geometry for i in items], dtype=object)
+    meeting = shapely.intersects(geometries, footprint) if len(items) else []
+    return [
+        (item, c)
+        for item, meets in zip(items, meeting, strict=True)
+        if meets and (c := _coverage(item.geometry, tile, footprint)) >= min_coverage
+    ]
+
+
 def _cloud_key(item: NormalizedItem) -> float:
     """Sensors without a cloud cover (S1, WorldCover) rank as clear."""
     return item.cloud_cover if item.cloud_cover is not None else 0.0
-
-
-Candidate = tuple[NormalizedItem, float]
-"""An item and the fraction of the tile it covers."""
 
 
 def rank_candidates(
@@ -246,11 +274,7 @@ def make_plan(
     used: dict[str, NormalizedItem] = {}
     for index, (tile, anchor) in enumerate(zip(tiles, sample_anchors, strict=True)):
         for name, items in items_by_modality.items():
-            covering = [
-                (i, c)
-                for i in items
-                if (c := tile_coverage(i.geometry, tile)) >= params.min_coverage
-            ]
+            covering = covering_items(items, tile, params.min_coverage)
             temporal = modality(name).temporal
             periods = (
                 [(p, [(i, c) for i, c in covering if start <= i.datetime < end])

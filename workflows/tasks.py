@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState
+from terracube.pipeline.read import StackstacReader
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
 from terracube.workflows.shards import groups_of, merge_sample
 
@@ -29,12 +30,19 @@ class TileBuilder(Protocol):
 
 @dataclass(frozen=True)
 class PipelineTileBuilder:
-    """The pipeline's `build_tile` with fixed parameters (reads with stackstac)."""
+    """The pipeline's `build_tile` with fixed parameters (reads with stackstac).
+
+    `read_scheduler` is the local Dask scheduler stackstac computes a read with inside
+    the task: "threads" overlaps remote (HTTP/S3) reads; "sync" keeps a worker on
+    exactly one core, which is what one-thread workers on a busy machine want.
+    """
 
     params: BuildParams = field(default_factory=BuildParams)
+    read_scheduler: str = "threads"
 
     def __call__(self, inputs: TileInputs, groups: Sequence[str]) -> SampleData:
-        return build_tile(inputs, groups, self.params).sample
+        reader = StackstacReader(scheduler=self.read_scheduler)
+        return build_tile(inputs, groups, self.params, reader).sample
 
 
 @dataclass(frozen=True)

@@ -111,3 +111,16 @@ def test_decode_only_groups_cannot_be_encoded() -> None:
         assert "decode-only groups ['osm']" in str(err)
     else:
         raise AssertionError("encoding OSM must be refused")
+
+
+def test_bf16_autocast_step_keeps_fp32_losses_and_targets() -> None:
+    torch.manual_seed(0)
+    model = LatentMIM()
+    batch = synthetic_batch(batch_size=2, timesteps=2, size=8, patch_size=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch, checkerboard_views(batch))
+        seq = model.embed(batch, with_targets=True)
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+    assert seq.targets is not None and seq.targets.dtype == torch.float32
+    out["loss"].backward()
+    assert model.tokenizer.embed["s2_10m"].weight.grad.abs().sum() > 0

@@ -8,6 +8,10 @@ wraps it to fail chosen tiles, as a broken asset would.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,3 +147,39 @@ def test_plan_is_kept_and_reused_while_the_config_is_unchanged(
     assert (plan_dir(config) / "assignments.parquet").stat().st_mtime_ns == stamp
     assert again.samples.tile_id.tolist() == plan.samples.tile_id.tolist() == list(world.tile_ids)
     assert np.array_equal(again.assignments.item_id.to_numpy(), plan.assignments.item_id.to_numpy())
+
+
+def test_ctrl_c_keeps_finished_shards_and_a_rerun_completes(
+    world: WorldManifest, tmp_path: Path
+) -> None:
+    """SIGINT after the first shard: exit 130, nothing finished is lost, the rerun
+    completes, and the result equals an uninterrupted build file for file."""
+    reference = load_config(world_config(world, tmp_path / "ref", modalities=FAST))
+    build_corpus(reference, SYNC)
+
+    path = world_config(world, tmp_path / "cut", modalities=FAST)
+    config = load_config(path)
+    command = [str(Path(sys.executable).with_name("terracube")), "build", str(path)]
+    command += ["--synchronous", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        logs = run_dir(config)
+        while process.poll() is None:
+            events = [e for log in logs.glob("*.jsonl") for e in read_run_log(log)]
+            if any(e["event"] == "shard" for e in events):
+                process.send_signal(signal.SIGINT)
+                break
+            time.sleep(0.05)
+        output, _ = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    assert "interrupted" in output and "Traceback" not in output
+    status = corpus_status(config.store_url)
+    assert 1 <= status["states"]["sentinel1"]["done"] < 4
+    assert status["states"]["sentinel1"]["pending"] == 4 - status["states"]["sentinel1"]["done"]
+
+    rerun = build_corpus(config, SYNC)
+    assert rerun.tiles["done"] == status["states"]["sentinel1"]["pending"]
+    assert store_hashes(Path(config.store_url)) == store_hashes(Path(reference.store_url))

@@ -147,3 +147,29 @@ def test_status_of_a_missing_store_is_one_clear_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["status", str(tmp_path / "nothing.zarr")])
     assert result.exit_code == EXIT_USER_ERROR
     assert "no corpus at" in result.output and "Traceback" not in result.output
+
+
+def test_stratified_sampling_draws_per_worldcover_class(
+    tmp_path: Path, world: WorldManifest
+) -> None:
+    from terracube.workflows.config import load_config
+    from terracube.workflows.planning import plan_build
+
+    def planned(n_per_class: int, seed: int) -> list[str]:
+        sampling = {"mode": "stratified", "n_per_class": n_per_class, "seed": seed}
+        path = world_config(world, tmp_path / f"{n_per_class}-{seed}", extra={"sampling": sampling})
+        return plan_build(load_config(path)).samples.tile_id.tolist()
+
+    # Every tile of the world has a WorldCover class, so asking for more per class than
+    # there are tiles draws all of them; one per class draws one tile per class present.
+    assert planned(10, 0) == list(world.tile_ids)
+    one = planned(1, 0)
+    assert one == planned(1, 0)  # seeded: the same draw every time
+    assert 1 <= len(one) <= 4 and set(one) <= set(world.tile_ids)
+
+    no_worldcover = world_config(
+        world, tmp_path / "nowc", modalities=("sentinel1",),
+        extra={"sampling": {"mode": "stratified", "n_per_class": 1}},
+    )  # fmt: skip
+    result = runner.invoke(app, ["plan", str(no_worldcover), "--dry-run"])
+    assert result.exit_code == EXIT_USER_ERROR and "sampling.mode" in result.output

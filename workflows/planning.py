@@ -103,10 +103,10 @@ def select_tiles(config: BuildConfig) -> list[Tile]:
                 "ask for at most that many"
             )
         tiles = _draw(tiles, sampling.n, sampling.seed)
-    elif sampling.mode == "stratified":
+    elif sampling.mode == "stratified" and "worldcover" not in config.modalities:
         raise ConfigError(
-            "sampling.mode: 'stratified' needs a WorldCover read per tile at plan time, "
-            "which `terracube plan` does not do yet; use 'cover' or 'random'"
+            "sampling.mode: 'stratified' draws tiles per WorldCover class; add a worldcover "
+            "modality to modalities (or use 'cover' or 'random')"
         )
     return tiles
 
@@ -177,6 +177,9 @@ def plan_build(
     """Search every source once per region x collection, then plan all modalities together."""
     tiles = select_tiles(config)
     check_sources(config)
+    cache = SearchCache(cache_dir) if cache_dir is not None else None
+    if config.sampling.mode == "stratified":
+        tiles = stratified_tiles(config, tiles, region_params or RegionParams(), cache)
     scheme = time_scheme(config)
     start, end = scheme.span()
     by_source: dict[str, list[str]] = defaultdict(list)
@@ -190,7 +193,6 @@ def plan_build(
         "cache_hits": 0,
         "rejected": [],
     }
-    cache = SearchCache(cache_dir) if cache_dir is not None else None
     for names in by_source.values():
         source = make_source(config, names[0])
         search["source"].append(source.name)
@@ -222,6 +224,40 @@ def plan_build(
     plan = make_plan(tiles, scheme, items, params=plan_params or PlanParams())
     plan.search = search
     return plan
+
+
+def stratified_tiles(
+    config: BuildConfig,
+    tiles: Sequence[Tile],
+    region_params: RegionParams,
+    cache: SearchCache | None,
+) -> list[Tile]:
+    """Up to `n_per_class` tiles per majority WorldCover class (read coarse from the items)."""
+    from terracube.catalog.sampling import draw_stratified, worldcover_class_lookup
+
+    assert config.sampling.n_per_class is not None
+    _, end = time_scheme(config).span()
+    try:
+        found = search_tiles(
+            make_source(config, "worldcover"),
+            tiles,
+            STATIC_SEARCH_START,
+            end,
+            ["worldcover"],
+            params=region_params,
+            cache=cache,
+        )
+    except SourceError as exc:
+        raise ConfigError(f"modalities.worldcover: {exc}") from None
+    lookup = worldcover_class_lookup(found.items.get("worldcover", []))
+    drawn = draw_stratified(tiles, config.sampling.n_per_class, lookup, config.sampling.seed)
+    chosen = sorted({tile for members in drawn.values() for tile in members})
+    if not chosen:
+        raise ConfigError(
+            "sampling: no tile of the AOI has a valid WorldCover class; stratified sampling "
+            "found nothing to draw (check modalities.worldcover or use 'cover')"
+        )
+    return chosen
 
 
 def _queries(config: BuildConfig, names: Sequence[str]) -> Mapping[str, Any]:

@@ -28,7 +28,7 @@ output: {store: corpus.zarr, samples_per_shard: 2}
 """
 
 
-@pytest.mark.parametrize("command", ["world", "plan", "build", "status", "validate"])
+@pytest.mark.parametrize("command", ["world", "plan", "build", "status", "validate", "quicklook"])
 def test_every_command_explains_itself(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0, result.output
@@ -136,6 +136,12 @@ def test_build_status_validate_round_trip(tmp_path: Path, world: WorldManifest) 
     assert by_config.exit_code == 0 and "worldcover" in by_config.output
 
     assert runner.invoke(app, ["validate", str(store)]).exit_code == 0
+    png = tmp_path / "s0.png"
+    drawn = runner.invoke(app, ["quicklook", str(store), "0", "--out", str(png)])
+    assert drawn.exit_code == 0, drawn.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    outside = runner.invoke(app, ["quicklook", str(store), "9", "--out", str(png)])
+    assert outside.exit_code == EXIT_USER_ERROR and "outside this corpus" in outside.output
     shard = store / "worldcover" / "c" / "0" / "0" / "0" / "0"
     shard.write_bytes(shard.read_bytes()[:50])
     broken = runner.invoke(app, ["validate", str(store)])

@@ -25,7 +25,7 @@ app = typer.Typer(
         "terracube: Earth-observation corpora and pretraining.\n\n"
         "Typical run: `terracube world --out w` (synthetic data), "
         "`terracube plan w/build.yaml --dry-run`, `terracube build w/build.yaml`, "
-        "`terracube status w/corpus.zarr`."
+        "`terracube status w/corpus.zarr`, `terracube quicklook w/corpus.zarr 0 --out s0.png`."
     ),
 )
 
@@ -236,6 +236,28 @@ def validate(
         typer.echo(f"{len(problems)} problem(s) in {url}", err=True)
         raise typer.Exit(1)
     typer.echo(f"{url}: valid")
+
+
+@app.command()
+def quicklook(
+    store: StoreArg,
+    sample: Annotated[int, typer.Argument(help="Sample index (0-based).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+) -> None:
+    """Draw one sample as a PNG: S2 true colour per period, S1 VV, WorldCover, OSM.
+
+    Reads only the store; the image carries the data sources' attribution.
+    """
+    from terracube.pipeline.quicklook import quicklook as draw
+
+    with user_errors():
+        url, _ = _store_and_options(store)
+        try:
+            written = draw(url, sample, out)
+        except (ValueError, IndexError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+    typer.echo(f"wrote {written}")
 
 
 # --- later stages (stats, pretrain, evaluate, demo) add their commands below this line.

@@ -108,16 +108,16 @@ def main() -> None:
             if sum(report.tiles.values()) != n or report.shard_errors:
                 raise SystemExit(f"{workers}-worker build did not build all {n} tiles: {report}")
             reports[workers] = report
-            per_tile = statistics.median(o.build_seconds for o in report.outcomes)
+            per_tile = statistics.median(report.shard_build_seconds)
             print(
                 f"{workers} worker(s): {report.tiles_per_minute:8.1f} tiles/min "
-                f"(task phase {report.run_seconds:.1f} s; median builder time per tile "
+                f"(task phase {report.run_seconds:.1f} s; median builder time per shard "
                 f"{per_tile:.2f} s)"
             )
         two = reports[2]
-        busy = sum(o.build_seconds for o in two.outcomes)
+        busy = sum(two.shard_build_seconds)
         overhead = 1.0 - busy / (two.run_seconds * 2)
-        task_overhead = (two.run_seconds * 2 - busy) / len(two.outcomes)
+        task_overhead = (two.run_seconds * 2 - busy) / len(two.shard_build_seconds)
         speedup = two.tiles_per_minute / reports[1].tiles_per_minute
         print(
             f"speedup 2 vs 1 worker: {speedup:.2f} (target >= 1.7 on 2 free cores); "

@@ -151,8 +151,9 @@ def test_failure_table_counts_attempts_and_forgets_fixed_tiles(tmp_path: Path) -
     table.record(_outcome(1, F, "ValueError: bad"))
     table.save()
     again = FailureTable(path)
-    again.record(_outcome(0, F, "OSError: 504"))
-    again.record(_outcome(1, D))
+    assert again.record(_outcome(0, F, "OSError: 504")) is True
+    assert again.record(_outcome(1, D)) is True  # t1 was failed, now fixed
+    assert again.record(_outcome(2, D)) is False  # a clean shard leaves the table as is
     again.save()
     rows = json.loads(path.read_text())
     assert rows == [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,9 @@ class BuildReport:
     run_seconds: float
     """Wall time of the task phase alone (cluster already up): what throughput is measured on."""
     dashboard: str | None = None
-    outcomes: list[ShardOutcome] = field(default_factory=list, repr=False)
+    shard_build_seconds: tuple[float, ...] = field(default=(), repr=False)
+    """Builder time of every finished shard (not the outcomes: a client building millions
+    of tiles keeps counts, not per-sample records)."""
 
     @property
     def tiles_per_minute(self) -> float:
@@ -221,7 +224,8 @@ def run_build(
     osm = load_osm(config, plan) if needs_osm else None
     failures = FailureTable(folder / "failures.json")
     log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"
-    outcomes: list[ShardOutcome] = []
+    counts: Counter[str] = Counter()
+    build_seconds: list[float] = []
     shard_errors = 0
     secrets = config._secrets
     with RunLog(log_path, secrets) as log:
@@ -256,9 +260,10 @@ def run_build(
                         log.write("shard_error", shard=task.shard, error=message)
                         progress.note(f"[red]shard {task.shard} failed: {message[:300]}")
                         return
-                    outcomes.append(outcome)
-                    failures.record(outcome)
-                    failures.save()
+                    counts.update(tally([outcome]))
+                    build_seconds.append(outcome.build_seconds)
+                    if failures.record(outcome):
+                        failures.save()
                     log.write("shard", **_shard_event(outcome))
                     progress.update(outcome)
 
@@ -267,7 +272,6 @@ def run_build(
                 run_seconds = time.monotonic() - run_started
             dashboard = executor.dashboard
         seconds = time.monotonic() - started
-        counts = tally(outcomes)
         report = BuildReport(
             store=config.store_url,
             run_dir=folder,
@@ -281,7 +285,7 @@ def run_build(
             seconds=seconds,
             run_seconds=run_seconds,
             dashboard=dashboard,
-            outcomes=outcomes,
+            shard_build_seconds=tuple(build_seconds),
         )
         log.write(
             "end",

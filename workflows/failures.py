@@ -56,14 +56,20 @@ class FailureTable:
     def rows(self) -> list[Failure]:
         return [self._rows[k] for k in sorted(self._rows)]
 
-    def record(self, outcome: ShardOutcome) -> None:
-        """Fold one finished shard in: every rebuilt modality either fails again or leaves."""
+    def record(self, outcome: ShardOutcome) -> bool:
+        """Fold one finished shard in: every rebuilt modality either fails again or leaves.
+
+        Returns whether the table changed (so a run of clean shards never rewrites it).
+        """
+        changed = False
         for sample in outcome.samples:
             for name in sample.rebuilt:
                 key = (sample.sample, name)
                 previous = self._rows.pop(key, None)
+                changed |= previous is not None
                 if sample.states.get(name) != SampleState.FAILED:
                     continue
+                changed = True
                 error_class, message = split_error(sample.errors.get(name, ""))
                 self._rows[key] = Failure(
                     sample=sample.sample,
@@ -73,6 +79,7 @@ class FailureTable:
                     message=message,
                     attempts=(previous.attempts if previous else 0) + 1,
                 )
+        return changed
 
     def save(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)

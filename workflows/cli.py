@@ -265,3 +265,4 @@ def quicklook(
 
 def main() -> None:  # pragma: no cover (console entry point)
     app()
+from terracube.workflows import cli_model  # noqa: E402,F401  (registers stats/pretrain/evaluate/demo)

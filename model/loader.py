@@ -6,14 +6,16 @@ and timestep count shared by its samples, and forming it in the worker lets the
 worker do the modality-aware masking too. What each worker reads and in which
 order is planned purely in `loader_plan`; this module only does the reads.
 
-Reads are whole shards: one read per array per shard (`loader_shard`: one store
-GET and a tight zstd loop for the corpus's default layout, zarr otherwise); each
-wanted sample is cut to its planned crop and timestep window at once, and only
-those crops wait in memory until the shuffle buffer emits them. A read that fails to
-decode falls back to per-sample reads of that shard; a (sample, group) that
-still fails is logged, counted in `LoaderItem.decode_errors`, and treated like
-a missing modality (all pixels invalid), so batch counts — and therefore DDP
-step counts and resume positions — never change.
+Reads are per shard and partial: when a worker first needs a sample of shard k it
+reads, for every array, only the inner chunks that its wanted samples' timestep
+windows and crops touch (`loader_shard.ShardReader`: an index read plus coalesced
+range reads and a zstd loop into a reused buffer, for the corpus's default
+layout; zarr's own selection otherwise). Only those crops wait in memory until
+the shuffle buffer emits them. A shard that fails to decode falls back to
+per-sample zarr reads of the same windows; a (sample, group) that still fails is
+logged, counted in `LoaderItem.decode_errors`, and treated like a missing
+modality (all pixels invalid), so batch counts — and therefore DDP step counts
+and resume positions — never change.
 
 `StreamingLoader` wraps the DataLoader across epochs, restores rank-order of the
 workers' batches, tracks the position (epoch, batches consumed) that a
@@ -42,7 +44,7 @@ from terracube.model.loader_plan import (
     plan_worker,
     rank_batch_count,
 )
-from terracube.model.loader_shard import fast_path_supported, read_shard
+from terracube.model.loader_shard import ShardReader, Window, fast_path_supported
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
@@ -117,7 +119,8 @@ class CorpusStream(IterableDataset):
         self.normalizers = {g: group_normalizer(g, stats) for g in self.groups}
         self.epoch = 0
         self.start = 0
-        self._corpus: Corpus | None = None
+        self._handles: tuple[int, dict[str, Any]] | None = None
+        self._readers: dict[str, ShardReader] = {}
 
     # ------------------------------------------------------------------ planning
     def _open(self) -> Corpus:
@@ -136,59 +139,78 @@ class CorpusStream(IterableDataset):
         return plan_worker(self.eligible, self.params, self.shape, epoch, slot, start)
 
     # ------------------------------------------------------------------ reading
-    def _arrays(self, corpus: Corpus) -> dict[str, Any]:
-        """Array handles opened once per worker (a group lookup re-reads metadata)."""
+    def _arrays(self) -> dict[str, Any]:
+        """Array handles and shard readers, opened once per process (a group lookup re-reads
+        metadata; a reader keeps its scratch buffer). Keyed by pid: a forked worker reopens."""
+        if self._handles is not None and self._handles[0] == os.getpid():
+            return self._handles[1]
+        corpus = self._open()
         names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
-        arrays = {name: corpus.array(name) for name in names}
-        self._fast = {g: fast_path_supported(arrays[g]) for g in self.groups}
+        arrays: dict[str, Any] = {name: corpus.array(name) for name in names}
+        self._readers = {
+            g: ShardReader(arrays[g]) for g in self.groups if fast_path_supported(arrays[g])
+        }
+        self._handles = (os.getpid(), arrays)
         return arrays
 
-    def _crop(self, g: str, arr: np.ndarray, plan: BatchPlan, b: int) -> np.ndarray:
+    def _window(self, g: str, plan: BatchPlan, b: int) -> Window:
+        """Axes after `sample` that sample b of `plan` needs: timestep window, bands, crop."""
         group = band_group(g)
         factor = int(group.resolution // BASE_RESOLUTION_M)
         side = plan.geometry.crop // factor
         y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
+        spatial = ((0, len(group.bands)), (y, y + side), (x, x + side))
         if is_temporal(group):
-            window = slice(plan.starts[b], plan.starts[b] + plan.geometry.timesteps)
-            return np.ascontiguousarray(arr[window, :, y : y + side, x : x + side])
-        return np.ascontiguousarray(arr[None, :, y : y + side, x : x + side])
+            return ((plan.starts[b], plan.starts[b] + plan.geometry.timesteps), *spatial)
+        return spatial
+
+    def _read_group(
+        self, arr: Any, g: str, k: int, windows: dict[int, Window]
+    ) -> tuple[dict[int, np.ndarray | None], int, int]:
+        """Windows of shard k's wanted samples (by sample id) of one group; errors, bytes."""
+        start = self.shard_spans[k].start
+        reader = self._readers.get(g)
+        if reader is not None:
+            try:
+                local = {i - start: w for i, w in windows.items()}
+                blocks, nbytes = reader.read(k, local)
+                return {i: blocks[i - start] for i in windows}, 0, nbytes
+            except Exception as exc:  # any codec/store error: fall back per sample
+                log.warning("shard %d of %s failed to decode (%s); reading per sample", k, g, exc)
+        rows: dict[int, np.ndarray | None] = {}
+        errors = nbytes = 0
+        for i, window in windows.items():
+            try:
+                rows[i] = np.asarray(arr[(i, *(slice(a, b) for a, b in window))])
+                nbytes += rows[i].nbytes
+            except Exception as row_exc:
+                log.warning("sample %d of %s skipped: %s", i, g, row_exc)
+                rows[i] = None
+                errors += 1
+        return rows, errors, nbytes
 
     def _read_shard(
         self, arrays: dict[str, Any], k: int, wanted: dict[int, tuple[BatchPlan, int]]
     ) -> tuple[dict[int, _SampleCrop], int, int]:
-        """One read per array of shard k; crops of the wanted samples, decode errors, bytes."""
+        """Shard k's wanted samples cut to their windows; decode errors; bytes decoded."""
         span = self.shard_spans[k]
         mine = [i for i in span if i in wanted]
         crops = {i: _SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
         errors = nbytes = 0
         for g in self.groups:
-            arr = arrays[g]
-            try:
-                if self._fast[g]:
-                    block = read_shard(arr, k)
-                else:
-                    block = np.asarray(arr[span.start : span.stop])
-                nbytes += block.nbytes
-                rows: dict[int, np.ndarray | None] = {i: block[i - span.start] for i in mine}
-            except Exception as exc:  # any codec/store error: fall back per sample
-                log.warning("shard %d of %s failed to decode (%s); reading per sample", k, g, exc)
-                rows = {}
-                for i in mine:
-                    try:
-                        rows[i] = np.asarray(arr[i])
-                        nbytes += rows[i].nbytes
-                    except Exception as row_exc:
-                        log.warning("sample %d of %s skipped: %s", i, g, row_exc)
-                        rows[i] = None
-                        errors += 1
+            temporal = is_temporal(band_group(g))
+            windows = {i: self._window(g, *wanted[i]) for i in mine}
+            rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows)
+            errors += group_errors
+            nbytes += group_bytes
             fraction = np.asarray(arrays[f"{g}_valid_fraction"][span.start : span.stop])
             done = self.done[band_group(g).modality]
             for i in mine:
                 plan, b = wanted[i]
                 row = rows[i]
-                crops[i].data[g] = None if row is None else self._crop(g, row, plan, b)
+                crops[i].data[g] = row if row is None or temporal else row[None]
                 f = np.atleast_1d(fraction[i - span.start])
-                if is_temporal(band_group(g)):
+                if temporal:
                     f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
                 crops[i].present[g] = (f > 0) & bool(done[i])
         days = np.asarray(arrays["period_start"][span.start : span.stop]).astype(np.int64)
@@ -238,7 +260,7 @@ class CorpusStream(IterableDataset):
 
     def iter_plans(self, plans: list[BatchPlan]) -> Iterator[LoaderItem]:
         """Read shards lazily in stream order; a sample's crop lives until its batch is built."""
-        arrays = self._arrays(self._open())
+        arrays = self._arrays()
         shard_of = {s: k for k, span in enumerate(self.shard_spans) for s in span}
         wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
         ready: dict[int, _SampleCrop] = {}

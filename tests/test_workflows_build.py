@@ -15,9 +15,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from distributed import LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState
 from terracube.pipeline.tile import TileInputs
 from terracube.workflows.build import BuildOptions, build_corpus, run_dir
@@ -183,3 +186,46 @@ def test_ctrl_c_keeps_finished_shards_and_a_rerun_completes(
     rerun = build_corpus(config, SYNC)
     assert rerun.tiles["done"] == status["states"]["sentinel1"]["pending"]
     assert store_hashes(Path(config.store_url)) == store_hashes(Path(reference.store_url))
+
+
+class ShardTaskCount(SchedulerPlugin):
+    """Scheduler-side count of the shard tasks it holds, seen at every task transition."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.transitions = 0
+        self.peak_unfinished = 0
+        """Shard tasks waiting or running: what the wave bounds."""
+        self.peak_held = 0
+        """Also finished ones whose release has not reached the scheduler yet."""
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        self.transitions += 1
+        states = [
+            ts.state
+            for k, ts in self.scheduler.tasks.items()
+            if str(k).startswith("terracube-shard-")
+        ]
+        unfinished = sum(s in ("waiting", "processing", "no-worker", "queued") for s in states)
+        self.peak_unfinished = max(self.peak_unfinished, unfinished)
+        self.peak_held = max(self.peak_held, len(states))
+
+
+def test_the_scheduler_never_holds_more_than_one_wave(world: WorldManifest, tmp_path: Path) -> None:
+    path = world_config(
+        world, tmp_path, modalities=("worldcover",), extra={"cluster": {"wave": 2}}
+    )  # 4 shards of one sample, at most 2 submitted at a time
+    config = load_config(path)
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        counter = ShardTaskCount(cluster.scheduler)
+        cluster.scheduler.add_plugin(counter)
+        report = build_corpus(
+            config, BuildOptions(scheduler=cluster.scheduler_address, show_progress=False)
+        )
+    assert report.tiles == {"done": 4, "empty": 0, "failed": 0}
+    assert counter.transitions > 0 and counter.peak_unfinished == 2
+    assert counter.peak_held <= 2 * 2  # a finished task is forgotten soon after its result is read
+    end = read_run_log(report.log)[-1]
+    assert end["event"] == "end" and end["peak_in_flight"] == 2

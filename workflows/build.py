@@ -270,6 +270,7 @@ def run_build(
                 run_started = time.monotonic()
                 executor.run(tasks, on_done)
                 run_seconds = time.monotonic() - run_started
+            peak_in_flight = executor.peak_in_flight
             dashboard = executor.dashboard
         seconds = time.monotonic() - started
         report = BuildReport(
@@ -293,6 +294,7 @@ def run_build(
             shard_errors=shard_errors,
             failures=len(failures),
             seconds=round(seconds, 3),
+            peak_in_flight=peak_in_flight,
             tiles_per_minute=round(report.tiles_per_minute, 2),
         )
     return report

@@ -24,6 +24,8 @@ class Executor(Protocol):
     """Runs shard tasks and reports each one (its outcome or its exception) as it finishes."""
 
     dashboard: str | None
+    peak_in_flight: int
+    """Most tasks submitted and not yet finished at any moment of the last run."""
 
     def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None: ...
 
@@ -32,9 +34,11 @@ class SerialExecutor:
     """Every task in this process, in order: the synchronous path (debugging, tiny corpora)."""
 
     dashboard: str | None = None
+    peak_in_flight: int = 0
 
     def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
         for task in tasks:
+            self.peak_in_flight = 1
             try:
                 outcome: ShardOutcome | BaseException = run_shard_task(task)
             except Exception as error:
@@ -50,6 +54,7 @@ class DaskExecutor:
     max_in_flight: int = 256
     retries: int = 1
     """Extra tries of a task that raised (a worker that died is rescheduled regardless)."""
+    peak_in_flight: int = 0
 
     @property
     def dashboard(self) -> str | None:
@@ -80,19 +85,25 @@ class DaskExecutor:
         first = [f for f in (submit_next() for _ in range(self.max_in_flight)) if f is not None]
         if not first:
             return
+        in_flight = self.peak_in_flight = len(first)
         completed = as_completed(first)
+        del first  # hold no finished future: its result is released as soon as it is handled
         try:
             for future in completed:
+                in_flight -= 1
                 task = by_key.pop(future.key)
                 try:
                     outcome: ShardOutcome | BaseException = future.result()
                 except Exception as error:
                     outcome = error
                 future.release()
+                del future
                 on_done(task, outcome)
                 nxt = submit_next()
                 if nxt is not None:
                     completed.add(nxt)
+                    in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, in_flight)
         except BaseException:
             # Ctrl-C: stop asking for more; finished shards are already on storage.
             self.client.cancel(list(completed.futures))

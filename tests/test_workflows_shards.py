@@ -185,3 +185,12 @@ def test_run_log_never_writes_a_secret(tmp_path: Path) -> None:
     assert [e["event"] for e in events] == ["start", "shard_error"]
     assert events[0]["config"] == {"key": "***"}
     assert events[1]["error"] == "denied for *** at s3://b"
+
+
+def test_failure_table_scrubs_secrets(tmp_path: Path) -> None:
+    table = FailureTable(tmp_path / "failures.json", secrets={"sig=SECRET42"})
+    table.record(_outcome(0, F, "HTTPError: 403 for https://x/a.tif?sig=SECRET42"))
+    table.save()
+    text = (tmp_path / "failures.json").read_text()
+    assert "SECRET42" not in text
+    assert table.rows[0].message == "403 for https://x/a.tif?***"

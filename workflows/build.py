@@ -222,7 +222,7 @@ def run_build(
     todo_tiles = sum(len(w.todo) for w in works)
     needs_osm = any("openstreetmap" in m for w in works for m in w.todo.values())
     osm = load_osm(config, plan) if needs_osm else None
-    failures = FailureTable(folder / "failures.json")
+    failures = FailureTable(folder / "failures.json", config._secrets)
     log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"
     counts: Counter[str] = Counter()
     build_seconds: list[float] = []

@@ -3,7 +3,8 @@
 Kept as JSON beside the store (`failures.json` in the run folder), rewritten
 atomically after every finished shard, so an interrupted run still leaves an exact
 table. A (sample, modality) leaves the table when a later attempt ends in any state
-other than failed; `attempts` counts the builds that tried it.
+other than failed; `attempts` counts the builds that tried it. Messages are scrubbed
+of every environment-provided secret, like the run log.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from terracube.pipeline.corpus import SampleState
+from terracube.workflows.runlog import scrub
 from terracube.workflows.tasks import ShardOutcome
 
 
@@ -41,8 +43,9 @@ def split_error(text: str) -> tuple[str, str]:
 class FailureTable:
     """Failures keyed by (sample, modality), loaded from and saved to one JSON file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, secrets: Iterable[str] = ()) -> None:
         self.path = Path(path)
+        self._secrets = tuple(secrets)
         self._rows: dict[tuple[int, str], Failure] = {}
         if self.path.is_file():
             for row in json.loads(self.path.read_text()):
@@ -70,7 +73,9 @@ class FailureTable:
                 if sample.states.get(name) != SampleState.FAILED:
                     continue
                 changed = True
-                error_class, message = split_error(sample.errors.get(name, ""))
+                error_class, message = split_error(
+                    scrub(sample.errors.get(name, ""), self._secrets)
+                )
                 self._rows[key] = Failure(
                     sample=sample.sample,
                     tile_id=sample.tile_id,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -104,12 +104,10 @@ def _failed(inputs: TileInputs, modalities: Sequence[str], error: BaseException)
     )
 
 
-def run_shard_task(
-    task: ShardTask, open_corpus: Callable[..., Corpus] = Corpus.open
-) -> ShardOutcome:
+def run_shard_task(task: ShardTask) -> ShardOutcome:
     """Build the shard's pending samples, carry the finished ones over, write the shard once."""
     started = time.perf_counter()
-    corpus = open_corpus(task.store, dict(task.storage_options), writable=True)
+    corpus = Corpus.open(task.store, dict(task.storage_options), writable=True)
     if corpus.shards[task.shard] != range(task.start, task.stop):
         raise ValueError(
             f"shard {task.shard} of {task.store} holds samples {corpus.shards[task.shard]}, "

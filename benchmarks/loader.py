@@ -1,47 +1,55 @@
-"""Loader throughput against the raw decode floor and a per-sample HDF5 peer, same run.
+"""Loader throughput against the decode floor of the same chunks and a per-sample HDF5 peer.
 
-Builds a synthetic corpus (every registry band group, structured values plus
-noise so zstd has real work), then measures over one epoch:
+Method (all in one run, so the shared machine's noise hits every figure alike):
 
-- the streaming loader (`StreamingLoader`) with 1 and 2 DataLoader workers:
-  samples/s and MB/s decoded (crop, normalise, upsample and masking included),
-  in steady state: timed from the first batch's arrival (worker start-up excluded);
-- the decode floor: numcodecs zstd decode of exactly the inner chunks the loader
-  decodes, from shard bytes already in memory, one thread, no Python-level work
-  beyond a loop over chunks;
-- the same samples stored OlmoEarth-style as one HDF5 file per sample (one
-  dataset per band group, chunked per timestep), read whole with h5py; zstd-3
-  when hdf5plugin is installed, else gzip-3 (printed);
-- an *estimate* of the samples/s one H100 would consume training the base model
-  (6 x parameters x tokens FLOPs per sample, attention FLOPs left out, at the
-  stated bf16 peak and MFU).
+- corpus: a synthetic corpus (every registry band group, smooth fields plus
+  sensor-like noise so zstd has real work) and the same samples as one HDF5
+  file per sample (OlmoEarth style: one dataset per group, chunked per
+  timestep, zstd-3 via hdf5plugin). Generated once into /tmp and reused.
+- loaders: `StreamingLoader` with 1 and 2 persistent DataLoader workers, warmed
+  up (worker start-up, first epoch's first batches) before any clock runs.
+- rounds: each round times, back to back, N batches of the 1-worker loader,
+  N of the 2-worker loader, the decode floor and the HDF5 peer for the 1-worker
+  loader's batches. Before a loader is timed its already-prefetched batches are
+  drained untimed. Figures are medians over rounds; ratios are medians of
+  per-round ratios.
+- decode floor: zstd decode (numcodecs, one thread, into a reused buffer) of
+  exactly the inner chunks the loader decodes for the same samples — the
+  chunks of each sample's timestep window and crop (`sample_window` ->
+  `chunk_hits`) — from shard bytes already in memory; no I/O, no copies.
+- HDF5 peer: h5py reads the same window of every group of each sample
+  (hyperslab selection: HDF5 decodes only those chunks), no normalisation.
+- ESTIMATE: samples/s one H100 would consume training the base model.
 
-The last line is one JSON object with samples_per_s_1, samples_per_s_2,
-decode_floor_ratio (1-worker loader / 1-thread floor), h5_speedup (1-worker
-loader / HDF5 reader) and peak_rss_mb (this process and its workers).
+The last line is JSON: samples_per_s_1, samples_per_s_2, decode_floor_ratio
+(1-worker loader / floor), h5_speedup (1-worker loader / HDF5 peer), peak_rss_mb.
 
-    .venv/bin/python benchmarks/loader.py [--samples 16] [--periods 6]
+    .venv/bin/python benchmarks/loader.py [--samples 96] [--periods 6] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import shutil
+import statistics
 import tempfile
 import time
-from itertools import islice
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import hdf5plugin
 import numcodecs
 import numpy as np
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
 from terracube.model.encoder import count_parameters
-from terracube.model.loader import CorpusStream, StreamingLoader
-from terracube.model.loader_plan import LoaderParams
+from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.loader_plan import BatchPlan, LoaderParams, sample_window
+from terracube.model.loader_shard import ShardLayout, chunk_hits
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState, create_corpus
 
@@ -49,6 +57,26 @@ H100_BF16_PEAK_FLOPS = 989e12
 """H100 SXM dense bf16 peak (NVIDIA datasheet)."""
 ASSUMED_MFU = 0.40
 MB = 1e6
+FORMAT = "v2"
+"""Bump when the synthetic corpus changes, so a stale /tmp copy is not reused."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    samples: int = 96
+    periods: int = 6
+    per_shard: int = 4
+    batch_size: int = 4
+    token_budget: int = 4096
+    rounds: int = 5
+    batches: int = 12
+    """Timed batches per loader per round."""
+    warmup: int = 6
+
+    @property
+    def cache(self) -> Path:
+        name = f"terracube-loader-bench-{FORMAT}-{self.samples}x{self.periods}-s{self.per_shard}"
+        return Path(tempfile.gettempdir()) / name
 
 
 def synthetic_sample(i: int, n_periods: int, rng: np.random.Generator) -> SampleData:
@@ -67,9 +95,8 @@ def synthetic_sample(i: int, n_periods: int, rng: np.random.Generator) -> Sample
             codes = np.array(sorted(WORLDCOVER_CLASSES), dtype=np.uint8)
             arr = codes[((field + 2) * 2.5).astype(int) % len(codes)][None, None]
         elif name == "osm":
-            arr = np.where(rng.random(shape) < 0.05, rng.integers(1, 101, shape), 0).astype(
-                np.uint8
-            )
+            arr = np.where(rng.random(shape) < 0.05, rng.integers(1, 101, shape), 0)
+            arr = arr.astype(np.uint8)
         else:
             arr = (2000 + 800 * field + rng.normal(0, 60, shape)).clip(1, 65535).astype(np.uint16)
         groups[name] = arr if temporal else arr[0]
@@ -90,90 +117,104 @@ def synthetic_sample(i: int, n_periods: int, rng: np.random.Generator) -> Sample
     )
 
 
-def build(root: Path, n: int, periods: int, per_shard: int) -> tuple[Path, list[SampleData]]:
-    path = root / "corpus.zarr"
-    corpus = create_corpus(path, n, periods, per_shard)
+def ensure_corpus(cfg: BenchConfig) -> Path:
+    """The Zarr corpus and the HDF5 files, built once (shard by shard) and reused."""
+    if (cfg.cache / "complete").exists():
+        return cfg.cache
+    shutil.rmtree(cfg.cache, ignore_errors=True)
+    (cfg.cache / "h5").mkdir(parents=True)
+    corpus = create_corpus(cfg.cache / "corpus.zarr", cfg.samples, cfg.periods, cfg.per_shard)
     rng = np.random.default_rng(0)
-    samples = [synthetic_sample(i, periods, rng) for i in range(n)]
     for k, span in enumerate(corpus.shards):
-        corpus.write_shard(k, [samples[i] for i in span])
-    return path, samples
+        samples = [synthetic_sample(i, cfg.periods, rng) for i in span]
+        corpus.write_shard(k, samples)
+        for i, s in zip(span, samples, strict=True):
+            with h5py.File(cfg.cache / "h5" / f"{i:06d}.h5", "w") as fh:
+                for name, arr in s.groups.items():
+                    chunks = (1, *arr.shape[1:]) if arr.ndim == 4 else arr.shape
+                    fh.create_dataset(name, data=arr, chunks=chunks, **hdf5plugin.Zstd(clevel=3))
+    (cfg.cache / "complete").touch()
+    return cfg.cache
 
 
-def shard_chunks(path: Path) -> list[tuple[bytes, list[tuple[int, int]]]]:
-    """Every data shard file in memory with its (offset, nbytes) chunk index (zarr v3 sharding:
-    index at the end, 16 bytes per inner chunk, then a 4-byte crc32c)."""
-    corpus = Corpus.open(path)
-    out = []
-    for name in corpus.params.groups:
-        arr = corpus.array(name)
-        n_chunks = int(np.prod([s // c for s, c in zip(arr.shards, arr.chunks, strict=True)]))
-        for f in sorted((path / name / "c").rglob("*")):
-            if not f.is_file():
-                continue
-            raw = f.read_bytes()
-            index = np.frombuffer(raw[-(16 * n_chunks + 4) : -4], dtype="<u8").reshape(-1, 2)
-            chunks = [(int(o), int(n)) for o, n in index if o != np.iinfo(np.uint64).max]
-            out.append((raw, chunks))
-    return out
+class DecodeFloor:
+    """Every shard's bytes in memory; decodes the chunks of given samples' windows."""
+
+    def __init__(self, path: Path) -> None:
+        corpus = Corpus.open(path)
+        self.shards = corpus.shards
+        self.groups = tuple(corpus.params.groups)
+        self.layouts: dict[str, ShardLayout] = {}
+        self.scratch: dict[str, np.ndarray] = {}
+        self.bytes: dict[tuple[str, int], tuple[bytes, np.ndarray]] = {}
+        for g in self.groups:
+            arr = corpus.array(g)
+            layout = ShardLayout(tuple(arr.shards), tuple(arr.chunks))
+            self.layouts[g] = layout
+            self.scratch[g] = np.empty(layout.chunk_shape[1:], dtype=arr.dtype)
+            for k in range(len(self.shards)):
+                key = arr.metadata.encode_chunk_key((k, *([0] * (len(layout.grid) - 1))))
+                raw = (path / g / key).read_bytes()
+                index = np.frombuffer(raw[-layout.index_bytes : -4], "<u8").reshape(-1, 2)
+                self.bytes[(g, k)] = (raw, index)
+
+    def decode(self, plans: list[BatchPlan]) -> tuple[float, int, int]:
+        """Seconds, bytes decoded and samples for the chunks these batches' samples need."""
+        codec = numcodecs.Zstd()
+        n = self.shards[0].stop - self.shards[0].start
+        work = []
+        for plan in plans:
+            for b, sample in enumerate(plan.samples):
+                k, local = divmod(sample, n)
+                for g in self.groups:
+                    raw, index = self.bytes[(g, k)]
+                    for hit in chunk_hits(self.layouts[g], local, sample_window(g, plan, b)):
+                        offset, nbytes = index[hit.flat]
+                        work.append((memoryview(raw)[offset : offset + nbytes], self.scratch[g]))
+        t0 = time.perf_counter()
+        total = 0
+        for view, out in work:
+            total += codec.decode(view, out=out).nbytes
+        return time.perf_counter() - t0, total, sum(len(p.samples) for p in plans)
 
 
-def decode_floor(shards: list[tuple[bytes, list[tuple[int, int]]]]) -> tuple[float, int]:
-    codec = numcodecs.Zstd()
-    view_of = [memoryview(raw) for raw, _ in shards]
+def read_h5(root: Path, plans: list[BatchPlan], groups: tuple[str, ...]) -> tuple[float, int]:
+    """Seconds and samples for h5py reads of the same windows, one file per sample."""
     t0 = time.perf_counter()
-    total = 0
-    for (_, chunks), view in zip(shards, view_of, strict=True):
-        for offset, nbytes in chunks:
-            total += len(codec.decode(view[offset : offset + nbytes]))
-    return time.perf_counter() - t0, total
+    n = 0
+    for plan in plans:
+        for b, sample in enumerate(plan.samples):
+            with h5py.File(root / "h5" / f"{sample:06d}.h5", "r") as fh:
+                for g in groups:
+                    fh[g][tuple(slice(a, z) for a, z in sample_window(g, plan, b))]
+            n += 1
+    return time.perf_counter() - t0, n
 
 
-def write_h5(root: Path, samples: list[SampleData]) -> str:
-    try:
-        import hdf5plugin
+class TimedLoader:
+    """A persistent loader whose batches are timed in segments of steady state."""
 
-        compression: dict = dict(hdf5plugin.Zstd(clevel=3))
-        label = "zstd-3 (hdf5plugin)"
-    except ImportError:
-        compression = {"compression": "gzip", "compression_opts": 3}
-        label = "gzip-3 (hdf5plugin is not installed, so h5py has no zstd filter)"
-    folder = root / "h5"
-    folder.mkdir()
-    for i, s in enumerate(samples):
-        with h5py.File(folder / f"{i:06d}.h5", "w") as fh:
-            for name, arr in s.groups.items():
-                chunks = (1, *arr.shape[1:]) if arr.ndim == 4 else arr.shape
-                fh.create_dataset(name, data=arr, chunks=chunks, **compression)
-    return label
+    def __init__(self, path: Path, params: LoaderParams, workers: int, warmup: int) -> None:
+        self.loader = StreamingLoader(CorpusStream(path, params), num_workers=workers)
+        self.workers = workers
+        self.stream = iter(self.loader)
+        for _ in range(warmup):
+            next(self.stream)
 
+    def segment(self, n: int) -> tuple[float, int, int, list[LoaderItem]]:
+        """Drain what was prefetched while others ran, then time n batches."""
+        for _ in range(self.workers * (self.loader.prefetch_factor or 0)):
+            next(self.stream)
+        before = self.loader.decoded_bytes
+        t0 = time.perf_counter()
+        items = [next(self.stream) for _ in range(n)]
+        seconds = time.perf_counter() - t0
+        samples = sum(item.batch.batch_size for item in items)
+        return seconds, samples, self.loader.decoded_bytes - before, items
 
-def read_h5(root: Path, n: int) -> float:
-    t0 = time.perf_counter()
-    for i in range(n):
-        with h5py.File(root / "h5" / f"{i:06d}.h5", "r") as fh:
-            for name in fh:
-                fh[name][()]
-    return time.perf_counter() - t0
-
-
-def loader_epoch(
-    path: Path, params: LoaderParams, workers: int
-) -> tuple[float, int, int, int, float]:
-    """Steady state: the clock starts when the first batch arrives (worker start-up, a
-    one-off per epoch, is excluded); returns seconds, samples and bytes after it, and all
-    samples seen."""
-    loader = StreamingLoader(CorpusStream(path, params), num_workers=workers)
-    n_batches = loader.dataset.batches_in_epoch(0, workers)
-    items = islice(loader, n_batches)
-    start = time.perf_counter()
-    first = next(items)
-    first_bytes = loader.decoded_bytes
-    t0 = time.perf_counter()
-    samples = sum(item.batch.batch_size for item in items)
-    end = time.perf_counter()
-    seen = samples + first.batch.batch_size
-    return end - t0, samples, loader.decoded_bytes - first_bytes, seen, seen / (end - start)
+    def close(self) -> None:
+        self.stream.close()
+        self.loader.close()
 
 
 def gpu_estimate(token_budget: int) -> tuple[float, int]:
@@ -184,70 +225,103 @@ def gpu_estimate(token_budget: int) -> tuple[float, int]:
 
 
 def peak_rss_mb() -> float:
+    """This process or its largest (ended) worker; Linux reports KiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024 / MB  # Linux reports KiB
+    return max(own, children) * 1024 / MB
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--periods", type=int, default=6)
-    ap.add_argument("--per-shard", type=int, default=4)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--token-budget", type=int, default=4096)
-    args = ap.parse_args()
+    for field, default in BenchConfig().__dict__.items():
+        ap.add_argument(f"--{field.replace('_', '-')}", type=int, default=default)
+    cfg = BenchConfig(**vars(ap.parse_args()))
     torch.set_num_threads(1)
-    root = Path(tempfile.mkdtemp(prefix="terracube-loader-bench-"))
-    try:
-        path, samples = build(root, args.samples, args.periods, args.per_shard)
-        h5_label = write_h5(root, samples)
-        del samples
-        params = LoaderParams(
-            batch_size=args.batch_size,
-            crop_sizes=(32, 64, 128),
-            patch_sizes=(4, 8),
-            token_budget=args.token_budget,
-            shuffle_buffer=16,
-            drop_last=False,
-        )
-        floor_s, floor_bytes = decode_floor(shard_chunks(path))
-        floor_sps = args.samples / floor_s
-        print(f"corpus: {args.samples} samples x {args.periods} periods, every band group")
+    t_build = time.perf_counter()
+    root = ensure_corpus(cfg)
+    path = root / "corpus.zarr"
+    print(
+        f"corpus: {cfg.samples} samples x {cfg.periods} periods, every band group, {root} "
+        f"(ready in {time.perf_counter() - t_build:.0f} s; reused when present)"
+    )
+    params = LoaderParams(
+        batch_size=cfg.batch_size,
+        crop_sizes=(32, 64, 128),
+        patch_sizes=(4, 8),
+        token_budget=cfg.token_budget,
+        shuffle_buffer=16,
+    )
+    floor = DecodeFloor(path)
+    loaders = {w: TimedLoader(path, params, w, cfg.warmup) for w in (1, 2)}
+    plans: dict[tuple[int, int], BatchPlan] = {}
+    rows: list[dict[str, float]] = []
+    for _ in range(cfg.rounds):
+        row: dict[str, float] = {}
+        timed: list[LoaderItem] = []
+        for w, run in loaders.items():
+            seconds, samples, nbytes, items = run.segment(cfg.batches)
+            row[f"sps_{w}"], row[f"mbs_{w}"] = samples / seconds, nbytes / MB / seconds
+            timed = timed or items
+        for item in timed:
+            if (item.epoch, item.index) not in plans:
+                dataset = loaders[1].loader.dataset
+                plans.update({(item.epoch, p.index): p for p in dataset.plans(item.epoch, 0, 1)})
+        batch_plans = [plans[(item.epoch, item.index)] for item in timed]
+        seconds, nbytes, samples = floor.decode(batch_plans)
+        row["floor_sps"], row["floor_mbs"] = samples / seconds, nbytes / MB / seconds
+        seconds, samples = read_h5(root, batch_plans, floor.groups)
+        row["h5_sps"] = samples / seconds
+        rows.append(row)
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    ratio = statistics.median(r["sps_1"] / r["floor_sps"] for r in rows)
+    h5_speedup = statistics.median(r["sps_1"] / r["h5_sps"] for r in rows)
+    print(
+        f"{cfg.rounds} interleaved rounds of {cfg.batches} batches x {cfg.batch_size} samples; "
+        "medians (min..max)"
+    )
+
+    def spread(key: str) -> str:
+        values = [r[key] for r in rows]
+        return f"{median(key):7.1f} ({min(values):.1f}..{max(values):.1f})"
+
+    print(
+        "decode floor = zstd of exactly the inner chunks the loader decodes for the same "
+        "samples (timestep window x crop), bytes in memory, one thread, reused buffer"
+    )
+    print(f"  decode floor:       {spread('floor_sps')} samples/s  {median('floor_mbs'):7.1f} MB/s")
+    for w in loaders:
         print(
-            f"decode floor (zstd, 1 thread): {floor_sps:8.1f} samples/s  {floor_bytes / MB / floor_s:8.1f} MB/s"
+            f"  loader, {w} worker(s): {spread(f'sps_{w}')} samples/s  "
+            f"{median(f'mbs_{w}'):7.1f} MB/s decoded"
         )
-        results = {}
-        for workers in (1, 2):
-            seconds, n, decoded, seen, whole = loader_epoch(path, params, workers)
-            assert seen == args.samples, f"loader yielded {seen} samples of {args.samples}"
-            results[workers] = n / seconds
-            print(
-                f"loader, {workers} worker(s):        {n / seconds:8.1f} samples/s  "
-                f"{decoded / MB / seconds:8.1f} MB/s decoded  ({n / seconds / floor_sps:.2f} x floor; "
-                f"steady state, prefetch during start-up flatters it) | whole epoch with worker "
-                f"start-up: {whole:.1f} samples/s"
-            )
-        h5_s = read_h5(root, args.samples)
-        h5_sps = args.samples / h5_s
-        print(f"per-sample HDF5 ({h5_label}): {h5_sps:8.1f} samples/s")
-        gpu_sps, n_params = gpu_estimate(args.token_budget)
-        print(
-            f"ESTIMATE: one H100 training the base model ({n_params / 1e6:.0f} M encoder+decoder "
-            f"parameters, {args.token_budget} tokens/sample, 6*P*tokens FLOPs, "
-            f"{ASSUMED_MFU:.0%} MFU of {H100_BF16_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16) "
-            f"consumes ~{gpu_sps:.0f} samples/s"
-        )
-        summary = {
-            "samples_per_s_1": round(results[1], 2),
-            "samples_per_s_2": round(results[2], 2),
-            "decode_floor_ratio": round(results[1] / floor_sps, 3),
-            "h5_speedup": round(results[1] / h5_sps, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }
-        print(json.dumps(summary))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"  per-sample HDF5 (h5py, zstd-3 hdf5plugin, same windows): {spread('h5_sps')} samples/s"
+    )
+    print(
+        f"  1-worker loader / decode floor: {ratio:.2f}   1-worker loader / HDF5: {h5_speedup:.2f}"
+    )
+    for run in loaders.values():
+        run.close()
+    gc.collect()
+    rss = peak_rss_mb()  # before the estimate builds a base model in this process
+    gpu_sps, n_params = gpu_estimate(cfg.token_budget)
+    print(
+        f"ESTIMATE: one H100 training the base model ({n_params / 1e6:.0f} M encoder+decoder "
+        f"parameters, {cfg.token_budget} tokens/sample, 6*P*tokens FLOPs, attention left out, "
+        f"{ASSUMED_MFU:.0%} MFU of {H100_BF16_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16) "
+        f"consumes ~{gpu_sps:.0f} samples/s"
+    )
+    summary = {
+        "samples_per_s_1": round(median("sps_1"), 2),
+        "samples_per_s_2": round(median("sps_2"), 2),
+        "decode_floor_ratio": round(ratio, 3),
+        "h5_speedup": round(h5_speedup, 3),
+        "peak_rss_mb": round(rss, 1),
+    }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -40,11 +40,13 @@ from terracube.model.loader_plan import (
     LoaderParams,
     Slot,
     TokenShape,
+    Window,
     check_budget,
     plan_worker,
     rank_batch_count,
+    sample_window,
 )
-from terracube.model.loader_shard import ShardReader, Window, fast_path_supported
+from terracube.model.loader_shard import ShardReader, fast_path_supported
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
@@ -117,8 +119,8 @@ class CorpusStream(IterableDataset):
         self.shard_spans = corpus.shards
         stats = read_stats(corpus)
         self.normalizers = {g: group_normalizer(g, stats) for g in self.groups}
-        self.epoch = 0
-        self.start = 0
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
+        """(epoch, start) in shared memory: persistent workers see each new epoch's position."""
         self._handles: tuple[int, dict[str, Any]] | None = None
         self._readers: dict[str, ShardReader] = {}
 
@@ -128,7 +130,15 @@ class CorpusStream(IterableDataset):
 
     def set_position(self, epoch: int, start: int) -> None:
         """Where the next iteration begins: epoch and rank batches already consumed."""
-        self.epoch, self.start = epoch, start
+        self._position[0], self._position[1] = epoch, start
+
+    @property
+    def epoch(self) -> int:
+        return int(self._position[0])
+
+    @property
+    def start(self) -> int:
+        return int(self._position[1])
 
     def batches_in_epoch(self, epoch: int, num_workers: int) -> int:
         slot = Slot(self.rank, self.world_size, 0, max(1, num_workers))
@@ -148,21 +158,12 @@ class CorpusStream(IterableDataset):
         names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
         arrays: dict[str, Any] = {name: corpus.array(name) for name in names}
         self._readers = {
-            g: ShardReader(arrays[g]) for g in self.groups if fast_path_supported(arrays[g])
+            name: ShardReader(arr)
+            for name, arr in arrays.items()
+            if fast_path_supported(arr) and (name not in self.groups or arr.chunks[0] == 1)
         }
         self._handles = (os.getpid(), arrays)
         return arrays
-
-    def _window(self, g: str, plan: BatchPlan, b: int) -> Window:
-        """Axes after `sample` that sample b of `plan` needs: timestep window, bands, crop."""
-        group = band_group(g)
-        factor = int(group.resolution // BASE_RESOLUTION_M)
-        side = plan.geometry.crop // factor
-        y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
-        spatial = ((0, len(group.bands)), (y, y + side), (x, x + side))
-        if is_temporal(group):
-            return ((plan.starts[b], plan.starts[b] + plan.geometry.timesteps), *spatial)
-        return spatial
 
     def _read_group(
         self, arr: Any, g: str, k: int, windows: dict[int, Window]
@@ -189,6 +190,14 @@ class CorpusStream(IterableDataset):
                 errors += 1
         return rows, errors, nbytes
 
+    def _whole(self, arrays: dict[str, Any], name: str, k: int) -> np.ndarray:
+        """A small per-sample array's shard k (valid fractions, period starts)."""
+        reader = self._readers.get(name)
+        if reader is not None:
+            return reader.read_whole(k)
+        span = self.shard_spans[k]
+        return np.asarray(arrays[name][span.start : span.stop])
+
     def _read_shard(
         self, arrays: dict[str, Any], k: int, wanted: dict[int, tuple[BatchPlan, int]]
     ) -> tuple[dict[int, _SampleCrop], int, int]:
@@ -199,11 +208,11 @@ class CorpusStream(IterableDataset):
         errors = nbytes = 0
         for g in self.groups:
             temporal = is_temporal(band_group(g))
-            windows = {i: self._window(g, *wanted[i]) for i in mine}
+            windows = {i: sample_window(g, *wanted[i]) for i in mine}
             rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows)
             errors += group_errors
             nbytes += group_bytes
-            fraction = np.asarray(arrays[f"{g}_valid_fraction"][span.start : span.stop])
+            fraction = self._whole(arrays, f"{g}_valid_fraction", k)
             done = self.done[band_group(g).modality]
             for i in mine:
                 plan, b = wanted[i]
@@ -213,7 +222,7 @@ class CorpusStream(IterableDataset):
                 if temporal:
                     f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
                 crops[i].present[g] = (f > 0) & bool(done[i])
-        days = np.asarray(arrays["period_start"][span.start : span.stop]).astype(np.int64)
+        days = self._whole(arrays, "period_start", k).astype(np.int64)
         for i in mine:
             plan, b = wanted[i]
             d = days[i - span.start][plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
@@ -239,13 +248,17 @@ class CorpusStream(IterableDataset):
                     raw[b] = arr
                     ok[b] = crop.present[g]
             norm = self.normalizers[g]
-            pixel_ok = norm.pixel_valid(raw) & ok[:, :, None, None]
-            channels = norm(raw, pixel_ok)
-            if factor > 1:
-                channels = channels.repeat(factor, axis=-2).repeat(factor, axis=-1)
-                pixel_ok = pixel_ok.repeat(factor, axis=-2).repeat(factor, axis=-1)
-            data[g] = torch.from_numpy(np.ascontiguousarray(channels))
-            valid[g] = torch.from_numpy(np.ascontiguousarray(pixel_ok))
+            pixel_ok = norm.pixel_valid(raw)
+            pixel_ok &= ok[:, :, None, None]
+            shape = (len(crops), steps, norm.channels, geo.crop, geo.crop)
+            data[g] = torch.empty(shape, dtype=torch.float32)
+            valid[g] = torch.empty((*shape[:2], geo.crop, geo.crop), dtype=torch.bool)
+            if factor == 1:  # normalise straight into the batch tensor
+                norm(raw, pixel_ok, out=data[g].numpy())
+                valid[g].numpy()[...] = pixel_ok
+            else:  # normalise at native resolution, then one broadcast copy upsamples
+                _upsample(norm(raw, pixel_ok), factor, data[g].numpy())
+                _upsample(pixel_ok, factor, valid[g].numpy())
         months = torch.from_numpy(np.stack([c.months for c in crops]))
         batch = Batch(data, valid, months, patch_size=geo.patch)
         generator = torch.Generator().manual_seed(plan.masking_seed)
@@ -287,15 +300,28 @@ class StreamingLoader:
     """Epoch after epoch of one rank's batches, in order, with a resumable position."""
 
     def __init__(
-        self, dataset: CorpusStream, num_workers: int = 0, prefetch_factor: int | None = 2
+        self,
+        dataset: CorpusStream,
+        num_workers: int = 0,
+        prefetch_factor: int | None = 2,
+        persistent_workers: bool = True,
     ) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor if num_workers > 0 else None
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._loader: DataLoader | None = None
         self.epoch = 0
         self.consumed = 0
         self.decode_errors = 0
         self.decoded_bytes = 0
+
+    def close(self) -> None:
+        """Stop persistent workers now instead of at garbage collection."""
+        iterator = getattr(self._loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+        self._loader = None
 
     def state_dict(self) -> dict[str, int]:
         """The position a checkpoint stores (primitives only)."""
@@ -327,13 +353,19 @@ class StreamingLoader:
         if self.num_workers == 0:
             yield from self.dataset
             return
-        loader = DataLoader(
-            self.dataset,
-            batch_size=None,
-            num_workers=self.num_workers,
-            prefetch_factor=self.prefetch_factor,
-            collate_fn=_identity,
-        )
+        loader = self._loader
+        if loader is None:
+            loader = DataLoader(
+                self.dataset,
+                batch_size=None,
+                num_workers=self.num_workers,
+                prefetch_factor=self.prefetch_factor,
+                persistent_workers=self.persistent_workers,
+                worker_init_fn=_single_thread_worker,
+                collate_fn=_identity,
+            )
+        if self.persistent_workers:  # workers, open arrays and buffers outlive the epoch
+            self._loader = loader
         waiting: dict[int, LoaderItem] = {}
         expected = self.consumed
         for item in loader:
@@ -361,5 +393,16 @@ class StreamingLoader:
             self.epoch, self.consumed = self.epoch + 1, 0
 
 
+def _upsample(x: np.ndarray, factor: int, out: np.ndarray) -> None:
+    """Nearest-neighbour upsampling of the last two axes by whole-pixel repeats, in one pass."""
+    *lead, h, w = x.shape
+    out.reshape(*lead, h, factor, w, factor)[...] = x[..., :, None, :, None]
+
+
 def _identity(item: LoaderItem) -> LoaderItem:
     return item
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    """Workers are the parallelism: intra-op threads would only contend with each other."""
+    torch.set_num_threads(1)

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, TILE_SIZE_M
+from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, TILE_SIZE_M, band_group
+from terracube.pipeline.corpus_schema import is_temporal
 
 TILE_PIXELS = TILE_SIZE_M // BASE_RESOLUTION_M
 """Edge of a tile on the shared 10 m grid."""
@@ -127,6 +128,25 @@ class BatchPlan:
     starts: tuple[int, ...]
     """First period of each sample's timestep window."""
     masking_seed: int
+
+
+Window = tuple[tuple[int, int], ...]
+"""(start, stop) per stored axis after `sample`: [time,] band, y, x at the group's resolution."""
+
+
+def sample_window(group: str, plan: BatchPlan, b: int) -> Window:
+    """What sample b of `plan` needs of `group`: its timestep window, every band, its crop.
+
+    The loader reads exactly this, and the benchmark's decode floor decodes the same chunks.
+    """
+    g = band_group(group)
+    factor = int(g.resolution // BASE_RESOLUTION_M)
+    side = plan.geometry.crop // factor
+    y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
+    spatial = ((0, len(g.bands)), (y, y + side), (x, x + side))
+    if is_temporal(g):
+        return ((plan.starts[b], plan.starts[b] + plan.geometry.timesteps), *spatial)
+    return spatial
 
 
 def _rng(*key: int) -> np.random.Generator:

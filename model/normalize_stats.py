@@ -199,16 +199,31 @@ class GroupNormalizer:
             ok &= valid_values(x[..., b, :, :], nodata)
         return ok
 
-    def __call__(self, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(..., band, H, W) storage values -> (..., C, H, W) float32, 0 where invalid."""
+    @property
+    def channels(self) -> int:
+        return len(self.classes) if self.kind == "onehot" else len(self.mean)
+
+    def __call__(
+        self, x: np.ndarray, valid: np.ndarray, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(..., band, H, W) storage values -> (..., C, H, W) float32, 0 where invalid.
+
+        Written in place into `out` when given (the loader passes the batch tensor's memory),
+        with float32 arithmetic in the same order as (x - mean) / std.
+        """
+        shape = (*x.shape[:-3], self.channels, *x.shape[-2:])
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out is {out.dtype}{out.shape}; {self.name} needs float32{shape}")
         if self.kind == "onehot":
-            codes = np.asarray(self.classes, dtype=x.dtype)
-            hot = x[..., 0, None, :, :] == codes[:, None, None]
-            out = hot.astype(np.float32)
+            codes = np.asarray(self.classes, dtype=x.dtype)[:, None, None]
+            np.equal(x[..., 0, None, :, :], codes, out=out, casting="unsafe")
         else:
-            shape = (-1, 1, 1)
-            out = (x.astype(np.float32) - self.mean.reshape(shape)) / self.std.reshape(shape)
-        return np.where(valid[..., None, :, :], out, np.float32(0.0))
+            np.subtract(x, self.mean[:, None, None], out=out, dtype=np.float32)
+            np.divide(out, self.std[:, None, None], out=out)
+        np.copyto(out, np.float32(0.0), where=~valid[..., None, :, :])
+        return out
 
 
 def group_normalizer(name: str, stats: dict[str, Any] | None) -> GroupNormalizer:

@@ -179,6 +179,8 @@ def test_ctrl_c_keeps_finished_shards_and_a_rerun_completes(
             process.kill()
     assert process.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
+    events = [e["event"] for log in run_dir(config).glob("*.jsonl") for e in read_run_log(log)]
+    assert events[0] == "start" and events[-1] == "interrupted" and "shard" in events
     status = corpus_status(config.store_url)
     assert 1 <= status["states"]["sentinel1"]["done"] < 4
     assert status["states"]["sentinel1"]["pending"] == 4 - status["states"]["sentinel1"]["done"]

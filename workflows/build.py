@@ -222,12 +222,12 @@ def run_build(
     todo_tiles = sum(len(w.todo) for w in works)
     needs_osm = any("openstreetmap" in m for w in works for m in w.todo.values())
     osm = load_osm(config, plan) if needs_osm else None
-    failures = FailureTable(folder / "failures.json", config._secrets)
+    failures = FailureTable(folder / "failures.json", config.secret_values)
     log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"
     counts: Counter[str] = Counter()
     build_seconds: list[float] = []
     shard_errors = 0
-    secrets = config._secrets
+    secrets = config.secret_values
     with RunLog(log_path, secrets) as log:
         log.write(
             "start",
@@ -268,7 +268,11 @@ def run_build(
                     progress.update(outcome)
 
                 run_started = time.monotonic()
-                executor.run(tasks, on_done)
+                try:
+                    executor.run(tasks, on_done)
+                except KeyboardInterrupt:
+                    log.write("interrupted", tiles=dict(counts), shard_errors=shard_errors)
+                    raise
                 run_seconds = time.monotonic() - run_started
             peak_in_flight = executor.peak_in_flight
             dashboard = executor.dashboard

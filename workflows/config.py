@@ -171,6 +171,11 @@ class BuildConfig(_Strict):
                 )
         return value
 
+    @property
+    def secret_values(self) -> frozenset[str]:
+        """Values that came from the environment: logs and failure tables scrub them."""
+        return frozenset(self._secrets)
+
     def resolve(self, path: Path) -> Path:
         """A config path made absolute against the config file's folder."""
         return path if path.is_absolute() else (self.base_dir / path).resolve()

@@ -47,6 +47,7 @@ from terracube.model.loader_plan import (
     sample_window,
 )
 from terracube.model.loader_shard import ShardReader, fast_path_supported
+from terracube.model.loader_transport import Packed, pack, unpack
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
@@ -119,6 +120,8 @@ class CorpusStream(IterableDataset):
         self.shard_spans = corpus.shards
         stats = read_stats(corpus)
         self.normalizers = {g: group_normalizer(g, stats) for g in self.groups}
+        self.pack_items = False
+        """Set by StreamingLoader: workers send each batch as one `Packed` buffer."""
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         """(epoch, start) in shared memory: persistent workers see each new epoch's position."""
         self._handles: tuple[int, dict[str, Any]] | None = None
@@ -265,11 +268,16 @@ class CorpusStream(IterableDataset):
         views = mask_batch(batch, generator, self.params.num_views)
         return LoaderItem(batch, views, plan.samples, plan.epoch, plan.index)
 
-    def __iter__(self) -> Iterator[LoaderItem]:
+    def __iter__(self) -> Iterator[LoaderItem | Packed]:
+        """This worker's batches; `Packed` (one shared buffer each) when `pack_items` is set
+        and this runs in a DataLoader worker (`StreamingLoader` sets it and unpacks)."""
         info = get_worker_info()
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         plans = self.plans(self.epoch, worker, num_workers, self.start)
-        yield from self.iter_plans(plans)
+        if info is not None and self.pack_items:
+            yield from (pack(item) for item in self.iter_plans(plans))
+        else:
+            yield from self.iter_plans(plans)
 
     def iter_plans(self, plans: list[BatchPlan]) -> Iterator[LoaderItem]:
         """Read shards lazily in stream order; a sample's crop lives until its batch is built."""
@@ -354,6 +362,7 @@ class StreamingLoader:
             yield from self.dataset
             return
         loader = self._loader
+        self.dataset.pack_items = True
         if loader is None:
             loader = DataLoader(
                 self.dataset,
@@ -368,7 +377,8 @@ class StreamingLoader:
             self._loader = loader
         waiting: dict[int, LoaderItem] = {}
         expected = self.consumed
-        for item in loader:
+        for received in loader:
+            item = unpack(received) if isinstance(received, Packed) else received
             waiting[item.index] = item
             while expected in waiting:
                 yield waiting.pop(expected)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
-from terracube.pipeline.corpus import Corpus, SampleData, SampleState, create_corpus
+from terracube.pipeline.corpus import (
+    Corpus,
+    InnerChunking,
+    SampleData,
+    SampleState,
+    create_corpus,
+)
 
 N_SAMPLES = 12
 N_PERIODS = 4
@@ -88,8 +94,10 @@ def sample_data(sample: int) -> SampleData | None:
     )
 
 
-def write_loader_corpus(path: Path, n_samples: int = N_SAMPLES) -> Corpus:
-    corpus = create_corpus(path, n_samples, N_PERIODS, PER_SHARD, groups=GROUPS)
+def write_loader_corpus(
+    path: Path, n_samples: int = N_SAMPLES, chunking: InnerChunking | None = None
+) -> Corpus:
+    corpus = create_corpus(path, n_samples, N_PERIODS, PER_SHARD, groups=GROUPS, chunking=chunking)
     for k, span in enumerate(corpus.shards):
         corpus.write_shard(k, [sample_data(i) for i in span])
     return corpus

@@ -23,14 +23,21 @@ from terracube.model.loader_plan import (
     draw_geometry,
     round_robin,
 )
-from terracube.model.loader_shard import fast_path_supported, read_shard
+from terracube.model.loader_shard import (
+    ShardLayout,
+    ShardReader,
+    chunk_hits,
+    coalesce,
+    read_shard,
+)
+from terracube.model.loader_transport import pack, unpack
 from terracube.model.normalize_stats import (
     STATS_ATTR,
     compute_stats,
     group_normalizer,
     stats_command,
 )
-from terracube.pipeline.corpus import Corpus
+from terracube.pipeline.corpus import Corpus, InnerChunking
 from torch.utils.data import DataLoader
 
 from tests.loader_corpus import (
@@ -312,33 +319,131 @@ def _shard_file(path: Path, group: str, shard: int) -> Path:
     return path / group / "c" / str(shard) / "0" / "0" / "0" / "0"
 
 
-@pytest.mark.parametrize("how", ["truncate", "overwrite"])
-def test_a_corrupted_chunk_is_skipped_and_counted(
-    corpus_path: Path, tmp_path: Path, how: str
-) -> None:
+def _garble_chunk(path: Path, group: str, sample: int, period: int) -> None:
+    """Overwrite one inner chunk's bytes (the shard index stays valid)."""
+    corpus = Corpus.open(path)
+    arr = corpus.array(group)
+    layout = ShardLayout(tuple(arr.shards), tuple(arr.chunks))
+    shard, local = divmod(sample, arr.shards[0])
+    target = _shard_file(path, group, shard)
+    raw = bytearray(target.read_bytes())
+    index = np.frombuffer(bytes(raw[-layout.index_bytes : -4]), "<u8").reshape(-1, 2)
+    offset, nbytes = (int(v) for v in index[local * layout.grid[1] + period])
+    raw[offset : offset + nbytes] = b"\xff" * nbytes
+    target.write_bytes(bytes(raw))
+
+
+def _one_epoch(path: Path) -> tuple[dict[int, LoaderItem], StreamingLoader]:
+    dataset = CorpusStream(path, SMALL)
+    loader = StreamingLoader(dataset)
+    items = {}
+    for item in islice(loader, dataset.batches_in_epoch(0, 0)):
+        items.update({s: item for s in item.samples})
+    assert sorted(items) == ELIGIBLE
+    return items, loader
+
+
+def test_a_truncated_shard_is_skipped_and_counted(corpus_path: Path, tmp_path: Path) -> None:
     path = tmp_path / "corpus.zarr"
     shutil.copytree(corpus_path, path)
     target = _shard_file(path, "s2_10m", 0)  # samples 0 and 1
-    raw = target.read_bytes()
-    if how == "truncate":
-        target.write_bytes(raw[: len(raw) // 2])
-    else:  # garbage over the first inner chunk only: sample 0 breaks, sample 1 survives
-        target.write_bytes(b"\xff" * 64 + raw[64:])
-    dataset = CorpusStream(path, SMALL)
-    loader = StreamingLoader(dataset)
-    seen: set[int] = set()
-    for item in islice(loader, dataset.batches_in_epoch(0, 0)):  # one epoch
-        seen.update(item.samples)
-        for b, sample in enumerate(item.samples):
-            broken = sample == 0 or (how == "truncate" and sample == 1)
-            valid = item.batch.valid["s2_10m"][b]
-            if broken:
-                assert not valid.any() and not item.batch.data["s2_10m"][b].any()
-                assert item.batch.valid["s2_20m"][b].any()  # other groups intact
-            else:
-                assert valid.any()
-    assert seen == set(ELIGIBLE)
-    assert loader.decode_errors == (2 if how == "truncate" else 1)
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    items, loader = _one_epoch(path)
+    for sample, item in items.items():
+        b = item.samples.index(sample)
+        valid = item.batch.valid["s2_10m"][b]
+        if sample in (0, 1):
+            assert not valid.any() and not item.batch.data["s2_10m"][b].any()
+            assert item.batch.valid["s2_20m"][b].any()  # other groups intact
+        else:
+            assert valid.any()
+    assert loader.decode_errors == 2
+
+
+def test_only_the_chunks_of_a_window_are_decoded(corpus_path: Path, tmp_path: Path) -> None:
+    """A garbled chunk inside a sample's timestep window breaks that sample only; one outside
+    every window is never decoded, so nothing breaks."""
+    windows = {}
+    dataset = CorpusStream(corpus_path, SMALL)
+    for plan in dataset.plans(0, 0, 1):
+        for b, sample in enumerate(plan.samples):
+            windows[sample] = range(plan.starts[b], plan.starts[b] + plan.geometry.timesteps)
+    outside = [(s, t) for s, w in windows.items() for t in range(4) if t not in w and s != 1]
+    assert outside, "SMALL should give some sample fewer timesteps than periods"
+    for case, (sample, period) in (
+        ("inside", (0, windows[0].start)),
+        ("outside", outside[0]),
+    ):
+        path = tmp_path / case / "corpus.zarr"
+        shutil.copytree(corpus_path, path)
+        _garble_chunk(path, "s2_10m", sample, period)
+        items, loader = _one_epoch(path)
+        for s, item in items.items():
+            b = item.samples.index(s)
+            broken = case == "inside" and s == sample
+            assert bool(item.batch.valid["s2_10m"][b].any()) is not broken, (case, s)
+            assert item.batch.valid["s2_20m"][b].any()
+        assert loader.decode_errors == (1 if case == "inside" else 0)
+
+
+def test_chunk_hits_cover_a_window_exactly_once() -> None:
+    whole = ShardLayout((2, 4, 4, 256, 256), (1, 1, 4, 256, 256))
+    hits = chunk_hits(whole, 1, ((1, 3), (0, 4), (10, 42), (20, 52)))
+    assert [h.flat for h in hits] == [5, 6]  # sample 1 x 4 periods + period 1, 2
+    assert hits[0].source == (slice(0, 1), slice(0, 4), slice(10, 42), slice(20, 52))
+    assert hits[1].target == (slice(1, 2), slice(0, 4), slice(0, 32), slice(0, 32))
+    tiled = ShardLayout((2, 4, 4, 256, 256), (1, 1, 4, 64, 64))
+    window = ((2, 3), (0, 4), (60, 130), (0, 64))
+    hits = chunk_hits(tiled, 0, window)
+    assert [h.flat for h in hits] == [2 * 16 + r * 4 for r in (0, 1, 2)]  # rows 0..2, column 0
+    covered = np.zeros((1, 4, 70, 64), int)
+    for h in hits:
+        covered[h.target] += 1
+    assert (covered == 1).all()
+    with pytest.raises(ValueError, match="leaves the shard"):
+        chunk_hits(whole, 0, ((3, 5), (0, 4), (0, 8), (0, 8)))
+    assert coalesce([(100, 200), (0, 50), (55, 90), (10**6, 10**6 + 5)], gap=8) == [
+        (0, 90),
+        (100, 200),
+        (10**6, 10**6 + 5),
+    ]
+
+
+@pytest.mark.parametrize("spatial", [None, 32])
+def test_window_reads_equal_zarr_selections(tmp_path: Path, spatial: int | None) -> None:
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, spatial))
+    rng = np.random.default_rng(3)
+    for group in corpus.params.groups:
+        arr = corpus.array(group)
+        reader = ShardReader(arr)
+        for k, span in enumerate(corpus.shards):
+            windows = {}
+            for local in range(len(span)):
+                window = []
+                for extent in arr.shape[1:]:
+                    a = int(rng.integers(0, extent))
+                    window.append((a, int(rng.integers(a + 1, extent + 1))))
+                windows[local] = tuple(window)
+            got, nbytes = reader.read(k, windows)
+            assert nbytes > 0 or group == "landsat"  # landsat is never written: all fill
+            for local, window in windows.items():
+                want = np.asarray(arr[(span.start + local, *(slice(a, b) for a, b in window))])
+                np.testing.assert_array_equal(got[local], want, err_msg=f"{group} {window}")
+            np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
+
+
+def test_normaliser_writes_into_a_given_buffer_and_refuses_a_wrong_one() -> None:
+    norm = group_normalizer("s2_10m", None)
+    x = np.full((1, 4, 2, 2), 2200, np.uint16)
+    x[0, :, 0, 0] = 0
+    out = np.empty((1, 4, 2, 2), np.float32)
+    assert norm(x, norm.pixel_valid(x), out=out) is out
+    mean, std = norm.mean[0], norm.std[0]
+    assert out[0, 0, 1, 1] == np.float32((np.float32(2200) - mean) / std)
+    assert out[0, 0, 0, 0] == 0.0
+    with pytest.raises(ValueError, match="needs float32"):
+        norm(x, norm.pixel_valid(x), out=np.empty((1, 3, 2, 2), np.float32))
 
 
 # --------------------------------------------------------------------------- resume
@@ -394,13 +499,22 @@ def test_slot_rejects_a_rank_outside_the_world() -> None:
         Slot(rank=2, world_size=2)
 
 
-def test_whole_shard_fast_path_equals_zarr_for_every_group(corpus_path: Path) -> None:
-    corpus = Corpus.open(corpus_path)
-    for group in corpus.params.groups:
-        arr = corpus.array(group)
-        assert fast_path_supported(arr), group
-        for k, span in enumerate(corpus.shards):
-            want = np.asarray(arr[span.start : span.stop])
-            got = read_shard(arr, k)
-            assert got.dtype == want.dtype
-            np.testing.assert_array_equal(got, want)
+def test_pack_round_trips_every_tensor_through_one_shared_buffer(corpus_path: Path) -> None:
+    item = next(iter(CorpusStream(corpus_path, SMALL)))
+    extra = {"scalar": torch.tensor(3.5), "strided": torch.arange(12).reshape(3, 4).T}
+    packed = pack((item, extra))
+    assert packed.buffer.is_shared()
+    got, got_extra = unpack(packed)
+    assert got.samples == item.samples and got.index == item.index
+    for g in item.batch.groups:
+        assert torch.equal(got.batch.data[g], item.batch.data[g])
+        assert torch.equal(got.batch.valid[g], item.batch.valid[g])
+        assert got.batch.valid[g].dtype == torch.bool
+        for view, want in zip(got.views, item.views, strict=True):
+            assert torch.equal(view.encode[g], want.encode[g])
+            assert torch.equal(view.decode[g], want.decode[g])
+        # a view of the one buffer, not a copy
+        assert got.batch.data[g].untyped_storage().data_ptr() == packed.buffer.data_ptr()
+    assert torch.equal(got.batch.months, item.batch.months)
+    assert got_extra["scalar"].item() == 3.5
+    assert torch.equal(got_extra["strided"], extra["strided"])

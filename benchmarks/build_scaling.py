@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -101,6 +102,11 @@ def main() -> None:
         )
         n = len(plan.samples)
         print(f"{n} tiles ({args.copies} x the world's), modalities {', '.join(modalities)}")
+        cores = len(os.sched_getaffinity(0))
+        load = os.getloadavg()[0]
+        print(f"{cores} cores, 1-min load average {load:.1f} before the runs")
+        if load > 0.5 * cores:
+            print("warning: the machine is busy; the speedup measures contention, not the build")
         reports = {}
         for workers in (1, 2):
             path = write_config(world, root / f"w{workers}", modalities, "corpus.zarr")

@@ -179,3 +179,23 @@ def test_stratified_sampling_draws_per_worldcover_class(
     )  # fmt: skip
     result = runner.invoke(app, ["plan", str(no_worldcover), "--dry-run"])
     assert result.exit_code == EXIT_USER_ERROR and "sampling.mode" in result.output
+
+
+def test_a_changed_aoi_cannot_resume_into_the_old_store(
+    tmp_path: Path, world: WorldManifest
+) -> None:
+    first, second = list(world.tile_ids[:2]), list(world.tile_ids[2:])
+    path = world_config(world, tmp_path, modalities=("worldcover",), tiles=first)
+    assert runner.invoke(app, ["build", str(path), "--synchronous", "--no-progress"]).exit_code == 0
+
+    moved = world_config(world, tmp_path, modalities=("worldcover",), tiles=second)
+    result = runner.invoke(app, ["build", str(moved), "--synchronous", "--no-progress"])
+    assert result.exit_code == EXIT_USER_ERROR, result.output
+    assert f"sample 0 holds tile {first[0]} but the plan puts {second[0]}" in result.output
+
+    grown = world_config(world, tmp_path, modalities=("worldcover",), tiles=list(world.tile_ids))
+    result = runner.invoke(app, ["build", str(grown), "--synchronous", "--no-progress"])
+    assert (
+        result.exit_code == EXIT_USER_ERROR and "n_samples: store has 2, asked 4" in result.output
+    )
+    assert "Traceback" not in result.output

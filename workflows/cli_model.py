@@ -114,8 +114,9 @@ def evaluate(
     Writes results.json, results.md and (single-label tasks) confusion_matrix.png
     into OUT and prints the results table.
     """
+    from terracube.catalog.registry import band_group
     from terracube.model.eval_report import markdown_table
-    from terracube.model.eval_tasks import CropParams
+    from terracube.model.eval_tasks import CropParams, crop_windows
     from terracube.model.evaluate import TASKS, EvalParams
     from terracube.model.evaluate import evaluate as run_evaluation
 
@@ -133,9 +134,10 @@ def evaluate(
             )
         if "://" not in data and not Path(data).exists():
             raise FileNotFoundError(f"--data {data} does not exist; pass a corpus store or folder")
-        params = EvalParams(
-            patch_size=patch_size, seed=seed, device=device, crop=CropParams(crop=crop, seed=seed)
-        )
+        crop_params = CropParams(crop=crop, seed=seed)
+        if task.startswith("worldcover"):
+            crop_windows(band_group("worldcover").pixels, crop_params)  # checks --crop first
+        params = EvalParams(patch_size=patch_size, seed=seed, device=device, crop=crop_params)
         results = run_evaluation(path, task, data, out, params)
     sys.stdout.write(markdown_table(results))
     typer.echo(f"results: {out / 'results.json'}")

@@ -158,10 +158,12 @@ def _timings(state: dict[str, Any]) -> Table:
                 name,
                 "skipped (done before)" if entry["skipped"] else "ran",
                 f"{entry['seconds']:.1f}",
+                f"{entry.get('cpu_seconds', 0.0):.1f}",
                 f"{entry['last_run_seconds']:.1f}",
             )
         )
-    return Table(("stage", "this run", "seconds when it ran", "seconds this run"), tuple(rows))
+    header = ("stage", "this run", "wall s when it ran", "CPU s when it ran", "wall s this run")
+    return Table(header, tuple(rows))
 
 
 def _plan_section(summary: dict[str, Any]) -> Section:

@@ -23,7 +23,13 @@ from rasterio.windows import Window, from_bounds
 from terracube.catalog.grid import Tile
 from terracube.catalog.normalize import AssetRef, NormalizedItem
 from terracube.catalog.registry import BandGroup, modality
-from terracube.pipeline.stackstac_compat import GDAL_HTTP_OPTIONS, gdal_href, stack_tile
+from terracube.pipeline.stackstac_compat import (
+    GDAL_HTTP_OPTIONS,
+    TileStack,
+    gdal_env,
+    gdal_href,
+    stack_tiles,
+)
 
 
 @dataclass(frozen=True)
@@ -65,34 +71,37 @@ def group_request(
 
 
 class Reader(Protocol):
-    """Anything that reads a ReadRequest onto the tile grid."""
+    """Anything that reads ReadRequests onto the tile grid."""
 
     def read(self, request: ReadRequest) -> np.ndarray:
         """(items, bands, rows, cols) in request.dtype; outside footprints = fill_value."""
         ...
 
+    def read_many(self, requests: Sequence[ReadRequest]) -> list[np.ndarray]:
+        """`read` of every request, in order; a reader may fetch them together."""
+        ...
+
 
 @dataclass(frozen=True)
 class StackstacReader:
-    """The default reader: stackstac with a local scheduler inside the tile task."""
+    """The default reader: stackstac with a local scheduler inside the tile task.
 
-    scheduler: str = "threads"
+    "synchronous" by default: the outer cluster already runs one tile per core, and
+    on 2 cores one S2 group took 1.49 s synchronous vs 2.23 s with "threads".
+    """
+
+    scheduler: str = "synchronous"
     gdal_options: dict[str, object] = field(default_factory=dict)
 
     def read(self, request: ReadRequest) -> np.ndarray:
-        from terracube.pipeline.stackstac_compat import gdal_env
+        return self.read_many([request])[0]
 
-        return stack_tile(
-            request.items,
-            request.bands,
-            request.tile,
-            request.resolution,
-            request.dtype,
-            request.fill_value,
-            resampling=request.resampling,
-            scheduler=self.scheduler,
-            env=gdal_env(self.gdal_options),
-        )
+    def read_many(self, requests: Sequence[ReadRequest]) -> list[np.ndarray]:
+        stacks = [
+            TileStack(r.items, r.bands, r.tile, r.resolution, r.dtype, r.fill_value, r.resampling)
+            for r in requests
+        ]
+        return stack_tiles(stacks, scheduler=self.scheduler, env=gdal_env(self.gdal_options))
 
 
 # --------------------------------------------------------------------------- raw floor

@@ -88,6 +88,11 @@ class ShardLayout:
         return tuple(s // c for s, c in zip(self.shard_shape, self.chunk_shape, strict=True))
 
     @cached_property
+    def strides(self) -> tuple[int, ...]:
+        """C-order strides of the chunk grid: a chunk's position -> its slot in the index."""
+        return tuple(math.prod(self.grid[i + 1 :]) for i in range(len(self.grid)))
+
+    @cached_property
     def n_chunks(self) -> int:
         return math.prod(self.grid)
 
@@ -122,6 +127,7 @@ def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit
     for (start, stop), extent in zip(window, layout.shard_shape[1:], strict=True):
         if not 0 <= start < stop <= extent:
             raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
+    strides = layout.strides
     ranges = [
         range(start // c, (stop - 1) // c + 1)
         for (start, stop), c in zip(window, inner, strict=True)
@@ -129,11 +135,12 @@ def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit
     hits = []
     for position in itertools.product(*ranges):
         source, target = [], []
-        for p, c, (start, stop) in zip(position, inner, window, strict=True):
+        flat = local * strides[0]
+        for p, c, (start, stop), stride in zip(position, inner, window, strides[1:], strict=True):
             lo, hi = max(start, p * c), min(stop, (p + 1) * c)
             source.append(slice(lo - p * c, hi - p * c))
             target.append(slice(lo - start, hi - start))
-        flat = int(np.ravel_multi_index((local, *position), layout.grid))
+            flat += p * stride
         hits.append(ChunkHit(flat, tuple(source), tuple(target)))
     return hits
 

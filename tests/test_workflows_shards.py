@@ -194,3 +194,68 @@ def test_failure_table_scrubs_secrets(tmp_path: Path) -> None:
     text = (tmp_path / "failures.json").read_text()
     assert "SECRET42" not in text
     assert table.rows[0].message == "403 for https://x/a.tif?***"
+
+
+def _tag(href: str) -> str:
+    return href + "?sig=t"
+
+
+def test_sign_inputs_signs_only_the_named_modalities() -> None:
+    from datetime import UTC, date, datetime
+
+    import shapely
+    from terracube.catalog.grid import Tile
+    from terracube.catalog.normalize import AssetRef, Conversion, NormalizedItem
+    from terracube.catalog.registry import RadiometryKind
+    from terracube.pipeline.tile import TileInputs
+    from terracube.workflows.tasks import sign_inputs
+
+    same = Conversion(RadiometryKind.IDENTITY)
+
+    def item(name: str, modality: str) -> NormalizedItem:
+        ref = AssetRef("B04", f"https://h/{name}.tif", "red", None, None, 0, "uint16", same)
+        mask = AssetRef("SCL", f"https://h/{name}_scl.tif", "scl", None, None, 0, "uint8", same)
+        return NormalizedItem(
+            name, "c", modality, datetime(2022, 1, 5, tzinfo=UTC), shapely.box(5, 46, 6, 47),
+            32631, (ref,), mask, 0.0, None,
+        )  # fmt: skip
+
+    inputs = TileInputs(
+        tile=Tile.from_id("32631_0284_02034"),
+        period_starts=(date(2022, 1, 1),),
+        temporal={
+            "sentinel2_l2a": [[item("a", "sentinel2_l2a")]],
+            "sentinel1": [[item("b", "sentinel1")]],
+        },
+        static={"worldcover": [item("w", "worldcover")]},
+    )
+    signed = sign_inputs(inputs, {"sentinel2_l2a": _tag, "worldcover": _tag})
+    s2 = signed.temporal["sentinel2_l2a"][0][0]
+    assert (
+        s2.assets[0].href == "https://h/a.tif?sig=t" and s2.mask.href == "https://h/a_scl.tif?sig=t"
+    )
+    assert s2.id == "a"  # provenance keeps the item id
+    assert signed.temporal["sentinel1"][0][0].assets[0].href == "https://h/b.tif"
+    assert signed.static["worldcover"][0].assets[0].href == "https://h/w.tif?sig=t"
+    assert sign_inputs(inputs, {}) is inputs
+
+
+def test_planetary_computer_sources_get_a_signer(tmp_path: Path) -> None:
+    import planetary_computer
+    from terracube.workflows.config import load_config
+    from terracube.workflows.planning import href_signers
+
+    path = tmp_path / "build.yaml"
+    path.write_text(
+        "name: t\naoi: {bbox: [5.99, 46.99, 6.01, 47.01]}\ntime: {start: '2022-01-01'}\n"
+        "modalities:\n"
+        "  sentinel1: {source: stac_api, profile: planetary-computer}\n"
+        "  sentinel2_l2a: {source: stac_api, profile: earth-search}\n"
+        "  worldcover: {source: stac_api, url: 'http://127.0.0.1:9/', collection: wc, sign: true}\n"
+        "output: {store: c.zarr}\n"
+    )
+    signers = href_signers(load_config(path))
+    assert signers == {
+        "sentinel1": planetary_computer.sign_url,
+        "worldcover": planetary_computer.sign_url,
+    }

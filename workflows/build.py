@@ -28,7 +28,12 @@ from terracube.pipeline.corpus import Corpus, CorpusCodecs, CorpusError, create_
 from terracube.workflows.cluster import open_executor
 from terracube.workflows.config import BuildConfig, OsmFileSource, redacted
 from terracube.workflows.failures import FailureTable
-from terracube.workflows.planning import corpus_groups, period_duration, plan_build
+from terracube.workflows.planning import (
+    corpus_groups,
+    href_signers,
+    period_duration,
+    plan_build,
+)
 from terracube.workflows.progress import BuildProgress, tally
 from terracube.workflows.runlog import RunLog, scrub, utc_now
 from terracube.workflows.shards import PlanIndex, ShardWork, plan_shard_work
@@ -169,6 +174,7 @@ def shard_tasks(
     osm: OsmFeatures | None,
 ) -> Iterator[ShardTask]:
     """Tasks made lazily, one per shard: only the wave in flight is ever in memory."""
+    signers = href_signers(config)
     for work in works:
         inputs = {}
         for sample, modalities in work.todo.items():
@@ -185,6 +191,7 @@ def shard_tasks(
             inputs=inputs,
             todo=dict(work.todo),
             builder=builder,
+            signers=signers,
         )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from terracube.catalog.sources import (
     StacApiSource,
     StaticCatalogSource,
     generic_profile,
+    href_signer,
 )
 from terracube.catalog.timescheme import TimeScheme
 from terracube.workflows.config import (
@@ -145,6 +146,25 @@ def _source_key(config: BuildConfig, name: str) -> str:
     source.pop("collection", None)
     source.pop("query", None)
     return json.dumps(source, sort_keys=True)
+
+
+def href_signers(config: BuildConfig) -> dict[str, Callable[[str], str]]:
+    """modality -> read-time href signer, for STAC API sources whose assets need one."""
+    signers: dict[str, Callable[[str], str]] = {}
+    for name in stac_modalities(config):
+        source = config.modalities[name]
+        if not isinstance(source, StacApiSourceConfig):
+            continue
+        api = make_source(config, name)
+        assert isinstance(api, StacApiSource)
+        signer = href_signer(api.profile)
+        if signer is None and source.sign:
+            import planetary_computer
+
+            signer = planetary_computer.sign_url
+        if signer is not None:
+            signers[name] = signer
+    return signers
 
 
 def check_sources(config: BuildConfig) -> None:

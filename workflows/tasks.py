@@ -11,15 +11,43 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
+from terracube.catalog.normalize import NormalizedItem
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState
 from terracube.pipeline.read import StackstacReader
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
 from terracube.workflows.shards import groups_of, merge_sample
+
+Signer = Callable[[str], str]
+"""Turns an asset href into a readable one (e.g. a Planetary Computer SAS-signed URL)."""
+
+
+def _signed_item(item: NormalizedItem, signer: Signer) -> NormalizedItem:
+    mask = replace(item.mask, href=signer(item.mask.href)) if item.mask is not None else None
+    assets = tuple(replace(ref, href=signer(ref.href)) for ref in item.assets)
+    return replace(item, assets=assets, mask=mask)
+
+
+def sign_inputs(inputs: TileInputs, signers: Mapping[str, Signer]) -> TileInputs:
+    """The inputs with the hrefs of `signers`' modalities signed (done on the worker, just
+    before reading, because signatures expire)."""
+    if not signers:
+        return inputs
+    temporal = {
+        name: [[_signed_item(i, signers[name]) for i in period] for period in periods]
+        if name in signers
+        else periods
+        for name, periods in inputs.temporal.items()
+    }
+    static = {
+        name: [_signed_item(i, signers[name]) for i in items] if name in signers else items
+        for name, items in inputs.static.items()
+    }
+    return replace(inputs, temporal=temporal, static=static)
 
 
 class TileBuilder(Protocol):
@@ -58,6 +86,8 @@ class ShardTask:
     """sample -> planned inputs of the modalities to build (only samples with work)."""
     todo: Mapping[int, tuple[str, ...]]
     builder: TileBuilder
+    signers: Mapping[str, Signer] = field(default_factory=dict)
+    """modality -> href signer applied on the worker right before the build."""
 
     @property
     def key(self) -> str:
@@ -128,7 +158,8 @@ def run_shard_task(task: ShardTask) -> ShardOutcome:
             tick = time.perf_counter()
             inputs = task.inputs[index]
             try:
-                built = task.builder(inputs, groups_of(wanted, corpus_groups))
+                signed = sign_inputs(inputs, task.signers)
+                built = task.builder(signed, groups_of(wanted, corpus_groups))
             except Exception as error:  # recorded per tile and modality, never swallowed
                 built = _failed(inputs, wanted, error)
             build_seconds += time.perf_counter() - tick

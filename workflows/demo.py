@@ -103,13 +103,13 @@ PRESETS: dict[str, DemoParams] = {
     "demo": DemoParams(
         size="demo",
         pretrain=PretrainStage(
-            steps=200,
+            steps=150,
             batch_size=8,
             crop_sizes=(32,),
             patch_sizes=(8,),
             token_budget=384,
             lr=1e-3,
-            warmup_steps=20,
+            warmup_steps=15,
             checkpoint_interval=50,
         ),
         evaluation=EvalStage(patch_size=8, crop=32, max_crops_per_tile=16, segmentation=False),
@@ -468,7 +468,8 @@ def stage_evaluate(run: DemoRun) -> StageOutcome:
     for task in eval_tasks(run.params):
         out = run.paths.eval_dir(task)
         existing = out / RESULTS_JSON
-        if existing.is_file() and json.loads(existing.read_text())["checkpoint"] == str(checkpoint):
+        done_before = run.state.completed("evaluate") and existing.is_file()
+        if done_before and json.loads(existing.read_text())["checkpoint"] == str(checkpoint):
             continue
         skipped = False
         with torch_threads(run.params.torch_threads):

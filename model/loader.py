@@ -47,7 +47,7 @@ from terracube.model.loader_plan import (
     sample_window,
 )
 from terracube.model.loader_shard import ShardReader, fast_path_supported
-from terracube.model.loader_transport import Packed, pack, unpack
+from terracube.model.loader_transport import Packed, carve, pack, unpack
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import group_normalizer, read_stats
 from terracube.pipeline.corpus import Corpus
@@ -238,6 +238,13 @@ class CorpusStream(IterableDataset):
         geo = plan.geometry
         data: dict[str, torch.Tensor] = {}
         valid: dict[str, torch.Tensor] = {}
+        specs = []
+        for g in self.groups:
+            steps = geo.timesteps if is_temporal(band_group(g)) else 1
+            shape = (len(crops), steps, self.normalizers[g].channels, geo.crop, geo.crop)
+            specs += [(torch.float32, shape), (torch.bool, (*shape[:2], geo.crop, geo.crop))]
+        # every data and validity tensor in one buffer, shared when a worker sends it
+        arena = iter(carve(specs, shared=self.pack_items and get_worker_info() is not None))
         for g in self.groups:
             group = band_group(g)
             factor = int(group.resolution // BASE_RESOLUTION_M)
@@ -253,9 +260,7 @@ class CorpusStream(IterableDataset):
             norm = self.normalizers[g]
             pixel_ok = norm.pixel_valid(raw)
             pixel_ok &= ok[:, :, None, None]
-            shape = (len(crops), steps, norm.channels, geo.crop, geo.crop)
-            data[g] = torch.empty(shape, dtype=torch.float32)
-            valid[g] = torch.empty((*shape[:2], geo.crop, geo.crop), dtype=torch.bool)
+            data[g], valid[g] = next(arena), next(arena)
             if factor == 1:  # normalise straight into the batch tensor
                 norm(raw, pixel_ok, out=data[g].numpy())
                 valid[g].numpy()[...] = pixel_ok
@@ -275,7 +280,8 @@ class CorpusStream(IterableDataset):
         worker, num_workers = (0, 1) if info is None else (info.id, info.num_workers)
         plans = self.plans(self.epoch, worker, num_workers, self.start)
         if info is not None and self.pack_items:
-            yield from (pack(item) for item in self.iter_plans(plans))
+            for item in self.iter_plans(plans):
+                yield pack(item, arena=next(iter(item.batch.data.values())))
         else:
             yield from self.iter_plans(plans)
 

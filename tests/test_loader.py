@@ -523,3 +523,32 @@ def test_pack_round_trips_every_tensor_through_one_shared_buffer(corpus_path: Pa
     assert got_extra["strided"].untyped_storage().data_ptr() == packed.buffers[1].data_ptr()
     with pytest.raises(ValueError, match="without grad"):
         pack(torch.ones(2, requires_grad=True))
+
+
+def test_window_reads_through_a_non_local_store_equal_zarr() -> None:
+    """The store path (range requests through zarr's async store API, as on S3) on a
+    MemoryStore array with the corpus's codecs, including a never-written shard."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+    from zarr.storage import MemoryStore
+
+    arr = zarr.create_array(
+        MemoryStore(),
+        shape=(6, 3, 2, 16, 16),
+        chunks=(1, 1, 2, 8, 8),
+        shards=(2, 3, 2, 16, 16),
+        dtype="uint16",
+        fill_value=7,
+        compressors=(ZstdCodec(level=3),),
+    )
+    values = np.arange(arr.size, dtype=np.uint16).reshape(arr.shape)
+    arr[:4] = values[:4]  # shard 2 (samples 4, 5) stays unwritten
+    reader = ShardReader(arr)
+    window = ((1, 3), (0, 2), (5, 13), (0, 9))
+    for k in range(3):
+        got, nbytes = reader.read(k, {0: window, 1: window})
+        for local in (0, 1):
+            want = arr[(2 * k + local, *(slice(a, b) for a, b in window))]
+            np.testing.assert_array_equal(got[local], want)
+        assert (nbytes > 0) == (k < 2)
+    assert (got[0] == 7).all()

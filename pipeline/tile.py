@@ -28,8 +28,9 @@ from terracube.catalog.registry import MODALITIES, BandGroup, band_group, modali
 from terracube.pipeline.cloudmask import observation_valid
 from terracube.pipeline.composite import CompositeMethod, composite, split_periods
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState
+from terracube.pipeline.mask_grid import mask_on_grid, scale_factor, shared_mask_resolution
 from terracube.pipeline.radiometry import item_conversions, to_stored
-from terracube.pipeline.read import Reader, StackstacReader, group_request
+from terracube.pipeline.read import Reader, ReadRequest, StackstacReader, group_request
 from terracube.pipeline.static_maps import OsmRasterParams, osm_raster, worldcover_map
 
 
@@ -90,6 +91,40 @@ def select_items(candidates: Sequence[NormalizedItem], tile: Tile, own_zone_firs
     return meeting
 
 
+def modality_requests(
+    items: Sequence[NormalizedItem], groups: Sequence[BandGroup], tile: Tile
+) -> tuple[list[ReadRequest], dict[str, int | None], float | None]:
+    """Every read of one modality: one per group, plus one shared mask read when it nests.
+
+    Returns the requests, for each group the index of the request holding its mask
+    (None: no mask band; the group's own request when the mask is read with it, as
+    its last band), and the shared mask's resolution (None when not shared).
+    Pure: decides from the plan's metadata only.
+    """
+    mask_band = modality(groups[0].modality).mask if groups else None
+    shared_res = shared_mask_resolution(items, mask_band, tile)
+    requests: list[ReadRequest] = []
+    mask_at: dict[str, int | None] = {}
+    shared: list[tuple[str, float]] = []  # (dtype, fill) of each shared mask read
+    for group in groups:
+        nests = shared_res is not None and scale_factor(shared_res, group.resolution) is not None
+        requests.append(group_request(items, group, tile, with_mask=not nests))
+        if mask_band is None:
+            mask_at[group.name] = None
+        elif not nests:
+            mask_at[group.name] = len(requests) - 1
+        else:  # the mask takes the group's dtype and fill, as when read with the group
+            key = (group.dtype, group.nodata)
+            if key not in shared:
+                shared.append(key)
+            mask_at[group.name] = len(groups) + shared.index(key)
+    for dtype, fill in shared:
+        requests.append(
+            ReadRequest(tuple(items), (mask_band.name,), tile, float(shared_res), dtype, fill)
+        )
+    return requests, mask_at, shared_res
+
+
 def build_temporal(
     name: str,
     per_period: Sequence[Sequence[NormalizedItem]],
@@ -98,7 +133,7 @@ def build_temporal(
     reader: Reader,
     params: BuildParams,
 ) -> ModalityResult:
-    """Read every selected item of every period once per group, then composite per period."""
+    """Read every selected item of every group in one call (mask once), then composite per period."""
     n_periods = len(per_period)
     if not any(per_period):
         return ModalityResult(SampleState.EMPTY, f"no {name} item planned in any period")
@@ -106,32 +141,39 @@ def build_temporal(
     items = [item for period in chosen for item in period]
     if not items:
         return ModalityResult(SampleState.EMPTY, f"no {name} item footprint meets tile {tile.id}")
-    period_of = [p for p, period in enumerate(chosen) for _ in period]
     mask_band = modality(name).mask
+    unmasked = [i.id for i in items if i.mask is None]
+    if mask_band is not None and unmasked and not params.allow_unmasked:
+        raise ValueError(
+            f"{name} items {unmasked} have no {mask_band.name} mask, so clouds cannot be "
+            "masked per pixel; pass BuildParams(allow_unmasked=True) to use them anyway"
+        )
+    periods = split_periods([p for p, period in enumerate(chosen) for _ in period], n_periods)
+    requests, mask_at, shared_res = modality_requests(items, groups, tile)
+    raws = reader.read_many(requests)
+    no_mask = np.array([i.mask is None for i in items])
     result = ModalityResult(SampleState.DONE)
-    for group in groups:
-        request = group_request(items, group, tile)
-        raw = reader.read(request)
+    for g, group in enumerate(groups):
         n_bands = len(group.bands)
-        mask = raw[:, n_bands] if mask_band is not None else None
-        unmasked = [i.id for i in items if i.mask is None]
-        if mask_band is not None and unmasked and not params.allow_unmasked:
-            raise ValueError(
-                f"{name} items {unmasked} have no {mask_band.name} mask, so clouds cannot be "
-                "masked per pixel; pass BuildParams(allow_unmasked=True) to use them anyway"
-            )
-        valid = observation_valid(raw[:, :n_bands], group.nodata, mask, mask_band)
-        if unmasked and mask_band is not None:
-            no_mask = np.array([i.mask is None for i in items])
-            valid[no_mask] = observation_valid(raw[no_mask, :n_bands], group.nodata, None, None)
-        stored = to_stored(raw[:, :n_bands], items, group, group.nodata)
-        del raw
+        at = mask_at[group.name]
+        if at is None:
+            mask = None
+        elif at == g:
+            mask = raws[g][:, n_bands]
+        else:
+            mask = mask_on_grid(raws[at][:, 0], float(shared_res), group.resolution)
+        bands = raws[g][:, :n_bands]
+        valid = observation_valid(bands, group.nodata, mask, mask_band)
+        if mask_band is not None and no_mask.any():
+            valid[no_mask] = observation_valid(bands[no_mask], group.nodata, None, None)
+        stored = to_stored(bands, items, group, group.nodata)
+        raws[g] = None  # free the raw read before compositing
         values = np.full(
             (n_periods, n_bands, group.pixels, group.pixels), group.nodata, group.dtype
         )
         fractions = np.zeros(n_periods, dtype=np.float64)
         provenance: list[list[str]] = [[] for _ in range(n_periods)]
-        for period, index in enumerate(split_periods(period_of, n_periods)):
+        for period, index in enumerate(periods):
             if not index:
                 continue
             comp = composite(stored[index], valid[index], group.nodata, params.method)

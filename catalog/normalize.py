@@ -361,11 +361,15 @@ def normalize_item(
     policy: HrefPolicy | None = None,
     collection_modalities: Mapping[str, str] | None = None,
     required_bands: Iterable[str] | None = None,
+    require_mask: bool = True,
 ) -> NormalizedItem:
     """Normalize one STAC item. `policy` checks every asset href (pass it for remote catalogs).
 
     `required_bands` defaults to the modality's bands minus OPTIONAL_BANDS; a missing
     required band or mask raises ItemNormalizationError naming the item and the band.
+    `require_mask=False` accepts products that publish no mask band (Major TOM and
+    SSL4EO S2 patches have no SCL): their `mask` is None, and the build uses them
+    only with BuildParams(allow_unmasked=True). A mask that is present is still used.
     """
     data, pystac_self = _item_dict(item)
     item_id = str(data.get("id") or "<no id>")
@@ -402,7 +406,9 @@ def normalize_item(
             f"item {item_id} ({data.get('collection')}): no asset for required band(s) "
             f"{', '.join(lacking)} of {mod.name}; asset keys present: {', '.join(assets) or 'none'}"
         )
-    mask = _mask_ref(mod.mask, assets, item_eo, data, base, policy) if mod.mask else None
+    mask = (
+        _mask_ref(mod.mask, assets, item_eo, data, base, policy, require_mask) if mod.mask else None
+    )
 
     epsg = _epsg_from(props)
     if epsg is None:
@@ -433,12 +439,16 @@ def _mask_ref(
     data: Mapping[str, Any],
     base: str | None,
     policy: HrefPolicy | None,
-) -> AssetRef:
+    required: bool = True,
+) -> AssetRef | None:
     key = _find_asset(mask.aliases, assets, item_eo)
+    if key is None and not required:
+        return None
     if key is None:
         raise ItemNormalizationError(
             f"item {data.get('id')}: no {mask.name} mask asset (looked for "
-            f"{', '.join(mask.aliases)}); clouds cannot be masked without it"
+            f"{', '.join(mask.aliases)}); clouds cannot be masked without it. For products "
+            "without one (Major TOM, SSL4EO) pass require_mask=False"
         )
     return _asset_ref(mask.name, key, assets[key], data, base, _mask_conversion(), policy)
 
@@ -446,7 +456,7 @@ def _mask_ref(
 def normalize_items(
     items: Iterable[pystac.Item | Mapping[str, Any]], **kwargs: Any
 ) -> list[NormalizedItem]:
-    """Normalize many items with the same options (see normalize_item)."""
+    """Normalize many items with the same options (see normalize_item, e.g. require_mask)."""
     return [normalize_item(item, **kwargs) for item in items]
 
 

@@ -21,6 +21,7 @@ from terracube.catalog.http import REMOTE_POLICY, HrefPolicy, UnsafeHrefError
 from terracube.catalog.normalize import (
     ItemNormalizationError,
     normalize_item,
+    normalize_items,
 )
 from terracube.catalog.registry import RadiometryKind, modality
 
@@ -204,6 +205,23 @@ def test_unknown_collection_and_missing_band_name_the_item(es_s2) -> None:
     del no_scl["assets"]["scl"]
     with pytest.raises(ItemNormalizationError, match="SCL"):
         normalize_item(no_scl)
+
+
+def test_mask_less_s2_normalizes_with_require_mask_false(es_s2) -> None:
+    """Major TOM / SSL4EO style: every band, no SCL; the mask is None, nothing else changes."""
+    no_scl = copy.deepcopy(es_s2)
+    del no_scl["assets"]["scl"]
+    with pytest.raises(ItemNormalizationError, match="require_mask=False"):
+        normalize_items([es_s2, no_scl])
+    full, bare = normalize_items([es_s2, no_scl], require_mask=False)
+    assert full.mask is not None and full.mask.asset_key == "scl"  # present masks still used
+    assert bare.mask is None
+    assert bare.assets == full.assets and bare.bands == full.bands
+    assert bare.asset("B04").conversion.dn_offset == -1000.0  # baseline 05.09 offset kept
+    # A missing band is still an error: require_mask relaxes the mask only.
+    del no_scl["assets"]["red"]
+    with pytest.raises(ItemNormalizationError, match="B04"):
+        normalize_item(no_scl, require_mask=False)
 
 
 def test_sentinel1_grd_is_refused_with_the_reason(fixtures_dir: Path) -> None:

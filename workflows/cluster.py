@@ -86,7 +86,9 @@ class DaskExecutor:
         if not first:
             return
         in_flight = self.peak_in_flight = len(first)
-        completed = as_completed(first)
+        # The client is not the process default (see open_executor); make it current here.
+        with self.client.as_current():
+            completed = as_completed(first, loop=self.client.loop)
         del first  # hold no finished future: its result is released as soon as it is handled
         try:
             for future in completed:
@@ -145,7 +147,9 @@ def open_executor(
                 f"--workers {workers} only sizes a new LocalCluster; the cluster at "
                 f"{scheduler} already has its workers (scale it there)"
             )
-        with Client(scheduler, timeout="30s") as client:
+        # set_as_default=False: the build submits through this client explicitly, and a
+        # default client would leak into the caller's later dask computations.
+        with Client(scheduler, timeout="30s", set_as_default=False) as client:
             yield DaskExecutor(client, max_in_flight)
         return
     with (
@@ -156,6 +160,6 @@ def open_executor(
             memory_limit=memory_limit,
             dashboard_address=":0",
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,
     ):
         yield DaskExecutor(client, max_in_flight)

@@ -77,7 +77,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             )
         from distributed import Client
 
-        with Client(address, timeout="30s") as client:
+        with Client(address, timeout="30s", set_as_default=False) as client:
             client.wait_for_workers(2, timeout=120)
         yield address
 
@@ -98,7 +98,7 @@ def _kill_first_busy_worker(address: str, done: threading.Event) -> tuple[str, i
     """SIGKILL the first worker seen running a shard task; (task key, worker pid)."""
     from distributed import Client
 
-    with Client(address, timeout="30s") as client:
+    with Client(address, timeout="30s", set_as_default=False) as client:
         pids = client.run(os.getpid)
         while not done.is_set():
             busy = {w: keys for w, keys in client.processing().items() if keys}

@@ -18,15 +18,15 @@ from terracube.workflows.cli import EXIT_USER_ERROR, StoreArg, app, user_errors
 
 
 @contextlib.contextmanager
-def model_errors() -> Iterator[None]:
-    """The data commands' user errors, plus bad pretrain configs and bad evaluation inputs."""
-    from terracube.workflows.demo import DemoError
-    from terracube.workflows.pretrain_config import PretrainConfigError
+def model_errors(*fixable: type[Exception]) -> Iterator[None]:
+    """The data commands' user errors plus `fixable`: one line on stderr, exit status 2.
 
+    Each command names the exceptions that mean bad input for it, so an internal
+    error elsewhere still shows its traceback."""
     with user_errors():
         try:
             yield
-        except (PretrainConfigError, DemoError, ValueError, KeyError, RuntimeError) as exc:
+        except fixable as exc:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
             typer.echo(f"error: {message}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
@@ -44,7 +44,7 @@ def stats(store: StoreArg) -> None:
     from terracube.model.normalize_stats import stats_command
     from terracube.workflows.cli import _store_and_options
 
-    with model_errors():
+    with model_errors(ValueError):
         url, options = _store_and_options(store)
         result = stats_command(url, options or None)
     typer.echo(f"statistics stored in {url}")
@@ -73,9 +73,13 @@ def pretrain(
     out_dir. On several processes: `torchrun --nproc_per_node N $(which terracube)
     pretrain CONFIG`.
     """
-    from terracube.workflows.pretrain_config import load_pretrain_config, run_pretrain
+    from terracube.workflows.pretrain_config import (
+        PretrainConfigError,
+        load_pretrain_config,
+        run_pretrain,
+    )
 
-    with model_errors():
+    with model_errors(PretrainConfigError, RuntimeError):
         settings = load_pretrain_config(config)
         checkpoint = run_pretrain(settings)
     out = settings.out_dir
@@ -120,7 +124,7 @@ def evaluate(
     from terracube.model.evaluate import TASKS, EvalParams
     from terracube.model.evaluate import evaluate as run_evaluation
 
-    with model_errors():
+    with model_errors(ValueError, KeyError, RuntimeError):
         if task not in TASKS:
             raise ValueError(f"--task {task!r} is unknown; choose one of: {', '.join(TASKS)}")
         if not 1 <= patch_size <= 8:
@@ -161,9 +165,12 @@ def demo(
     Re-running the same command skips finished stages and resumes unfinished ones
     (state in OUT/demo_state.json). The report is OUT/report/index.html (and index.md).
     """
-    from terracube.workflows.demo import demo_params, run_demo
+    from terracube.workflows.demo import DemoError, demo_params, run_demo
 
-    with model_errors():
-        params = demo_params(size)
+    with model_errors(DemoError):
+        try:
+            params = demo_params(size)
+        except ValueError as exc:
+            raise DemoError(str(exc)) from None
         result = run_demo(out, params=params, echo=typer.echo, progress=progress)
     typer.echo(f"report: {result.report}\n        {result.report.with_suffix('.md')}")

@@ -522,6 +522,12 @@ def run_demo(
             f"{name:<9} {'skipped (already done)' if outcome.skipped else 'done'} in {seconds:.1f} s"
         )
     state.document["last_run"] = {"finished_at": _now(), "seconds": _since(started)}
+    state.document["runs"].append(
+        {
+            **state.document["last_run"],
+            "skipped": [n for n in STAGES if state.document["stages"][n]["skipped"]],
+        }
+    )
     state.save()
     return DemoResult(paths.root, paths.report / "index.html", state.document)
 

@@ -260,9 +260,11 @@ def quicklook(
     typer.echo(f"wrote {written}")
 
 
-# --- later stages (stats, pretrain, evaluate, demo) add their commands below this line.
+# --- later stages (stats, pretrain, evaluate, demo) register their commands here:
+# model-side commands live in cli_model (it imports `app` from this module).
+
+from terracube.workflows import cli_model  # noqa: E402,F401  (stats, pretrain, evaluate, demo)
 
 
 def main() -> None:  # pragma: no cover (console entry point)
     app()
-from terracube.workflows import cli_model  # noqa: E402,F401  (registers stats/pretrain/evaluate/demo)

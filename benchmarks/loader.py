@@ -11,7 +11,8 @@ Method (all in one run, so the shared machine's noise hits every figure alike):
 - rounds: each round times, back to back, N batches of the 1-worker loader,
   N of the 2-worker loader, the decode floor and the HDF5 peer for the 1-worker
   loader's batches. Before a loader is timed its already-prefetched batches are
-  drained untimed. Figures are medians over rounds; ratios are medians of
+  drained untimed; after it, the clock waits until its workers stop using CPU
+  (prefetch refilled), so no measurement shares the cores with a refill. Figures are medians over rounds; ratios are medians of
   per-round ratios.
 - decode floor: zstd decode (numcodecs, one thread, into a reused buffer) of
   exactly the inner chunks the loader decodes for the same samples — the
@@ -230,6 +231,32 @@ class TimedLoader:
             close()
 
 
+def _children_cpu_ticks() -> int:
+    """utime + stime of this process's children (the loader workers), in clock ticks."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wait_for_idle_workers(quiet_s: float = 0.3, limit_s: float = 30.0) -> None:
+    """After a timed segment the workers refill their prefetch queues; wait until they stop
+    using CPU so that they do not steal it from the next measurement (2 cores)."""
+    deadline = time.perf_counter() + limit_s
+    last = _children_cpu_ticks()
+    while time.perf_counter() < deadline:
+        time.sleep(quiet_s)
+        now = _children_cpu_ticks()
+        if now == last:
+            return
+        last = now
+
+
 def gpu_estimate(token_budget: int) -> tuple[float, int]:
     model = LatentMIM(LatentMIMConfig("base"))
     params = count_parameters(model.encoder) + count_parameters(model.decoder)
@@ -237,11 +264,12 @@ def gpu_estimate(token_budget: int) -> tuple[float, int]:
     return ASSUMED_MFU * H100_BF16_PEAK_FLOPS / flops, params
 
 
-def peak_rss_mb() -> float:
-    """This process or its largest (ended) worker; Linux reports KiB."""
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak RSS of this process (it holds every shard's bytes for the floor) and of the
+    largest ended loader worker; Linux reports KiB."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) * 1024 / MB
+    return own * 1024 / MB, children * 1024 / MB
 
 
 def main() -> None:
@@ -264,8 +292,10 @@ def main() -> None:
         token_budget=cfg.token_budget,
         shuffle_buffer=16,
     )
-    floor = DecodeFloor(path)
+    # fork the workers first, so they do not inherit the floor's in-memory shards
     loaders = {w: TimedLoader(path, params, w, cfg.warmup) for w in (1, 2)}
+    floor = DecodeFloor(path)
+    wait_for_idle_workers()
     plans: dict[tuple[int, int], BatchPlan] = {}
     rows: list[dict[str, float]] = []
     for _ in range(cfg.rounds):
@@ -273,6 +303,7 @@ def main() -> None:
         timed: list[LoaderItem] = []
         for w, run in loaders.items():
             seconds, samples, nbytes, items = run.segment(cfg.batches)
+            wait_for_idle_workers()
             row[f"sps_{w}"], row[f"mbs_{w}"] = samples / seconds, nbytes / MB / seconds
             timed = timed or items
         for item in timed:
@@ -328,7 +359,11 @@ def main() -> None:
     for run in loaders.values():
         run.close()
     gc.collect()
-    rss = peak_rss_mb()  # before the estimate builds a base model in this process
+    own_rss, worker_rss = peak_rss_mb()  # before the estimate builds a base model here
+    print(
+        f"peak RSS: benchmark process {own_rss:.0f} MB (includes the floor's in-memory shards), "
+        f"largest loader worker {worker_rss:.0f} MB"
+    )
     gpu_sps, n_params = gpu_estimate(cfg.token_budget)
     print(
         f"ESTIMATE: one H100 training the base model ({n_params / 1e6:.0f} M encoder+decoder "
@@ -341,7 +376,7 @@ def main() -> None:
         "samples_per_s_2": round(median("sps_2"), 2),
         "decode_floor_ratio": round(ratio, 3),
         "h5_speedup": round(h5_speedup, 3),
-        "peak_rss_mb": round(rss, 1),
+        "peak_rss_mb": round(max(own_rss, worker_rss), 1),
     }
     print(json.dumps(summary))
 

@@ -119,7 +119,7 @@ def test_manifest_and_build_yaml(world: WorldManifest) -> None:
         str(world.root / config["modalities"]["sentinel2_l2a"]["catalog"])
     )
     assert {c.id for c in catalog.get_children()} == set(world.item_ids)
-    assert config["output"] == {"store": "corpus.zarr", "samples_per_shard": 4}
+    assert config["output"] == {"store": "corpus.zarr", "samples_per_shard": 1}
 
 
 def test_items_round_trip_and_match_their_cogs(world: WorldManifest) -> None:

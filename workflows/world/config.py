@@ -36,14 +36,16 @@ class WorldSize:
     name: str
     aoi_bbox: tuple[float, float, float, float]
     periods: int
+    samples_per_shard: int
+    """Shards of the ready build.yaml: small enough that every worker gets shards."""
     start: date = date(2022, 1, 1)
 
 
 SIZES: dict[str, WorldSize] = {
     # 2 tiles per zone, 3 monthly periods: small enough for the test suite on one core.
-    "test": WorldSize("test", (5.99, 46.99, 6.01, 47.01), periods=3),
+    "test": WorldSize("test", (5.99, 46.99, 6.01, 47.01), periods=3, samples_per_shard=1),
     # 20 tiles over both zones, the default 12 monthly periods.
-    "demo": WorldSize("demo", (5.95, 46.96, 6.05, 47.04), periods=12),
+    "demo": WorldSize("demo", (5.95, 46.96, 6.05, 47.04), periods=12, samples_per_shard=2),
 }
 
 

@@ -256,7 +256,7 @@ def _write_build_yaml(out: Path, preset: WorldSize) -> Path:
             for modality, collection in MODALITY_COLLECTIONS.items()
         }
         | {"openstreetmap": {"source": "osm_file", "path": "osm/world.osm"}},
-        "output": {"store": "corpus.zarr", "samples_per_shard": 4},
+        "output": {"store": "corpus.zarr", "samples_per_shard": preset.samples_per_shard},
     }
     path = out / "build.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False, default_flow_style=None))

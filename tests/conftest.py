@@ -29,6 +29,18 @@ from tests.services.s3 import S3Store, run_s3_server
 from tests.services.stac_api import StacApi, run_stac_api
 from tests.world_fixture import shared_world
 
+
+@pytest.fixture(autouse=True, scope="session")
+def torch_single_thread() -> Iterator[None]:
+    """Tests use tiny tensors: one intra-op thread is ~10x faster on a busy 2-core box."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
 """Real-data fixtures live beside the checkout (CI has shared/ there); never copied in."""
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
 from terracube.catalog.registry import band_group
 from terracube.model.eval_datasets import (
@@ -33,15 +32,6 @@ from terracube.model.probes import KnnParams, LinearProbeParams
 
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "real"
 EUROSAT = FIXTURES / "eurosat"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny torch ops on a shared 2-core machine run ~10x faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def file_bands(path: Path) -> np.ndarray:

@@ -49,14 +49,6 @@ NODATA_BLOCK = (0, 7)
 """(block row, block col) whose WorldCover is nodata: below min_labelled, skipped."""
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def block_class(tile: int, by: int, bx: int) -> int:
     return CLASSES[(tile * 3 + by * 5 + bx) % len(CLASSES)]
 

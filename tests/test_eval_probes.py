@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
@@ -29,15 +28,6 @@ from terracube.model.probes import (
     linear_probe,
     split_train_val,
 )
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny torch ops on a shared 2-core machine run ~10x faster on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def reference_knn(train_x, train_y, test_x, n_classes, k=20, t=0.07):

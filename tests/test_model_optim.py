@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from terracube.model.groups import all_groups, encodable_groups
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.synthetic import synthetic_batch
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def checkerboard_views(batch) -> list[ViewMasks]:

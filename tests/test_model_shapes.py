@@ -18,16 +18,6 @@ from terracube.model.masking import mask_batch
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.synthetic import synthetic_batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread avoids thread contention on a shared 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 GRID_PX = {1: 4, 2: 8, 4: 8, 8: 16}
 """Smallest crop that still gives a multi-token grid, to keep CPU tests fast."""
 

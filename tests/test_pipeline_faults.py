@@ -16,16 +16,22 @@ import pytest
 import rasterio
 import shapely
 from terracube.catalog.grid import Tile
+from terracube.catalog.normalize import NormalizedItem, normalize_item
 from terracube.catalog.registry import S2_GROUPS
 from terracube.pipeline.corpus import Corpus, SampleState, create_corpus
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile, write_tile
 
 from tests.services.faults import Fault
 from tests.services.http_assets import AssetServer
-from tests.test_pipeline_real import MAJOR_TOM, _normalize_without_mask, major_tom_item
+from tests.test_pipeline_real import MAJOR_TOM, major_tom_item
 
 GROUPS = [g.name for g in S2_GROUPS]
 PARAMS = BuildParams(allow_unmasked=True)
+
+
+def _normalize_without_mask(data: dict) -> NormalizedItem:
+    """Major TOM patches publish no SCL mask."""
+    return normalize_item(data, require_mask=False)
 
 
 def _tile() -> Tile:

@@ -92,20 +92,9 @@ def major_tom_item() -> dict:
     }
 
 
-def _normalize_without_mask(data: dict):
-    """normalize_item insists on a mask asset; Major TOM / SSL4EO publish none (no SCL).
-
-    Workaround until normalize grows a `require_mask=False`: normalize with a stand-in
-    mask asset, then drop it, so every band and conversion still comes from the catalog.
-    """
-    import dataclasses
-
-    stand_in = {**data, "assets": {**data["assets"], "SCL": next(iter(data["assets"].values()))}}
-    return dataclasses.replace(normalize_item(stand_in), mask=None)
-
-
 def test_major_tom_off_grid_origin_equals_direct_read_minus_1000() -> None:
-    item = _normalize_without_mask(major_tom_item())
+    item = normalize_item(major_tom_item(), require_mask=False)  # Major TOM has no SCL
+    assert item.mask is None
     assert item.asset("B04").conversion.dn_offset == -1000.0
     with rasterio.open(MAJOR_TOM / "B04.tif") as ds:
         transform = ds.transform
@@ -268,8 +257,9 @@ def test_ssl4eo_s1_s2_pair_lands_on_one_grid() -> None:
                                                 "B11", "B12", "B01", "B09")},
         "B8A": "B8A.tif",
     }  # fmt: skip
-    s2 = _normalize_without_mask(
-        _ssl4eo_item(s2_dir, "sentinel-2-l2a", datetime(2020, 8, 13, tzinfo=UTC), s2_files)
+    s2 = normalize_item(  # SSL4EO S2 patches carry no SCL
+        _ssl4eo_item(s2_dir, "sentinel-2-l2a", datetime(2020, 8, 13, tzinfo=UTC), s2_files),
+        require_mask=False,
     )
     s1_data = _ssl4eo_item(
         s1_dir, "sentinel-1-rtc", datetime(2020, 6, 7, tzinfo=UTC), {"VV": "VV.tif", "VH": "VH.tif"}

@@ -137,12 +137,7 @@ def main() -> None:
     print(f"local: build {build:.2f} s, raw-read floor {floor:.2f} s, ratio {build / floor:.2f}")
 
     from tests.services.http_assets import run_asset_server
-    from tests.services.http_base import FaultingHandler
 
-    # The test server writes headers and body separately on a keep-alive socket, so
-    # Nagle + delayed ACK stall every response ~40 ms (10x on 100 windows: 9.8 s vs
-    # 1.0 s); an object store does not, so the benchmark turns Nagle off.
-    FaultingHandler.disable_nagle_algorithm = True
     with run_asset_server(world) as server:
         remote = tile_inputs(truth, load_items(world, rewrite=server.url), osm, tile_id)
         remote_windows = floor_windows(remote, params)

@@ -61,12 +61,12 @@ class PipelineTileBuilder:
     """The pipeline's `build_tile` with fixed parameters (reads with stackstac).
 
     `read_scheduler` is the local Dask scheduler stackstac computes a read with inside
-    the task: "threads" overlaps remote (HTTP/S3) reads; "sync" keeps a worker on
-    exactly one core, which is what one-thread workers on a busy machine want.
+    the task. The pipeline reads each band group as one chunk per tile, so threads
+    have nothing to overlap; "synchronous" keeps a one-thread worker on one core.
     """
 
     params: BuildParams = field(default_factory=BuildParams)
-    read_scheduler: str = "threads"
+    read_scheduler: str = "synchronous"
 
     def __call__(self, inputs: TileInputs, groups: Sequence[str]) -> SampleData:
         reader = StackstacReader(scheduler=self.read_scheduler)

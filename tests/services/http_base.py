@@ -78,6 +78,9 @@ class FaultingHandler(BaseHTTPRequestHandler):
     """
 
     protocol_version = "HTTP/1.1"
+    # Small responses otherwise wait ~40 ms for Nagle + delayed ACKs (9.8 s vs 1.0 s
+    # over 100 ranged reads); a cloud bucket does not behave like that.
+    disable_nagle_algorithm = True
     server: ServiceHTTPServer
 
     def log_message(self, format: str, *args: object) -> None:

@@ -276,11 +276,12 @@ def build_tile(
     return TileResult(_sample(inputs, results), _conversions(results), seconds)
 
 
-def _sample(inputs: TileInputs, results: Mapping[str, ModalityResult]) -> SampleData:
+def tile_sample(inputs: TileInputs, **fields: Any) -> SampleData:
+    """A SampleData carrying the tile's index fields (id, CRS, origin, centre, periods)."""
     tile = inputs.tile
     minx, _, _, maxy = tile.bounds
     lon, lat = tile.center_lonlat
-    sample = SampleData(
+    return SampleData(
         tile_id=tile.id,
         epsg=tile.epsg,
         x0=minx,
@@ -288,7 +289,12 @@ def _sample(inputs: TileInputs, results: Mapping[str, ModalityResult]) -> Sample
         center_lon=lon,
         center_lat=lat,
         period_starts=np.array(inputs.period_starts, dtype="datetime64[D]"),
+        **fields,
     )
+
+
+def _sample(inputs: TileInputs, results: Mapping[str, ModalityResult]) -> SampleData:
+    sample = tile_sample(inputs)
     for name, res in results.items():
         sample.states[name] = res.state
         if res.reason:

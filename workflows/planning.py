@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from terracube.catalog.http import RetryPolicy
 from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import MODALITIES, modality
-from terracube.catalog.search import RegionParams, SearchCache, search_tiles
+from terracube.catalog.search import STATIC_SEARCH_START, RegionParams, SearchCache, search_tiles
 from terracube.catalog.sources import (
     ItemSource,
     SourceError,
@@ -39,7 +38,6 @@ from terracube.workflows.config import (
     StaticSource,
 )
 
-STATIC_SEARCH_START = datetime(1970, 1, 1, tzinfo=UTC)
 """Static maps are searched from here to the end of the time span."""
 
 PREFLIGHT_RETRY = RetryPolicy(attempts=2, backoff_s=0.2, connect_timeout_s=5.0, read_timeout_s=20.0)

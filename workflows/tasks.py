@@ -19,7 +19,7 @@ import numpy as np
 from terracube.catalog.normalize import NormalizedItem
 from terracube.pipeline.corpus import Corpus, SampleData, SampleState
 from terracube.pipeline.read import StackstacReader
-from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
+from terracube.pipeline.tile import BuildParams, TileInputs, build_tile, tile_sample
 from terracube.workflows.shards import groups_of, merge_sample
 
 Signer = Callable[[str], str]
@@ -117,18 +117,9 @@ class ShardOutcome:
 
 def _failed(inputs: TileInputs, modalities: Sequence[str], error: BaseException) -> SampleData:
     """A sample whose requested modalities all failed (the builder itself raised)."""
-    tile = inputs.tile
-    minx, _, _, maxy = tile.bounds
-    lon, lat = tile.center_lonlat
     message = f"{type(error).__name__}: {error}"[:2000]
-    return SampleData(
-        tile_id=tile.id,
-        epsg=tile.epsg,
-        x0=minx,
-        y0=maxy,
-        center_lon=lon,
-        center_lat=lat,
-        period_starts=np.array(inputs.period_starts, dtype="datetime64[D]"),
+    return tile_sample(
+        inputs,
         states={m: SampleState.FAILED for m in modalities},
         errors={m: message for m in modalities},
     )

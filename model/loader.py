@@ -27,14 +27,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from terracube.catalog.registry import BASE_RESOLUTION_M, band_group
+from terracube.catalog.registry import band_group
 from terracube.model.batch import Batch
+from terracube.model.loader_batch import RawBatch, group_factor
 from terracube.model.loader_plan import (
     BatchPlan,
     LoaderParams,
@@ -49,25 +50,58 @@ from terracube.model.loader_plan import (
 from terracube.model.loader_shard import ShardReader, fast_path_supported
 from terracube.model.loader_transport import Packed, carve, pack, unpack
 from terracube.model.masking import ViewMasks, mask_batch
-from terracube.model.normalize_stats import group_normalizer, read_stats
+from terracube.model.normalize_stats import (
+    GroupNormalizer,
+    group_normalizer,
+    read_stats,
+    valid_values,
+)
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
+_TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
+"""Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
+
 
 @dataclass
 class LoaderItem:
-    """One batch as the training loop receives it."""
+    """One batch as the training loop receives it: compact storage values (`raw`), its
+    masked views, and where it came from. `to(device)` gives the model's `Batch` there."""
 
-    batch: Batch
+    raw: RawBatch
     views: list[ViewMasks]
     samples: tuple[int, ...]
     epoch: int
     index: int
     decode_errors: int = 0
     decoded_bytes: int = 0
+    normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
+    _cpu: Batch | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def batch_size(self) -> int:
+        return self.raw.batch_size
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The normalised 10 m `Batch`, computed on `device` from the compact tensors."""
+        if torch.device(device).type == "cpu":
+            return self.batch
+        return self.raw.materialize(self.normalizers, device)
+
+    @property
+    def batch(self) -> Batch:
+        """The normalised 10 m `Batch` on the CPU (computed once, then kept)."""
+        if self._cpu is None:
+            self._cpu = self.raw.materialize(self.normalizers, "cpu")
+        return self._cpu
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cpu"] = None  # workers never send the materialised batch
+        return state
 
 
 @dataclass
@@ -235,43 +269,38 @@ class CorpusStream(IterableDataset):
         return crops, errors, nbytes
 
     def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
+        """Storage values and validity at native resolution, in one (shared) arena."""
         geo = plan.geometry
-        data: dict[str, torch.Tensor] = {}
-        valid: dict[str, torch.Tensor] = {}
         specs = []
         for g in self.groups:
-            steps = geo.timesteps if is_temporal(band_group(g)) else 1
-            shape = (len(crops), steps, self.normalizers[g].channels, geo.crop, geo.crop)
-            specs += [(torch.float32, shape), (torch.bool, (*shape[:2], geo.crop, geo.crop))]
-        # every data and validity tensor in one buffer, shared when a worker sends it
-        arena = iter(carve(specs, shared=self.pack_items and get_worker_info() is not None))
-        for g in self.groups:
             group = band_group(g)
-            factor = int(group.resolution // BASE_RESOLUTION_M)
-            side = geo.crop // factor
+            side = geo.crop // group_factor(g)
             steps = geo.timesteps if is_temporal(group) else 1
-            raw = np.zeros((len(crops), steps, len(group.bands), side, side), dtype=group.dtype)
-            ok = np.zeros((len(crops), steps), dtype=bool)
+            shape = (len(crops), steps, len(group.bands), side, side)
+            specs += [(_TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
+        arena = iter(carve(specs, shared=self.pack_items and get_worker_info() is not None))
+        raw: dict[str, torch.Tensor] = {}
+        valid: dict[str, torch.Tensor] = {}
+        for g in self.groups:
+            raw[g], valid[g] = next(arena), next(arena)
+            values, ok = raw[g].numpy(), valid[g].numpy()
             for b, crop in enumerate(crops):
-                arr = crop.data[g]
-                if arr is not None and crop.present[g].any():
-                    raw[b] = arr
-                    ok[b] = crop.present[g]
-            norm = self.normalizers[g]
-            pixel_ok = norm.pixel_valid(raw)
-            pixel_ok &= ok[:, :, None, None]
-            data[g], valid[g] = next(arena), next(arena)
-            if factor == 1:  # normalise straight into the batch tensor
-                norm(raw, pixel_ok, out=data[g].numpy())
-                valid[g].numpy()[...] = pixel_ok
-            else:  # normalise at native resolution, then one broadcast copy upsamples
-                _upsample(norm(raw, pixel_ok), factor, data[g].numpy())
-                _upsample(pixel_ok, factor, valid[g].numpy())
+                arr, present = crop.data[g], crop.present[g]
+                if arr is not None and present.any():
+                    values[b] = arr
+                    ok[b] = present[:, None, None]
+                else:
+                    values[b] = 0
+                    ok[b] = False
+            for band, nodata in enumerate(self.normalizers[g].nodata):
+                ok &= valid_values(values[:, :, band], nodata)
         months = torch.from_numpy(np.stack([c.months for c in crops]))
-        batch = Batch(data, valid, months, patch_size=geo.patch)
+        batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
         generator = torch.Generator().manual_seed(plan.masking_seed)
         views = mask_batch(batch, generator, self.params.num_views)
-        return LoaderItem(batch, views, plan.samples, plan.epoch, plan.index)
+        return LoaderItem(
+            batch, views, plan.samples, plan.epoch, plan.index, normalizers=self.normalizers
+        )
 
     def __iter__(self) -> Iterator[LoaderItem | Packed]:
         """This worker's batches; `Packed` (one shared buffer each) when `pack_items` is set
@@ -281,7 +310,7 @@ class CorpusStream(IterableDataset):
         plans = self.plans(self.epoch, worker, num_workers, self.start)
         if info is not None and self.pack_items:
             for item in self.iter_plans(plans):
-                yield pack(item, arena=next(iter(item.batch.data.values())))
+                yield pack(item, arena=next(iter(item.raw.raw.values())))
         else:
             yield from self.iter_plans(plans)
 
@@ -407,12 +436,6 @@ class StreamingLoader:
                 self.decoded_bytes += item.decoded_bytes
                 yield item
             self.epoch, self.consumed = self.epoch + 1, 0
-
-
-def _upsample(x: np.ndarray, factor: int, out: np.ndarray) -> None:
-    """Nearest-neighbour upsampling of the last two axes by whole-pixel repeats, in one pass."""
-    *lead, h, w = x.shape
-    out.reshape(*lead, h, factor, w, factor)[...] = x[..., :, None, :, None]
 
 
 def _identity(item: LoaderItem) -> LoaderItem:

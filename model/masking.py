@@ -14,9 +14,9 @@ over band groups.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
-from terracube.model.batch import Batch
 from terracube.model.groups import encodable_groups
 from torch import Tensor
 
@@ -84,7 +84,18 @@ def sample_view_masks(token_valid: dict[str, Tensor], generator: torch.Generator
     return ViewMasks(encode=encode, decode=decode)
 
 
-def mask_batch(batch: Batch, generator: torch.Generator, num_views: int = 2) -> list[ViewMasks]:
+class TokenValidity(Protocol):
+    """What masking reads of a batch: `Batch` and the loader's `RawBatch` both provide it."""
+
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+
+    def token_valid(self, group: str) -> Tensor: ...
+
+
+def mask_batch(
+    batch: TokenValidity, generator: torch.Generator, num_views: int = 2
+) -> list[ViewMasks]:
     """`num_views` independent masked views of a batch (two for the contrastive loss)."""
     if num_views < 1:
         raise ValueError(f"num_views={num_views}; need at least one view")

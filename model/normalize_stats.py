@@ -23,10 +23,12 @@ from fractions import Fraction
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
 from terracube.catalog.registry import MODALITIES, band_group
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState
+from torch import Tensor
 from zarr.errors import ZarrUserWarning
 
 STATS_ATTR = "terracube:stats"
@@ -224,6 +226,18 @@ class GroupNormalizer:
             np.divide(out, self.std[:, None, None], out=out)
         np.copyto(out, np.float32(0.0), where=~valid[..., None, :, :])
         return out
+
+    def apply_torch(self, x: Tensor, valid: Tensor) -> Tensor:
+        """`__call__` in torch on x's device: (..., band, H, W) -> (..., C, H, W) float32,
+        bit-identical to the numpy path (same float32 operations in the same order)."""
+        if self.kind == "onehot":
+            codes = torch.tensor(self.classes, device=x.device)[:, None, None]
+            out = (x[..., 0, None, :, :].to(codes.dtype) == codes).to(torch.float32)
+        else:
+            mean = torch.from_numpy(self.mean).to(x.device)[:, None, None]
+            std = torch.from_numpy(self.std).to(x.device)[:, None, None]
+            out = (x.to(torch.float32) - mean) / std
+        return out.masked_fill_(~valid[..., None, :, :], 0.0)
 
 
 def group_normalizer(name: str, stats: dict[str, Any] | None) -> GroupNormalizer:

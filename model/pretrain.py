@@ -259,7 +259,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------ steps
     def _micro_step(self, item: LoaderItem, last: bool) -> dict[str, Any]:
-        batch = item.batch.to(self.rt.device)
+        batch = item.to(self.rt.device)
         views = [
             type(v)(
                 {g: m.to(self.rt.device) for g, m in v.encode.items()},
@@ -292,7 +292,7 @@ class _Trainer:
             for key in totals:
                 totals[key] += float(out[key].detach()) / s.accumulation
             tokens += int(out["encoded_tokens"]) + int(out["decoded_tokens"])
-            samples += item.batch.batch_size
+            samples += item.batch_size
             errors += item.decode_errors
             pooled.append(out["pooled"].detach().float().cpu())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)

@@ -494,22 +494,24 @@ def test_slot_rejects_a_rank_outside_the_world() -> None:
 def test_pack_round_trips_every_tensor_through_one_shared_buffer(corpus_path: Path) -> None:
     item = next(iter(CorpusStream(corpus_path, SMALL)))
     extra = {"scalar": torch.tensor(3.5), "strided": torch.arange(12).reshape(3, 4).T}
-    arena = item.batch.data["s2_10m"]
+    arena = item.raw.raw["s2_10m"]
     packed = pack((item, extra), arena=arena)
     assert packed.buffers[1].is_shared()  # the arena is shared only when a worker builds it
     got, got_extra = unpack(packed)
     assert got.samples == item.samples and got.index == item.index
-    for g in item.batch.groups:
+    assert got._cpu is None  # the materialised batch never travels
+    for g in item.raw.groups:
+        assert torch.equal(got.raw.raw[g], item.raw.raw[g])
+        assert torch.equal(got.raw.valid[g], item.raw.valid[g])
+        assert got.raw.valid[g].dtype == torch.bool
         assert torch.equal(got.batch.data[g], item.batch.data[g])
-        assert torch.equal(got.batch.valid[g], item.batch.valid[g])
-        assert got.batch.valid[g].dtype == torch.bool
         for view, want in zip(got.views, item.views, strict=True):
             assert torch.equal(view.encode[g], want.encode[g])
             assert torch.equal(view.decode[g], want.decode[g])
-        # data and validity stay in the arena they were built in: views, not copies
-        assert got.batch.data[g].untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()
-        assert got.batch.valid[g].untyped_storage().data_ptr() == packed.buffers[0].data_ptr()
-    assert torch.equal(got.batch.months, item.batch.months)
+        # storage values and validity stay in the arena they were built in: views, not copies
+        assert got.raw.raw[g].untyped_storage().data_ptr() == arena.untyped_storage().data_ptr()
+        assert got.raw.valid[g].untyped_storage().data_ptr() == packed.buffers[0].data_ptr()
+    assert torch.equal(got.raw.months, item.raw.months)
     assert got_extra["scalar"].item() == 3.5
     assert torch.equal(got_extra["strided"], extra["strided"])
     assert got_extra["strided"].untyped_storage().data_ptr() == packed.buffers[1].data_ptr()

@@ -52,13 +52,19 @@ from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
 from terracube.model.loader_plan import BatchPlan, LoaderParams, sample_window
 from terracube.model.loader_shard import ShardLayout, chunk_hits
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
-from terracube.pipeline.corpus import Corpus, SampleData, SampleState, create_corpus
+from terracube.pipeline.corpus import (
+    Corpus,
+    InnerChunking,
+    SampleData,
+    SampleState,
+    create_corpus,
+)
 
 H100_BF16_PEAK_FLOPS = 989e12
 """H100 SXM dense bf16 peak (NVIDIA datasheet)."""
 ASSUMED_MFU = 0.40
 MB = 1e6
-FORMAT = "v2"
+FORMAT = "v3"
 """Bump when the synthetic corpus changes, so a stale /tmp copy is not reused."""
 
 
@@ -73,11 +79,20 @@ class BenchConfig:
     batches: int = 16
     """Timed batches per loader per round."""
     warmup: int = 6
+    spatial: int = -1
+    """Inner chunk side in native pixels: -1 = the corpus default, 0 = the whole tile."""
+
+    @property
+    def chunking(self) -> InnerChunking:
+        if self.spatial < 0:
+            return InnerChunking()
+        return InnerChunking(spatial=self.spatial or None)
 
     @property
     def cache(self) -> Path:
+        side = self.chunking.spatial or "tile"
         name = f"terracube-loader-bench-{FORMAT}-{self.samples}x{self.periods}-s{self.per_shard}"
-        return Path(tempfile.gettempdir()) / name
+        return Path(tempfile.gettempdir()) / f"{name}-c{side}"
 
 
 def synthetic_sample(i: int, n_periods: int, rng: np.random.Generator) -> SampleData:
@@ -124,7 +139,9 @@ def ensure_corpus(cfg: BenchConfig) -> Path:
         return cfg.cache
     shutil.rmtree(cfg.cache, ignore_errors=True)
     (cfg.cache / "h5").mkdir(parents=True)
-    corpus = create_corpus(cfg.cache / "corpus.zarr", cfg.samples, cfg.periods, cfg.per_shard)
+    corpus = create_corpus(
+        cfg.cache / "corpus.zarr", cfg.samples, cfg.periods, cfg.per_shard, chunking=cfg.chunking
+    )
     rng = np.random.default_rng(0)
     for k, span in enumerate(corpus.shards):
         samples = [synthetic_sample(i, cfg.periods, rng) for i in span]

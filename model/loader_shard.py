@@ -19,6 +19,7 @@ read or failed chunk raises `ShardDecodeError` so the caller can fall back.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 import mmap
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import google_crc32c
 import numcodecs
@@ -105,9 +106,9 @@ class ShardLayout:
         return tuple((0, s) for s in self.shard_shape[1:])
 
 
-@dataclass(frozen=True)
-class ChunkHit:
-    """One inner chunk a window touches, and where its piece goes."""
+class ChunkHit(NamedTuple):
+    """One inner chunk a window touches, and where its piece goes (a tuple: the loader
+    makes tens of these per sample, and a frozen dataclass costs 2 us each to build)."""
 
     flat: int
     """C-order position in the shard index."""
@@ -127,22 +128,25 @@ def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit
     for (start, stop), extent in zip(window, layout.shard_shape[1:], strict=True):
         if not 0 <= start < stop <= extent:
             raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
-    strides = layout.strides
-    ranges = [
-        range(start // c, (stop - 1) // c + 1)
-        for (start, stop), c in zip(window, inner, strict=True)
-    ]
-    hits = []
-    for position in itertools.product(*ranges):
-        source, target = [], []
-        flat = local * strides[0]
-        for p, c, (start, stop), stride in zip(position, inner, window, strides[1:], strict=True):
+    # per axis: (index offset, source slice, target slice) of every chunk the window touches
+    axes = []
+    for (start, stop), c, stride in zip(window, inner, layout.strides[1:], strict=True):
+        pieces = []
+        for p in range(start // c, (stop - 1) // c + 1):
             lo, hi = max(start, p * c), min(stop, (p + 1) * c)
-            source.append(slice(lo - p * c, hi - p * c))
-            target.append(slice(lo - start, hi - start))
-            flat += p * stride
-        hits.append(ChunkHit(flat, tuple(source), tuple(target)))
-    return hits
+            pieces.append(
+                (p * stride, slice(lo - p * c, hi - p * c), slice(lo - start, hi - start))
+            )
+        axes.append(pieces)
+    base = local * layout.strides[0]
+    return [
+        ChunkHit(
+            base + sum(piece[0] for piece in combo),
+            tuple(piece[1] for piece in combo),
+            tuple(piece[2] for piece in combo),
+        )
+        for combo in itertools.product(*axes)
+    ]
 
 
 def coalesce(spans: Sequence[tuple[int, int]], gap: int = COALESCE_GAP) -> list[tuple[int, int]]:
@@ -203,9 +207,10 @@ class ShardReader:
         except FileNotFoundError:
             return None, []
         index = self._parse_index(str(file), mapped[size - self.layout.index_bytes :])
-        for _, stop in self._spans(index, needed):
-            if stop > size - self.layout.index_bytes:
-                raise ShardDecodeError(f"{file}: a chunk ends at byte {stop}, past the data")
+        rows = index[np.fromiter(needed, dtype=np.int64, count=len(needed))]
+        rows = rows[rows[:, 0] != _EMPTY]
+        if len(rows) and int((rows[:, 0] + rows[:, 1]).max()) > size - self.layout.index_bytes:
+            raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
         return index, [(0, mapped)]
 
     def _parse_index(self, path: str, raw: bytes) -> np.ndarray:
@@ -264,26 +269,25 @@ class ShardReader:
             for arr in out.values():
                 arr.fill(self.arr.fill_value)
             return out, 0
+        entries = index.tolist()  # Python ints: per-chunk numpy scalar access costs more
         starts = [a for a, _ in runs]
-        decoded = 0
-        scratch = self._scratch
+        views = [memoryview(data) for _, data in runs]
+        decode, scratch, decoded = _ZSTD.decode, self._scratch, 0
         for local, chunk_list in hits.items():
-            for hit in chunk_list:
-                offset, nbytes = int(index[hit.flat, 0]), int(index[hit.flat, 1])
+            target_array = out[local]
+            for flat, source, target in chunk_list:
+                offset, nbytes = entries[flat]
                 if offset == _EMPTY:
-                    out[local][hit.target] = self.arr.fill_value
+                    target_array[target] = self.arr.fill_value
                     continue
-                run = int(np.searchsorted(starts, offset, side="right")) - 1
-                base, data = runs[run]
-                view = memoryview(data)[offset - base : offset - base + nbytes]
+                run = 0 if len(starts) == 1 else bisect.bisect_right(starts, offset) - 1
+                begin = offset - starts[run]
                 try:
-                    _ZSTD.decode(view, out=scratch)
+                    decode(views[run][begin : begin + nbytes], out=scratch)
                 except Exception as exc:
-                    raise ShardDecodeError(
-                        f"{path}: chunk {hit.flat} fails to decode: {exc}"
-                    ) from exc
+                    raise ShardDecodeError(f"{path}: chunk {flat} fails to decode: {exc}") from exc
                 decoded += scratch.nbytes
-                out[local][hit.target] = scratch[hit.source]
+                target_array[target] = scratch[source]
         return out, decoded
 
     def read_whole(self, shard: int) -> np.ndarray:

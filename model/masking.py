@@ -7,8 +7,8 @@ gets the odd one: ceil); an encode-only group is fully encoded and a decode-only
 choice fully decoded. Invalid tokens are never encoded nor decoded. A sample with
 no encodable group present gets no tokens at all (nothing to predict from).
 
-Vectorised over the batch with a seeded torch.Generator; the only Python loop is
-over band groups.
+Vectorised over the batch and the groups with a seeded torch.Generator: one sort per
+view splits every group's tokens (this runs once per batch in every worker).
 """
 
 from __future__ import annotations
@@ -31,9 +31,11 @@ class ViewMasks:
     decode: dict[str, Tensor]
 
 
-def _random_ranks(scores: Tensor) -> Tensor:
-    """Rank (0 = smallest) of each entry along the last dim."""
-    return scores.argsort(dim=-1).argsort(dim=-1)
+def _ranks(scores: Tensor) -> Tensor:
+    """Rank (0 = smallest) of each entry along the last dim: one sort and a scatter."""
+    order = scores.argsort(dim=-1)
+    positions = torch.arange(scores.shape[-1]).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
 
 
 def _choose_subset(candidates: Tensor, minimum: int, generator: torch.Generator) -> Tensor:
@@ -45,16 +47,22 @@ def _choose_subset(candidates: Tensor, minimum: int, generator: torch.Generator)
     u = torch.rand(b, generator=generator)
     k = low + (u * (n - low + 1).float()).long().clamp(max=(n - low).clamp(min=0))
     scores = torch.rand(b, g, generator=generator).masked_fill(~candidates, 2.0)
-    return (_random_ranks(scores) < k[:, None]) & candidates
+    return (_ranks(scores) < k[:, None]) & candidates
 
 
-def _split_tokens(valid: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Split each row's valid tokens randomly: ceil(n/2) encoded, floor(n/2) decoded."""
+def _split_tokens(
+    valid: Tensor, segments: Tensor, starts: Tensor, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Split each row's valid tokens of every group randomly: ceil(n/2) encoded, floor(n/2)
+    decoded per group. `valid` is (B, N) over all groups side by side; `segments` (N,) the
+    group of each column, `starts` (G,) each group's first column. Scores of group i lie in
+    [3i, 3i + 2] (2 = invalid), so one sort of the row orders it group by group and a
+    column's rank within its group is its row rank minus its group's start."""
     b, n = valid.shape
     scores = torch.rand(b, n, generator=generator).masked_fill(~valid, 2.0)
-    ranks = _random_ranks(scores)
-    n_valid = valid.sum(dim=1, keepdim=True)
-    n_encode = n_valid - n_valid // 2
+    ranks = _ranks(scores + 3.0 * segments) - starts[segments]
+    counts = torch.zeros(b, len(starts), dtype=torch.int64).index_add_(1, segments, valid.long())
+    n_encode = (counts - counts // 2)[:, segments]
     encode = valid & (ranks < n_encode)
     return encode, valid & ~encode
 
@@ -65,22 +73,26 @@ def sample_view_masks(token_valid: dict[str, Tensor], generator: torch.Generator
     if not groups:
         raise ValueError("token_valid is empty; masking needs at least one band group")
     flat = [token_valid[g].reshape(token_valid[g].shape[0], -1).cpu() for g in groups]
+    sizes = [v.shape[1] for v in flat]
+    valid = torch.cat(flat, dim=1)  # (B, N): every group's tokens side by side
+    segments = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor(sizes))
+    starts = torch.tensor([0, *sizes[:-1]]).cumsum(0)
     present = torch.stack([v.any(dim=1) for v in flat], dim=1)  # (B, G)
     encodable = torch.tensor([g in encodable_groups() for g in groups])
     encoded = _choose_subset(present & encodable, MIN_ENCODED_GROUPS, generator)
     has_context = encoded.any(dim=1, keepdim=True)
     decoded = _choose_subset(present & has_context, 1, generator)
+    split_enc, split_dec = _split_tokens(valid, segments, starts, generator)
+    enc_cols, dec_cols = encoded[:, segments], decoded[:, segments]
+    both = enc_cols & dec_cols
+    enc = torch.where(both, split_enc, valid & enc_cols)
+    dec = torch.where(both, split_dec, valid & dec_cols)
     encode: dict[str, Tensor] = {}
     decode: dict[str, Tensor] = {}
-    for i, g in enumerate(groups):
-        valid = flat[i]
-        enc_g, dec_g = encoded[:, i : i + 1], decoded[:, i : i + 1]
-        split_enc, split_dec = _split_tokens(valid, generator)
-        both = enc_g & dec_g
-        enc = torch.where(both, split_enc, valid & enc_g)
-        dec = torch.where(both, split_dec, valid & dec_g)
+    for g, a, size in zip(groups, starts.tolist(), sizes, strict=True):
         shape = token_valid[g].shape
-        encode[g], decode[g] = enc.reshape(shape), dec.reshape(shape)
+        encode[g] = enc[:, a : a + size].reshape(shape)
+        decode[g] = dec[:, a : a + size].reshape(shape)
     return ViewMasks(encode=encode, decode=decode)
 
 

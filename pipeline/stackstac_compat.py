@@ -139,6 +139,8 @@ class TileStack:
     dtype: str
     fill_value: float
     resampling: Resampling = Resampling.nearest
+    only: frozenset[tuple[int, int]] | None = None
+    """Read only these (item index, band index) assets (the rest stay fill); None = all."""
 
 
 def stack_tile(
@@ -179,27 +181,30 @@ def stack_tiles(
     # The outer rasterio.Env makes stackstac's per-open/per-read Envs cheap nested ones
     # (a top-level Env re-runs GDAL/PROJ data discovery, ~0.5 ms each, 3 per asset);
     # rasterio envs are thread-local, so this helps the synchronous scheduler only.
+    if not lazy:
+        return outputs
     with rasterio.Env():
         values = dask.compute(
-            *(arr for _, _, arr in lazy), scheduler=scheduler, optimize_graph=False
+            *(arr for _, _, (_, arr) in lazy), scheduler=scheduler, optimize_graph=False
         )
-    for (n, asked, _), value in zip(lazy, values, strict=True):
+    for (n, asked, (keep, _)), value in zip(lazy, values, strict=True):
         index = [list(stacks[n].bands).index(b) for b in asked]
-        if len(index) == len(stacks[n].bands):
+        if len(index) == len(stacks[n].bands) and len(keep) == len(stacks[n].items):
             outputs[n] = value
         else:
-            outputs[n][:, index] = value
+            outputs[n][np.ix_(keep, index)] = value
     return outputs
 
 
 def _stack_lazy(stack: TileStack, env: LayeredEnv) -> tuple[np.ndarray, list[str], Any]:
-    """The output filled with fill_value, the bands stackstac reads, and its dask array."""
+    """The output filled with fill_value, the bands stackstac reads, and (the indices of
+    the items it reads, its dask array)."""
     tile, resolution, dtype = stack.tile, stack.resolution, stack.dtype
     rows, cols = tile.shape(resolution)
     fill = np.full((len(stack.items), len(stack.bands), rows, cols), stack.fill_value, dtype)
     if not stack.items:
         return fill, [], None
-    dicts = [stackstac_item(item, stack.bands) for item in stack.items]
+    keep, dicts = _item_dicts(stack)
     present = {key for d in dicts for key in d["assets"]}
     # stackstac refuses asset ids no item has; those bands come back as fill.
     asked = [b for b in stack.bands if b in present]
@@ -230,7 +235,23 @@ def _stack_lazy(stack: TileStack, env: LayeredEnv) -> tuple[np.ndarray, list[str
             f"stackstac returned a {arr.shape[-2:]} grid for tile {tile.id} at {resolution} m, "
             f"expected {(rows, cols)}; the tile bounds {tile.bounds} must be multiples of it"
         )
-    return fill, asked, arr.data
+    return fill, asked, (keep, arr.data)
+
+
+def _item_dicts(stack: TileStack) -> tuple[list[int], list[dict[str, Any]]]:
+    """Indices of the items stackstac reads and their dicts, restricted to `stack.only`."""
+    if stack.only is None:
+        return list(range(len(stack.items))), [
+            stackstac_item(item, stack.bands) for item in stack.items
+        ]
+    keep: list[int] = []
+    dicts: list[dict[str, Any]] = []
+    for i, item in enumerate(stack.items):
+        bands = [band for b, band in enumerate(stack.bands) if (i, b) in stack.only]
+        if bands:
+            keep.append(i)
+            dicts.append(stackstac_item(item, bands))
+    return keep, dicts
 
 
 # --------------------------------------------------------------------------- reader

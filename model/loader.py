@@ -54,7 +54,6 @@ from terracube.model.normalize_stats import (
     GroupNormalizer,
     group_normalizer,
     read_stats,
-    valid_values,
 )
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
@@ -292,8 +291,7 @@ class CorpusStream(IterableDataset):
                 else:
                     values[b] = 0
                     ok[b] = False
-            for band, nodata in enumerate(self.normalizers[g].nodata):
-                ok &= valid_values(values[:, :, band], nodata)
+            self.normalizers[g].pixel_valid(values, out=ok)
         months = torch.from_numpy(np.stack([c.months for c in crops]))
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
         generator = torch.Generator().manual_seed(plan.masking_seed)

@@ -22,7 +22,6 @@ import asyncio
 import bisect
 import itertools
 import math
-import mmap
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -193,25 +192,29 @@ class ShardReader:
     def _fetch_local(
         self, file: Path, needed: set[int]
     ) -> tuple[np.ndarray | None, list[tuple[int, Any]]]:
-        """The same bytes from a memory map of a local file: no copy out of the page cache,
-        and none of zarr's event-loop and thread hops (milliseconds per call on a busy
-        machine, more than a chunk's decode). `needed` is unused: untouched pages stay unread."""
+        """The same bytes with positioned reads of a local file: the index, then one read per
+        coalesced run of needed chunks, none of zarr's event-loop and thread hops
+        (milliseconds per call on a busy machine, more than a chunk's decode). Reads, not a
+        memory map: decoding from freshly copied bytes is faster than faulting in mapped
+        pages chunk by chunk."""
         try:
-            with open(file, "rb") as fh:
-                size = os.fstat(fh.fileno()).st_size
-                if size < self.layout.index_bytes:
-                    raise ShardDecodeError(
-                        f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
-                    )
-                mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = os.open(file, os.O_RDONLY)
         except FileNotFoundError:
             return None, []
-        index = self._parse_index(str(file), mapped[size - self.layout.index_bytes :])
-        rows = index[np.fromiter(needed, dtype=np.int64, count=len(needed))]
-        rows = rows[rows[:, 0] != _EMPTY]
-        if len(rows) and int((rows[:, 0] + rows[:, 1]).max()) > size - self.layout.index_bytes:
-            raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
-        return index, [(0, mapped)]
+        try:
+            size = os.fstat(fd).st_size
+            data_end = size - self.layout.index_bytes
+            if data_end < 0:
+                raise ShardDecodeError(
+                    f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
+                )
+            index = self._parse_index(str(file), os.pread(fd, self.layout.index_bytes, data_end))
+            runs = coalesce(self._spans(index, needed))
+            if runs and runs[-1][1] > data_end:
+                raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
+            return index, [(a, os.pread(fd, b - a, a)) for a, b in runs]
+        finally:
+            os.close(fd)
 
     def _parse_index(self, path: str, raw: bytes) -> np.ndarray:
         if len(raw) != self.layout.index_bytes:
@@ -224,11 +227,9 @@ class ShardReader:
 
     @staticmethod
     def _spans(index: np.ndarray, needed: set[int]) -> list[tuple[int, int]]:
-        return [
-            (int(index[f, 0]), int(index[f, 0] + index[f, 1]))
-            for f in needed
-            if index[f, 0] != _EMPTY
-        ]
+        rows = index[np.fromiter(needed, dtype=np.int64, count=len(needed))]
+        rows = rows[rows[:, 0] != _EMPTY]
+        return list(zip(rows[:, 0].tolist(), (rows[:, 0] + rows[:, 1]).tolist(), strict=True))
 
     async def _fetch_store(
         self, path: str, needed: set[int]

@@ -194,9 +194,18 @@ class GroupNormalizer:
     nodata: tuple[float, ...]
     classes: tuple[int, ...] = ()
 
-    def pixel_valid(self, x: np.ndarray) -> np.ndarray:
-        """bool (..., H, W) from (..., band, H, W): every band holds a value."""
-        ok = np.ones(x.shape[:-3] + x.shape[-2:], dtype=bool)
+    def pixel_valid(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """bool (..., H, W) from (..., band, H, W): every band holds a value. With `out`,
+        the result is ANDed into it (the loader passes the timestep-presence mask)."""
+        ok = np.ones(x.shape[:-3] + x.shape[-2:], dtype=bool) if out is None else out
+        if len(set(map(str, self.nodata))) == 1:  # one nodata for every band: one pass
+            nodata = self.nodata[0]
+            if math.isnan(nodata):
+                missing = np.isnan(x).any(axis=-3)
+            else:
+                missing = (x == np.asarray(nodata, dtype=x.dtype)).any(axis=-3)
+            ok &= ~missing
+            return ok
         for b, nodata in enumerate(self.nodata):
             ok &= valid_values(x[..., b, :, :], nodata)
         return ok

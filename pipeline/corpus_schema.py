@@ -84,12 +84,16 @@ class CorpusCodecs:
 class InnerChunking:
     """Inner chunk of band-group arrays inside a shard: `time` timesteps x `spatial` px square.
 
-    The default, one sample-timestep with every band of the whole tile, is the
-    unit the loader reads (one token group); `spatial=None` means the full tile.
+    `spatial` counts each group's native pixels (capped at its tile side); None means
+    the whole tile. The default, one timestep of a 64 px square (a quarter of a 10 m
+    tile's side), was chosen with benchmarks/loader.py: the loader's crops (32-128 px)
+    then decode about a third of the bytes that whole-tile chunks make them decode
+    (the figures are in docs/corpus-format.md). Adjacent chunks of a crop are fetched
+    in one range request, so small chunks do not mean many requests on object stores.
     """
 
     time: int = 1
-    spatial: int | None = None
+    spatial: int | None = 64
 
     def __post_init__(self) -> None:
         if self.time < 1:

@@ -219,7 +219,9 @@ def test_every_array_is_sharded_by_whole_samples(
         if arr.metadata.dimension_names[0] == "sample":
             assert arr.shards[0] == PER_SHARD, name
             assert arr.shards[1:] == arr.shape[1:], name
-    assert root["s2_10m"].chunks == (1, 1, 4, 256, 256)
+    # default inner chunks: one timestep of a 64 native-px square, capped at the tile side
+    assert root["s2_10m"].chunks == (1, 1, 4, 64, 64)
+    assert root["s2_40m"].chunks == (1, 1, 2, 64, 64)
     # Pending shard 2 (sample 4) has no files at all: nothing is written until samples are.
     assert not (path / "s2_10m" / "c" / "2").exists()
 

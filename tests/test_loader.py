@@ -312,7 +312,8 @@ def _shard_file(path: Path, group: str, shard: int) -> Path:
 
 
 def _garble_chunk(path: Path, group: str, sample: int, period: int) -> None:
-    """Overwrite one inner chunk's bytes (the shard index stays valid)."""
+    """Overwrite the bytes of every inner chunk of one (sample, timestep) (the shard index
+    stays valid)."""
     corpus = Corpus.open(path)
     arr = corpus.array(group)
     layout = ShardLayout(tuple(arr.shards), tuple(arr.chunks))
@@ -320,8 +321,9 @@ def _garble_chunk(path: Path, group: str, sample: int, period: int) -> None:
     target = _shard_file(path, group, shard)
     raw = bytearray(target.read_bytes())
     index = np.frombuffer(bytes(raw[-layout.index_bytes : -4]), "<u8").reshape(-1, 2)
-    offset, nbytes = (int(v) for v in index[local * layout.grid[1] + period])
-    raw[offset : offset + nbytes] = b"\xff" * nbytes
+    first = local * layout.strides[0] + period * layout.strides[1]
+    for offset, nbytes in index[first : first + layout.strides[1]].tolist():
+        raw[offset : offset + nbytes] = b"\xff" * nbytes
     target.write_bytes(bytes(raw))
 
 

@@ -18,6 +18,11 @@ Method (all in one run, so the shared machine's noise hits every figure alike):
   exactly the inner chunks the loader decodes for the same samples — the
   chunks of each sample's timestep window and crop (`sample_window` ->
   `chunk_hits`) — from shard bytes already in memory; no I/O, no copies.
+- what the loader delivers: workers send storage values at native resolution plus
+  validity and masks (`RawBatch`); normalising them into the model's 10 m float32
+  `Batch` happens where the batch is used (`item.to(device)`: GPU kernels in a GPU
+  run). That consumer-side step is timed separately on this CPU and printed, so a
+  CPU-only run can see what it adds to its training process.
 - HDF5 peer: h5py reads the same window of every group of each sample
   (hyperslab selection: HDF5 decodes only those chunks), no normalisation.
 - ESTIMATE: samples/s one H100 would consume training the base model.
@@ -330,6 +335,10 @@ def main() -> None:
         batch_plans = [plans[(item.epoch, item.index)] for item in timed]
         seconds, nbytes, samples = floor.decode(batch_plans)
         row["floor_sps"], row["floor_mbs"] = samples / seconds, nbytes / MB / seconds
+        t0 = time.perf_counter()
+        for item in timed:
+            item.raw.materialize(item.normalizers, "cpu")
+        row["materialize_ms"] = (time.perf_counter() - t0) * 1e3 / len(timed)
         seconds, samples = read_h5(root, batch_plans, floor.groups)
         row["h5_sps"] = samples / seconds
         whole = [s for p in batch_plans for s in p.samples][: cfg.batch_size * 3]
@@ -361,6 +370,10 @@ def main() -> None:
             f"  loader, {w} worker(s): {spread(f'sps_{w}')} samples/s  "
             f"{median(f'mbs_{w}'):7.1f} MB/s decoded"
         )
+    print(
+        f"  consumer side, on this CPU: normalise + 10 m repeat {median('materialize_ms'):.1f} "
+        f"ms per batch of {cfg.batch_size} (not in the loader figures; on a GPU it runs there)"
+    )
     print(
         f"  per-sample HDF5 (h5py, zstd-3 hdf5plugin, same windows): {spread('h5_sps')} samples/s"
     )

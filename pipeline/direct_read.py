@@ -6,14 +6,17 @@ asset whose grid relates to the tile grid by pure index arithmetic
 (`grid_index.plan_direct`: same CRS, north-up, centres decidable exactly) nearest
 resampling is a gather, so this path opens the file, reads exactly the window the
 raw-read floor reads, and gathers the target pixels in numpy, with one GDAL
-environment for the whole batch.
+environment for the whole batch. Target centres exactly on source pixel edges
+are settled by GDAL itself (nearest_probe), once per grid relation.
 
 Values match stackstac's (checked in tests/test_pipeline_grid_index.py): source
 nodata or masked pixels and pixels outside the asset become the fill value, no
 scale/offset is applied (we call stackstac with rescale=False), and errors name
-the file the way stackstac's reader does. Assets the plan refuses, assets without
-proj metadata and assets whose file disagrees with their metadata are returned to
-the caller, which reads them through stackstac.
+the file the way stackstac's reader does. The plan is made from the opened file's
+own grid (as stackstac's warp is), so assets without proj metadata take this path
+too; assets whose metadata or file grid needs a warp (other CRS, rotation, mode
+resampling, centres on edges of an irregular grid) are returned to the caller,
+which reads them through stackstac.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window
 from stackstac.rio_env import LayeredEnv
 from terracube.catalog.normalize import AssetRef, NormalizedItem
-from terracube.pipeline.grid_index import DirectPlan, plan_direct
+from terracube.pipeline.grid_index import covering_window, plan_direct
+from terracube.pipeline.nearest_probe import GdalNearestProbe
 from terracube.pipeline.stackstac_compat import TileStack, gdal_href
 
 Leftover = tuple[int, int]
@@ -61,25 +65,30 @@ def _read_stack(stack: TileStack, out: np.ndarray) -> list[Leftover]:
             ref = asset_ref(item, band)
             if ref is None:
                 continue  # a band the product lacks stays fill, as with stackstac
-            plan = _plan(stack, item, ref)
-            if plan is None or not _read_asset(stack, item, ref, plan, out[i, b]):
+            verdict = _from_metadata(stack, item, ref)
+            if verdict == "warp" or (verdict == "open" and not _read_asset(stack, ref, out[i, b])):
                 leftovers.append((i, b))
     return leftovers
 
 
-def _plan(stack: TileStack, item: NormalizedItem, ref: AssetRef) -> DirectPlan | None:
-    if stack.resampling != Resampling.nearest or ref.transform is None or ref.shape is None:
-        return None
-    return plan_direct(ref.transform, ref.shape, item.epsg, stack.tile, stack.resolution)
+def _from_metadata(stack: TileStack, item: NormalizedItem, ref: AssetRef) -> str:
+    """'warp', 'skip' (misses the tile: stays fill, as stackstac skips it) or 'open'.
+
+    Unknown grids (no proj metadata) are opened to find out.
+    """
+    if stack.resampling != Resampling.nearest:
+        return "warp"
+    if ref.transform is None or ref.shape is None or item.epsg is None:
+        return "open"
+    t = ref.transform
+    if item.epsg != stack.tile.epsg or t.b or t.d or t.a <= 0 or t.e >= 0:
+        return "warp"
+    return "open" if covering_window(t, ref.shape, stack.tile.bounds) is not None else "skip"
 
 
-def _read_asset(
-    stack: TileStack, item: NormalizedItem, ref: AssetRef, plan: DirectPlan, out: np.ndarray
-) -> bool:
-    """Gather the asset into `out` (rows, cols); False when the file's grid is not the
-    metadata's (the caller then warps it from the file's own grid)."""
-    if plan.window is None:
-        return True  # the asset does not meet the tile: all fill
+def _read_asset(stack: TileStack, ref: AssetRef, out: np.ndarray) -> bool:
+    """Gather the asset into `out` (rows, cols), planned from the file's own grid (as
+    stackstac's warp is); False when that grid needs a warp after all."""
     url = gdal_href(ref.href)
     try:
         ds = rasterio.open(url, sharing=False)
@@ -91,23 +100,19 @@ def _read_asset(
                 f"Assets must have exactly 1 band, but file {url!r} has {ds.count}; "
                 "give each band its own STAC asset"
             )
-        if not _file_matches(ds, ref, stack.tile.epsg):
+        epsg = ds.crs.to_epsg() if ds.crs is not None else None
+        ties = GdalNearestProbe(masked_by_nodata=ds.nodata is not None)
+        plan = plan_direct(ds.transform, ds.shape, epsg, stack.tile, stack.resolution, ties)
+        if plan is None:
             return False
+        if plan.window is None:
+            return True  # the asset does not meet the tile: all fill
         try:
             data = _read_window(ds, plan.window, stack.dtype, stack.fill_value)
         except Exception as e:
             raise RuntimeError(f"Error reading {plan.window} from {url!r}: {e!r}") from e
     plan.gather(data, out)
     return True
-
-
-def _file_matches(ds: rasterio.DatasetReader, ref: AssetRef, epsg: int) -> bool:
-    got = ds.crs.to_epsg() if ds.crs is not None else None
-    return (
-        got == epsg
-        and tuple(ds.shape) == tuple(ref.shape)
-        and ds.transform.almost_equals(ref.transform, precision=1e-9)
-    )
 
 
 def _read_window(

@@ -1,4 +1,4 @@
-"""Nearest resampling between two north-up grids of one CRS as pure index arithmetic.
+"""Nearest resampling between two north-up grids of one CRS as index arithmetic.
 
 When an asset shares the tile's CRS and both grids are axis-aligned, GDAL's
 nearest warp takes, for every target pixel, the source pixel that contains the
@@ -7,26 +7,28 @@ pixel coordinate
 
     u_j = (target_origin + (j + 1/2) * target_step - source_origin) / source_step
 
-and the source index is floor(u_j). A centre can fall exactly on a source pixel
-edge (30 m -> 20 m: the centre of 20 m pixel 0 of a tile 7760 m east of the scene
-origin is at 259.0 source pixels): there GDAL 3.10 takes the pixel whose first
-edge it is, i.e. floor(u_j) again (measured against stackstac's WarpedVRT on
-integer ratios, 3:2, 3:1, 2:3 and 4:3, origins on 10, 5 and 2.5 m lattices,
-whole and partial coverage; tests/test_pipeline_grid_index.py keeps checking it).
+and the source index is floor(u_j). Where every u_j is farther than 1e-6 px from
+an integer, GDAL's own rounding (~1e-9 px) cannot flip that floor, so the index
+arrays are pure arithmetic.
 
-So the index arrays below are exact where u_j is either far from an integer (a
-float floor cannot flip) or an exact tie of clean inputs (origins and steps that
-are binary fractions with a small denominator, so the rational arithmetic is
-exact). Anything else (a centre within 1e-6 px of an edge on an irregular grid)
-gets None, and the caller keeps GDAL's warp.
+A centre can also fall exactly on a source pixel edge (30 m -> 20 m: the centre
+of 20 m pixel 0 of a tile 7760 m east of the scene origin is at 259.0 source
+pixels). There GDAL's choice depends on the rounding inside its transformer: on
+the 30 -> 20 and 60 -> 40 m lattices it took the upper pixel every time we
+measured, but on other grids (300 -> 10 m, 42 -> 20 m, 455.5 -> 20 m) a centre on
+the raster's first edge went either way. No closed rule reproduces that, so ties
+are settled by a `TieOracle` (direct_read.GdalNearestProbe: GDAL warps an
+index-coded raster with the asset's exact grid), and without one the caller keeps
+the warp. tests/test_pipeline_grid_index.py compares the result with stackstac's
+WarpedVRT on tie-heavy grids.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 from affine import Affine
@@ -35,8 +37,6 @@ from terracube.catalog.grid import Tile
 
 NEAR_EDGE_PX = 1e-6
 """A centre closer than this to a source pixel edge needs exact arithmetic (or the warp)."""
-MAX_DENOMINATOR = 64
-"""Origins and steps whose exact binary value has a larger denominator are not 'clean'."""
 
 
 def covering_window(
@@ -56,16 +56,12 @@ def covering_window(
     return Window(col0, row0, col1 - col0, row1 - row0)
 
 
-def _clean(value: float) -> Fraction | None:
-    exact = Fraction(value)
-    return exact if exact.denominator <= MAX_DENOMINATOR else None
-
-
 def nearest_indices(
     source_origin: float, source_step: float, target_origin: float, target_step: float, n: int
 ) -> np.ndarray | None:
     """Source pixel index (may lie outside the source) of each of n target pixels, as GDAL's
-    nearest picks it; None when some centre is too close to an edge to decide exactly.
+    nearest picks it; None when some centre lies within NEAR_EDGE_PX of a source pixel
+    edge, where only GDAL's own arithmetic decides (see `TieOracle`).
 
     Steps are signed (negative for rows of a north-up grid) and must not be zero.
     """
@@ -75,17 +71,18 @@ def nearest_indices(
     u = (target_origin - source_origin + (j + 0.5) * target_step) / source_step
     if np.all(np.abs(u - np.rint(u)) > NEAR_EDGE_PX):
         return np.floor(u).astype(np.int64)
-    parts = [_clean(v) for v in (source_origin, source_step, target_origin, target_step)]
-    if any(p is None for p in parts):
-        return None
-    s_origin, s_step, t_origin, t_step = parts
-    # u_j = (offset + (2j + 1) * half_step) / s_step, all scaled to integers by `scale`.
-    offset, half_step = t_origin - s_origin, t_step / 2
-    scale = math.lcm(offset.denominator, half_step.denominator, s_step.denominator)
-    a, b, d = (int(v * scale) for v in (offset, half_step, s_step))
-    if d < 0:
-        a, b, d = -a, -b, -d
-    return (a + (2 * np.arange(n, dtype=np.int64) + 1) * b) // d
+    return None
+
+
+class TieOracle(Protocol):
+    """Asks GDAL which source pixels its nearest warp takes (direct_read.GdalNearestProbe)."""
+
+    def __call__(
+        self, transform: tuple[float, ...], shape: tuple[int, int], tile: Tile, resolution: float
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(rows, cols): full-raster source index per target row / column, -1 outside;
+        None when GDAL's choice is not separable into rows and columns."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -137,21 +134,31 @@ def _source(index: np.ndarray) -> slice | np.ndarray:
 
 
 def plan_direct(
-    transform: Affine, shape: tuple[int, int], epsg: int | None, tile: Tile, resolution: float
+    transform: Affine,
+    shape: tuple[int, int],
+    epsg: int | None,
+    tile: Tile,
+    resolution: float,
+    ties: TieOracle | None = None,
 ) -> DirectPlan | None:
     """The direct-read plan of an asset on `tile` at `resolution`, or None when only a warp
-    is exact (other CRS, rotation or shear, centres on edges of an irregular grid).
+    is exact (other CRS, rotation or shear, or centres on source pixel edges and no
+    `ties` oracle to settle them).
 
-    Pure: decides from the asset's metadata (STAC proj:transform / proj:shape / CRS).
+    Pure without `ties`: decides from the asset's grid alone.
     """
     if epsg is None or epsg != tile.epsg:
         return None
-    return _plan(tuple(transform)[:6], tuple(shape), tile, float(resolution))
+    return _plan(tuple(transform)[:6], tuple(shape), tile, float(resolution), ties)
 
 
 @lru_cache(maxsize=4096)
 def _plan(
-    transform: tuple[float, ...], shape: tuple[int, int], tile: Tile, resolution: float
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+    tile: Tile,
+    resolution: float,
+    ties: TieOracle | None,
 ) -> DirectPlan | None:
     a, b, c, d, e, f = transform
     if b or d or a <= 0 or e >= 0:
@@ -164,7 +171,10 @@ def _plan(
     cols = nearest_indices(c, a, minx, resolution, cols_n)
     rows = nearest_indices(f, e, maxy, -resolution, rows_n)
     if cols is None or rows is None:
-        return None
+        settled = ties(transform, shape, tile, resolution) if ties is not None else None
+        if settled is None:
+            return None
+        rows, cols = settled
     rows = _relative(rows, shape[0], int(window.row_off), int(window.height))
     cols = _relative(cols, shape[1], int(window.col_off), int(window.width))
     if rows is None or cols is None:

@@ -45,6 +45,8 @@ _EMPTY = 2**64 - 1
 _ZSTD = numcodecs.Zstd()
 COALESCE_GAP = 64 * 1024
 """Byte gap below which two needed chunks are fetched in one range request."""
+LOCAL_COALESCE_GAP = 0
+"""Local files: only touching chunks share a read; copying a gap costs more than a syscall."""
 
 
 class ShardDecodeError(ValueError):
@@ -209,7 +211,7 @@ class ShardReader:
                     f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
                 )
             index = self._parse_index(str(file), os.pread(fd, self.layout.index_bytes, data_end))
-            runs = coalesce(self._spans(index, needed))
+            runs = coalesce(self._spans(index, needed), gap=LOCAL_COALESCE_GAP)
             if runs and runs[-1][1] > data_end:
                 raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
             return index, [(a, os.pread(fd, b - a, a)) for a, b in runs]

@@ -1,4 +1,4 @@
-"""Streaming loader: corpus shards -> normalised, cropped, masked `Batch`es.
+"""Streaming loader: corpus shards -> cropped, masked batches -> normalised `Batch`es.
 
 `CorpusStream` is a torch `IterableDataset` that yields whole batches (the
 DataLoader runs with `batch_size=None`): a batch needs one crop size, patch size
@@ -11,7 +11,10 @@ reads, for every array, only the inner chunks that its wanted samples' timestep
 windows and crops touch (`loader_shard.ShardReader`: an index read plus coalesced
 range reads and a zstd loop into a reused buffer, for the corpus's default
 layout; zarr's own selection otherwise). Only those crops wait in memory until
-the shuffle buffer emits them. A shard that fails to decode falls back to
+the shuffle buffer emits them. A worker sends each batch as storage values at
+native resolution with pixel validity and the masks (`loader_batch.RawBatch`);
+`LoaderItem.to(device)` normalises it with the corpus statistics into the model's
+10 m `Batch` on that device (see loader_batch for why). A shard that fails to decode falls back to
 per-sample zarr reads of the same windows; a (sample, group) that still fails is
 logged, counted in `LoaderItem.decode_errors`, and treated like a missing
 modality (all pixels invalid), so batch counts — and therefore DDP step counts

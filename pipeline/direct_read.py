@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import rasterio
+from affine import Affine
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.windows import Window
 from stackstac.rio_env import LayeredEnv
@@ -83,7 +85,13 @@ def _from_metadata(stack: TileStack, item: NormalizedItem, ref: AssetRef) -> str
     t = ref.transform
     if item.epsg != stack.tile.epsg or t.b or t.d or t.a <= 0 or t.e >= 0:
         return "warp"
-    return "open" if covering_window(t, ref.shape, stack.tile.bounds) is not None else "skip"
+    return "open" if _meets(tuple(t)[:6], tuple(ref.shape), stack.tile.bounds) else "skip"
+
+
+@lru_cache(maxsize=4096)
+def _meets(transform: tuple[float, ...], shape: tuple[int, int], bounds: tuple[float, ...]) -> bool:
+    """Whether the grid has pixels in `bounds` (scenes of one tile share a few grids)."""
+    return covering_window(Affine(*transform), shape, bounds) is not None
 
 
 def _read_asset(stack: TileStack, ref: AssetRef, out: np.ndarray) -> bool:

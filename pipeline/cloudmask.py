@@ -24,6 +24,10 @@ def clear_from_mask(mask: np.ndarray, band: MaskBand) -> np.ndarray:
             "integer dtype (the group dtype) and nearest resampling"
         )
     if band.kind == "classes":
+        if values.dtype.kind == "u" and values.dtype.itemsize <= 2:  # a lookup table, not isin
+            clear = np.ones(np.iinfo(values.dtype).max + 1, dtype=bool)
+            clear[[code for code in band.invalid if 0 <= code < clear.size]] = False
+            return clear[values]
         return ~np.isin(values, np.asarray(band.invalid, dtype=values.dtype))
     bits = 0
     for bit in band.invalid:

@@ -331,3 +331,23 @@ def test_real_major_tom_off_lattice_origin_equals_stackstac_warp() -> None:
 
 def test_fixtures_present() -> None:
     assert LANDSAT.is_dir() and MAJOR_TOM.is_dir()
+
+
+@pytest.mark.parametrize("nodata", [0, None])
+def test_internal_mask_is_honoured_like_the_warp(tmp_path: Path, nodata) -> None:
+    """GDAL's warper honours a per-dataset (internal) mask even when nodata is set; so must
+    the direct path, or masked pixels would come back as values."""
+    rng = np.random.default_rng(11)
+    minx, _, _, maxy = TILE.bounds
+    values = rng.integers(1, 65535, (300, 300), dtype=np.uint16)
+    mask = np.where(rng.random((300, 300)) < 0.3, 0, 255).astype(np.uint8)
+    transform = from_origin(minx - 600, maxy + 600, 60, 60)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        _write(tmp_path / "m.tif", values, transform, nodata)
+        with rasterio.open(tmp_path / "m.tif", "r+") as ds:
+            ds.write_mask(mask)
+    ref = AssetRef("x", str(tmp_path / "m.tif"), "x", transform, (300, 300), nodata, "uint16", Conversion(RadiometryKind.IDENTITY))  # fmt: skip
+    request = ReadRequest((_item("i", ref),), ("x",), TILE, 40, "uint16", 0)
+    assert_direct_equals_stock(request)
+    got = StackstacReader().read(request)[0, 0]
+    assert 0.2 < (got == 0).mean() < 0.4  # the mask's 30 %, not the values' 0 %

@@ -15,10 +15,14 @@ wrong pixels or crash, so nothing else in the pipeline talks to it directly:
 - `rescale=True` applies raster:bands scale/offset, but the catalog's Conversion
   decides radiometry, so rescaling is off;
 - its reader wraps every asset in a WarpedVRT unless the asset's whole grid equals
-  the output grid, which a tile window of a larger scene never does; the warp
-  costs about as much as the read itself. `NestedGridReader` (passed as
-  stackstac's `reader=`) reads such assets with a plain shifted window instead:
-  same pixels (nearest on an identical grid is a copy), no VRT;
+  the output grid, which a tile window of a larger scene never does, and enters a
+  GDAL environment per open and per read; together that cost more than the reads.
+  The default reader (read.StackstacReader) therefore sends every asset on the
+  tile's grid lattice to `direct_read` (same pixels, proven against this warp)
+  and only the rest here, as `TileStack.only` subsets. `NestedGridReader`
+  (passed as stackstac's `reader=`) still reads an asset lying on the output grid
+  with a plain shifted window instead of a VRT (nearest on an identical grid is
+  a copy);
 - one asset per chunk (its default) makes a dask task pair per asset and a graph
   optimisation per compute that cost more than the reads of a tile; the tile is
   one chunk here, and all arrays of a modality are computed in one call;

@@ -22,6 +22,7 @@ which reads them through stackstac.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -100,9 +101,7 @@ def _read_asset(stack: TileStack, ref: AssetRef, out: np.ndarray) -> bool:
     stackstac's warp is); False when that grid needs a warp after all."""
     url = gdal_href(ref.href)
     try:
-        # DatasetReader, as stackstac opens assets: rasterio.open's per-call env and
-        # path handling cost ~10 % of a small windowed read; the batch env is active.
-        ds = DatasetReader(url, sharing=False)
+        ds = _open(url)
     except Exception as e:
         raise RuntimeError(f"Error opening {url!r}: {e!r}") from e
     with ds:
@@ -124,6 +123,15 @@ def _read_asset(stack: TileStack, ref: AssetRef, out: np.ndarray) -> bool:
             raise RuntimeError(f"Error reading {plan.window} from {url!r}: {e!r}") from e
     plan.gather(data, out)
     return True
+
+
+def _open(url: str) -> DatasetReader:
+    """Local files as stackstac opens them (DatasetReader inside the batch env: rasterio.open's
+    per-call env and path handling cost ~10 % of a small windowed read); remote ones with
+    rasterio.open, which also sets up the session credentials of /vsis3/ and friends."""
+    if os.path.isabs(url) and not url.startswith("/vsi"):
+        return DatasetReader(url, sharing=False)
+    return rasterio.open(url, sharing=False)
 
 
 def _read_window(

@@ -88,8 +88,8 @@ def _median(stored: np.ndarray, ok: np.ndarray, nodata: float) -> np.ndarray:
         work = stored.astype(np.float64)
         work[~ok] = np.inf
     rows = _sorted_obs(work)
-    count = ok.sum(axis=0)
-    low = _pick(rows, np.maximum(count - 1, 0) // 2)
+    count = _count(ok)
+    low = _pick(rows, (count - (count > 0)) // 2)  # (count - 1) // 2, never below 0
     high = _pick(rows, count // 2)
     if integer:  # mean of the two middle values, rounded half to even, in integers
         total = low.astype(np.int64) + high
@@ -101,6 +101,16 @@ def _median(stored: np.ndarray, ok: np.ndarray, nodata: float) -> np.ndarray:
 
 
 SORTING_NETWORK_MAX = 8
+
+
+def _count(ok: np.ndarray) -> np.ndarray:
+    """ok.sum(axis=0), accumulated in uint8 when it fits (a bool sum widens to int64)."""
+    if ok.shape[0] > np.iinfo(np.uint8).max:
+        return ok.sum(axis=0)
+    count = np.zeros(ok.shape[1:], dtype=np.uint8)
+    for row in ok:
+        np.add(count, row, out=count, casting="unsafe")
+    return count
 
 
 def _sorted_obs(work: np.ndarray) -> list[np.ndarray]:

@@ -140,7 +140,7 @@ def _read_window(
     """The window as stackstac's reader returns it: masked pixels (nodata, per-dataset
     masks) set to `fill_value`, values cast to `dtype`, no scale/offset."""
     flags = tuple(ds.mask_flag_enums[0])
-    if ds.dtypes[0] != np.dtype(dtype).name or flags not in (
+    if ds.dtypes[0] != _dtype_name(dtype) or flags not in (
         (MaskFlags.all_valid,),
         (MaskFlags.nodata,),
     ):
@@ -151,6 +151,11 @@ def _read_window(
     if flags == (MaskFlags.nodata,) and not _same(nodata, fill_value):
         data[np.isnan(data) if math.isnan(nodata) else data == nodata] = fill_value
     return data
+
+
+@lru_cache(maxsize=64)
+def _dtype_name(dtype: str) -> str:
+    return np.dtype(dtype).name
 
 
 def _same(nodata: float, fill_value: float) -> bool:

@@ -75,7 +75,7 @@ def nearest_indices(
 
 
 class TieOracle(Protocol):
-    """Asks GDAL which source pixels its nearest warp takes (direct_read.GdalNearestProbe)."""
+    """Asks GDAL which source pixels its nearest warp takes (nearest_probe.GdalNearestProbe)."""
 
     def __call__(
         self, transform: tuple[float, ...], shape: tuple[int, int], tile: Tile, resolution: float
@@ -183,10 +183,17 @@ def _plan(
 
 
 def _relative(index: np.ndarray, size: int, start: int, length: int) -> np.ndarray | None:
-    """Indices relative to the window, -1 outside the asset; None if one escapes the window."""
+    """Indices relative to the window, -1 outside the asset; None if one escapes the window
+    or the covered targets are not one increasing run (neither happens for a covering
+    window and a north-up grid; refuse rather than misread)."""
     inside = (index >= 0) & (index < size)
     rel = np.where(inside, index - start, -1)
     if np.any(inside & ((rel < 0) | (rel >= length))):
-        return None  # cannot happen for a covering window; refuse rather than misread
+        return None
+    covered = np.flatnonzero(inside)
+    if covered.size and (
+        covered[-1] - covered[0] != covered.size - 1 or np.any(np.diff(rel[covered]) < 0)
+    ):
+        return None
     rel.setflags(write=False)
     return rel

@@ -199,12 +199,7 @@ class GroupNormalizer:
         the result is ANDed into it (the loader passes the timestep-presence mask)."""
         ok = np.ones(x.shape[:-3] + x.shape[-2:], dtype=bool) if out is None else out
         if len(set(map(str, self.nodata))) == 1:  # one nodata for every band: one pass
-            nodata = self.nodata[0]
-            if math.isnan(nodata):
-                missing = np.isnan(x).any(axis=-3)
-            else:
-                missing = (x == np.asarray(nodata, dtype=x.dtype)).any(axis=-3)
-            ok &= ~missing
+            ok &= valid_values(x, self.nodata[0]).all(axis=-3)
             return ok
         for b, nodata in enumerate(self.nodata):
             ok &= valid_values(x[..., b, :, :], nodata)

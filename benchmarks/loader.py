@@ -17,7 +17,7 @@ Method (all in one run, so the shared machine's noise hits every figure alike):
 - decode floor: zstd decode (numcodecs, one thread, into a reused buffer) of
   exactly the inner chunks the loader decodes for the same samples — the
   chunks of each sample's timestep window and crop (`sample_window` ->
-  `chunk_hits`) — from shard bytes already in memory; no I/O, no copies.
+  `window_chunks`) — from shard bytes already in memory; no I/O, no copies.
 - what the loader delivers: workers send storage values at native resolution plus
   validity and masks (`RawBatch`); normalising them into the model's 10 m float32
   `Batch` happens where the batch is used (`item.to(device)`: GPU kernels in a GPU
@@ -55,7 +55,7 @@ from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASS
 from terracube.model.encoder import count_parameters
 from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
 from terracube.model.loader_plan import BatchPlan, LoaderParams, sample_window
-from terracube.model.loader_shard import ShardLayout, chunk_hits
+from terracube.model.loader_shard import ShardLayout, window_chunks
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.pipeline.corpus import (
     Corpus,
@@ -191,8 +191,8 @@ class DecodeFloor:
                 k, local = divmod(sample, n)
                 for g in self.groups:
                     raw, index = self.bytes[(g, k)]
-                    for hit in chunk_hits(self.layouts[g], local, sample_window(g, plan, b)):
-                        offset, nbytes = index[hit.flat]
+                    chunks = window_chunks(self.layouts[g], local, sample_window(g, plan, b))
+                    for offset, nbytes in index[chunks.flats].tolist():
                         work.append((memoryview(raw)[offset : offset + nbytes], self.scratch[g]))
         t0 = time.perf_counter()
         total = 0

@@ -50,7 +50,7 @@ from terracube.model.loader_plan import (
     rank_batch_count,
     sample_window,
 )
-from terracube.model.loader_shard import ShardReader, fast_path_supported
+from terracube.model.loader_shard import EncodedWindow, ShardReader, fast_path_supported
 from terracube.model.loader_transport import Packed, carve, pack, unpack
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import (
@@ -58,6 +58,7 @@ from terracube.model.normalize_stats import (
     group_normalizer,
     read_stats,
 )
+from terracube.model.zstd_into import ZstdInto
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -110,8 +111,9 @@ class LoaderItem:
 class _SampleCrop:
     """One sample cut to its batch's crop and timestep window, at native resolution."""
 
-    data: dict[str, np.ndarray | None]
-    """group -> (T_g, band, side, side) storage dtype; None = failed to decode."""
+    data: dict[str, EncodedWindow | np.ndarray | None]
+    """group -> its window, ([T_g,] band, side, side) storage dtype: compressed chunks read
+    but not yet decoded (`EncodedWindow`), or values (zarr fallback); None = failed."""
     present: dict[str, np.ndarray]
     """group -> bool (T_g,): modality done and timestep not missing."""
     months: np.ndarray
@@ -196,8 +198,9 @@ class CorpusStream(IterableDataset):
         corpus = self._open()
         names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
         arrays: dict[str, Any] = {name: corpus.array(name) for name in names}
+        zstd = ZstdInto()  # one decompression context for every array of this process
         self._readers = {
-            name: ShardReader(arr)
+            name: ShardReader(arr, zstd)
             for name, arr in arrays.items()
             if fast_path_supported(arr) and (name not in self.groups or arr.chunks[0] == 1)
         }
@@ -206,28 +209,53 @@ class CorpusStream(IterableDataset):
 
     def _read_group(
         self, arr: Any, g: str, k: int, windows: dict[int, Window]
-    ) -> tuple[dict[int, np.ndarray | None], int, int]:
-        """Windows of shard k's wanted samples (by sample id) of one group; errors, bytes."""
+    ) -> tuple[dict[int, EncodedWindow | np.ndarray | None], int, int]:
+        """Windows of shard k's wanted samples (by sample id) of one group — compressed
+        (`EncodedWindow`, decoded at assembly) or, through the zarr fallback, values — and
+        the errors and bytes decoded so far."""
         start = self.shard_spans[k].start
         reader = self._readers.get(g)
         if reader is not None:
             try:
-                local = {i - start: w for i, w in windows.items()}
-                blocks, nbytes = reader.read(k, local)
-                return {i: blocks[i - start] for i in windows}, 0, nbytes
-            except Exception as exc:  # any codec/store error: fall back per sample
-                log.warning("shard %d of %s failed to decode (%s); reading per sample", k, g, exc)
-        rows: dict[int, np.ndarray | None] = {}
+                fetched = reader.fetch(k, {i - start: w for i, w in windows.items()})
+                return {i: fetched[i - start] for i in windows}, 0, 0
+            except Exception as exc:  # any store or index error: fall back per sample
+                log.warning("shard %d of %s failed to read (%s); reading per sample", k, g, exc)
+        rows: dict[int, EncodedWindow | np.ndarray | None] = {}
         errors = nbytes = 0
         for i, window in windows.items():
-            try:
-                rows[i] = np.asarray(arr[(i, *(slice(a, b) for a, b in window))])
-                nbytes += rows[i].nbytes
-            except Exception as row_exc:
-                log.warning("sample %d of %s skipped: %s", i, g, row_exc)
-                rows[i] = None
-                errors += 1
+            rows[i] = self._read_sample(arr, g, i, window)
+            errors += rows[i] is None
+            nbytes += 0 if rows[i] is None else rows[i].nbytes
         return rows, errors, nbytes
+
+    @staticmethod
+    def _read_sample(arr: Any, g: str, sample: int, window: Window) -> np.ndarray | None:
+        """One sample's window through zarr; None (logged) when that fails too."""
+        try:
+            return np.asarray(arr[(sample, *(slice(a, b) for a, b in window))])
+        except Exception as exc:
+            log.warning("sample %d of %s skipped: %s", sample, g, exc)
+            return None
+
+    def _place(
+        self, g: str, sample: int, data: EncodedWindow | np.ndarray, target: np.ndarray
+    ) -> tuple[bool, int]:
+        """Write one sample's window of group g into the batch: (done, bytes decoded). A
+        window whose chunks fail to decode is read again through zarr, then given up."""
+        if isinstance(data, EncodedWindow):
+            try:
+                return True, data.copy_to(target)
+            except Exception as exc:
+                log.warning(
+                    "sample %d of %s failed to decode (%s); reading it again", sample, g, exc
+                )
+                retry = self._read_sample(self._arrays()[g], g, sample, data.plan.window)
+                if retry is None:
+                    return False, 0
+                data = retry
+        target[...] = data
+        return True, 0
 
     def _whole(self, arrays: dict[str, Any], name: str, k: int) -> np.ndarray:
         """A small per-sample array's shard k (valid fractions, period starts)."""
@@ -256,7 +284,7 @@ class CorpusStream(IterableDataset):
             for i in mine:
                 plan, b = wanted[i]
                 row = rows[i]
-                crops[i].data[g] = row if row is None or temporal else row[None]
+                crops[i].data[g] = row
                 f = np.atleast_1d(fraction[i - span.start])
                 if temporal:
                     f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
@@ -283,13 +311,20 @@ class CorpusStream(IterableDataset):
         arena = iter(carve(specs, shared=self.pack_items and get_worker_info() is not None))
         raw: dict[str, torch.Tensor] = {}
         valid: dict[str, torch.Tensor] = {}
+        errors = decoded = 0
         for g in self.groups:
             raw[g], valid[g] = next(arena), next(arena)
             values, ok = raw[g].numpy(), valid[g].numpy()
-            for b, crop in enumerate(crops):
-                arr, present = crop.data[g], crop.present[g]
-                if arr is not None and present.any():
-                    values[b] = arr
+            temporal = is_temporal(band_group(g))
+            for b, (sample, crop) in enumerate(zip(plan.samples, crops, strict=True)):
+                data, present = crop.data[g], crop.present[g]
+                placed = False
+                if data is not None and present.any():
+                    target = values[b] if temporal else values[b, 0]
+                    placed, nbytes = self._place(g, sample, data, target)
+                    errors += not placed
+                    decoded += nbytes
+                if placed:
                     ok[b] = present[:, None, None]
                 else:
                     values[b] = 0
@@ -300,7 +335,14 @@ class CorpusStream(IterableDataset):
         generator = torch.Generator().manual_seed(plan.masking_seed)
         views = mask_batch(batch, generator, self.params.num_views)
         return LoaderItem(
-            batch, views, plan.samples, plan.epoch, plan.index, normalizers=self.normalizers
+            batch,
+            views,
+            plan.samples,
+            plan.epoch,
+            plan.index,
+            decode_errors=errors,
+            decoded_bytes=decoded,
+            normalizers=self.normalizers,
         )
 
     def __iter__(self) -> Iterator[LoaderItem | Packed]:
@@ -332,8 +374,8 @@ class CorpusStream(IterableDataset):
                 pending_errors += errors
                 decoded += nbytes
             item = self._assemble(plan, [ready.pop(s) for s in plan.samples])
-            item.decoded_bytes = decoded
-            item.decode_errors = pending_errors
+            item.decoded_bytes += decoded
+            item.decode_errors += pending_errors
             pending_errors = 0
             for sample in plan.samples:
                 wanted.pop(sample)

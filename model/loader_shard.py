@@ -4,11 +4,13 @@ A loader sample needs a timestep window and a crop, not the whole tile history.
 With the corpus's default layout — sharding with the index at the end ([bytes
 little-endian, crc32c]) over [bytes little-endian, zstd] inner chunks of
 (1, time, band, y, x) — `ShardReader` fetches the shard index with one suffix
-read, then only the byte ranges of the needed inner chunks (adjacent ones
-coalesced into one request), through the array's own store (local, S3, any
-fsspec URL). Each chunk is zstd-decoded into a reused scratch buffer (a fresh
-512 KiB allocation per chunk costs page faults comparable to the decode itself)
-and only its intersection with the window is copied out.
+read, then only the byte ranges of the needed inner chunks (adjacent ones in one
+request), through the array's own store (local, S3, any fsspec URL), into one
+reused buffer. The chunks are zstd-decoded (`zstd_into`: one reused context, no
+per-call Python work) straight into a fresh (*grid, *chunk) block array per
+window, a `Mosaic`; the window is cut out of it once, when the batch is assembled,
+directly into the batch's shared buffer. Per chunk that is one C call; per window
+a handful of numpy copies.
 
 zarr-python can do the same selection, but its async codec pipeline costs ~2x
 the zstd work on a loaded 2-core machine. Any other layout makes
@@ -19,21 +21,20 @@ read or failed chunk raises `ShardDecodeError` so the caller can fall back.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import google_crc32c
-import numcodecs
 import numpy as np
 import zarr
 from terracube.model.loader_plan import Window
+from terracube.model.zstd_into import ZstdFrameError, ZstdInto
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.codecs.sharding import ShardingCodecIndexLocation
@@ -42,9 +43,10 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 _EMPTY = 2**64 - 1
-_ZSTD = numcodecs.Zstd()
 COALESCE_GAP = 64 * 1024
 """Byte gap below which two needed chunks are fetched in one range request."""
+WHOLE_READ_BYTES = 64 * 1024
+"""A local shard up to this size that is read whole is read with one call."""
 LOCAL_COALESCE_GAP = 0
 """Local files: only touching chunks share a read; copying a gap costs more than a syscall."""
 
@@ -107,19 +109,25 @@ class ShardLayout:
         return tuple((0, s) for s in self.shard_shape[1:])
 
 
-class ChunkHit(NamedTuple):
-    """One inner chunk a window touches, and where its piece goes (a tuple: the loader
-    makes tens of these per sample, and a frozen dataclass costs 2 us each to build)."""
+@dataclass(frozen=True)
+class WindowChunks:
+    """The inner chunks a sample's window touches and which piece of each lands where
+    (pure geometry: testable without a store)."""
 
-    flat: int
-    """C-order position in the shard index."""
-    source: tuple[slice, ...]
-    """Piece of the decoded chunk (axes after the sample axis)."""
-    target: tuple[slice, ...]
-    """Where that piece lands in the window's output array."""
+    flats: np.ndarray
+    """int64: each touched chunk's slot in the shard index, C order over the touched grid."""
+    window: Window
+    """The window itself: (start, stop) per axis after the sample axis."""
+    copies: tuple[tuple[tuple[slice, ...], tuple[slice, ...]], ...]
+    """Per chunk of `flats`: (its piece of the decoded chunk, where that lands in the
+    window's array)."""
+
+    @property
+    def extent(self) -> tuple[int, ...]:
+        return tuple(stop - start for start, stop in self.window)
 
 
-def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit]:
+def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChunks:
     """The inner chunks sample `local` (position in its shard) needs for `window`."""
     if layout.chunk_shape[0] != 1:
         raise ValueError(f"inner chunks {layout.chunk_shape} hold several samples; read whole")
@@ -129,7 +137,7 @@ def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit
     for (start, stop), extent in zip(window, layout.shard_shape[1:], strict=True):
         if not 0 <= start < stop <= extent:
             raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
-    # per axis: (index offset, source slice, target slice) of every chunk the window touches
+    # per axis: (index offset, piece of the chunk, piece of the window) of each touched chunk
     axes = []
     for (start, stop), c, stride in zip(window, inner, layout.strides[1:], strict=True):
         pieces = []
@@ -140,34 +148,93 @@ def chunk_hits(layout: ShardLayout, local: int, window: Window) -> list[ChunkHit
             )
         axes.append(pieces)
     base = local * layout.strides[0]
-    return [
-        ChunkHit(
-            base + sum(piece[0] for piece in combo),
-            tuple(piece[1] for piece in combo),
-            tuple(piece[2] for piece in combo),
-        )
-        for combo in itertools.product(*axes)
-    ]
+    flats, copies = [], []
+    for combo in itertools.product(*axes):
+        flats.append(base + sum(piece[0] for piece in combo))
+        copies.append((tuple(piece[1] for piece in combo), tuple(piece[2] for piece in combo)))
+    return WindowChunks(np.array(flats, dtype=np.int64), tuple(window), tuple(copies))
 
 
-def coalesce(spans: Sequence[tuple[int, int]], gap: int = COALESCE_GAP) -> list[tuple[int, int]]:
-    """Merge sorted (start, stop) byte spans whose gap is below `gap` into fewer requests."""
-    runs: list[tuple[int, int]] = []
-    for start, stop in sorted(spans):
-        if runs and start - runs[-1][1] <= gap:
-            runs[-1] = (runs[-1][0], max(runs[-1][1], stop))
-        else:
-            runs.append((start, stop))
-    return runs
+class EncodedWindow:
+    """One sample's window as the compressed chunks it needs, located but not decoded.
+
+    The loader holds these until a batch is assembled; then `copy_to` decodes the chunks
+    one by one into a small reused scratch buffer (it stays in the CPU cache, which makes
+    zstd ~30% faster than writing into a big buffer) and copies each piece straight into
+    the batch's shared buffer. Local chunks are read only then, one positioned read each
+    into another small reused buffer; remote ones were fetched with the index."""
+
+    __slots__ = ("buffer", "path", "plan", "positions", "present", "reader", "sizes")
+
+    def __init__(
+        self,
+        reader: ShardReader,
+        path: str,
+        plan: WindowChunks,
+        present: np.ndarray,
+        positions: np.ndarray,
+        sizes: np.ndarray,
+        buffer: np.ndarray | None,
+    ) -> None:
+        self.reader, self.path, self.plan = reader, path, plan
+        self.present = present
+        """bool per chunk of `plan.flats`: written (else the fill value)."""
+        self.positions, self.sizes = positions, sizes
+        """Per written chunk: where its bytes start — in `buffer`, or in the file at `path`
+        when `buffer` is None — and how many there are."""
+        self.buffer = buffer
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.plan.extent
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.reader.dtype
+
+    def copy_to(self, out: np.ndarray) -> int:
+        """Decode into `out` (the window's shape); the bytes decoded."""
+        return self.reader.decode_into(self, out)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.empty(self.plan.extent, dtype=self.reader.dtype)
+        self.copy_to(out)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def byte_runs(
+    offsets: np.ndarray, sizes: np.ndarray, gap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chunks at byte (offset, size) -> read runs and where each chunk lands in a buffer
+    holding the runs back to back: (run starts, run stops, buffer position per chunk).
+    Chunks whose gap is at most `gap` bytes share a run."""
+    if len(offsets) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    order = np.argsort(offsets, kind="stable")
+    starts, ends = offsets[order], offsets[order] + sizes[order]
+    reach = np.maximum.accumulate(ends)
+    new_run = np.empty(len(starts), dtype=bool)
+    new_run[0] = True
+    new_run[1:] = starts[1:] > reach[:-1] + gap
+    first = np.flatnonzero(new_run)
+    run_starts = starts[first]
+    run_stops = np.maximum.reduceat(ends, first)
+    run_buffer = np.concatenate([[0], np.cumsum(run_stops - run_starts)[:-1]])
+    run_of = np.cumsum(new_run) - 1
+    position = np.empty(len(offsets), dtype=np.int64)
+    position[order] = run_buffer[run_of] + starts - run_starts[run_of]
+    return run_starts, run_stops, position
 
 
 class ShardReader:
     """Reads windows of one array's samples shard by shard (see the module doc).
 
-    One per array per process: it keeps the array handle and the scratch buffer.
+    One per array per process: it keeps the array handle, the reused read and block
+    buffers and the zstd context.
     """
 
-    def __init__(self, arr: zarr.Array) -> None:
+    def __init__(self, arr: zarr.Array, zstd: ZstdInto | None = None) -> None:
         if not fast_path_supported(arr):
             raise ValueError(
                 f"{arr.path}: not the corpus's default shard layout; read it with zarr"
@@ -175,48 +242,18 @@ class ShardReader:
         self.arr = arr
         self.layout = ShardLayout(tuple(arr.shards), tuple(arr.chunks))
         self.dtype = np.dtype(arr.dtype)
-        self._scratch = np.empty(self.layout.chunk_shape[1:], dtype=self.dtype)
+        self._chunk_nbytes = math.prod(self.layout.chunk_shape) * self.dtype.itemsize
         self._store = arr.store_path.store
         self._prefix = arr.store_path.path
+        self._root = Path(self._store.root) if isinstance(self._store, LocalStore) else None
+        self._zstd = zstd or ZstdInto()
+        self._read_buffer = np.empty(0, dtype=np.uint8)
+        self._scratch = np.empty(self.layout.chunk_shape[1:], dtype=self.dtype)
 
+    # ------------------------------------------------------------------ bytes
     def _path(self, shard: int) -> str:
         key = self.arr.metadata.encode_chunk_key((shard, *([0] * (len(self.layout.grid) - 1))))
         return f"{self._prefix}/{key}" if self._prefix else key
-
-    def _fetch(
-        self, path: str, needed: set[int]
-    ) -> tuple[np.ndarray | None, list[tuple[int, Any]]]:
-        """The shard index and the coalesced byte runs holding the `needed` chunks."""
-        if isinstance(self._store, LocalStore):
-            return self._fetch_local(Path(self._store.root) / path, needed)
-        return sync(self._fetch_store(path, needed))
-
-    def _fetch_local(
-        self, file: Path, needed: set[int]
-    ) -> tuple[np.ndarray | None, list[tuple[int, Any]]]:
-        """The same bytes with positioned reads of a local file: the index, then one read per
-        coalesced run of needed chunks, none of zarr's event-loop and thread hops
-        (milliseconds per call on a busy machine, more than a chunk's decode). Reads, not a
-        memory map: decoding from freshly copied bytes is faster than faulting in mapped
-        pages chunk by chunk."""
-        try:
-            fd = os.open(file, os.O_RDONLY)
-        except FileNotFoundError:
-            return None, []
-        try:
-            size = os.fstat(fd).st_size
-            data_end = size - self.layout.index_bytes
-            if data_end < 0:
-                raise ShardDecodeError(
-                    f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
-                )
-            index = self._parse_index(str(file), os.pread(fd, self.layout.index_bytes, data_end))
-            runs = coalesce(self._spans(index, needed), gap=LOCAL_COALESCE_GAP)
-            if runs and runs[-1][1] > data_end:
-                raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
-            return index, [(a, os.pread(fd, b - a, a)) for a, b in runs]
-        finally:
-            os.close(fd)
 
     def _parse_index(self, path: str, raw: bytes) -> np.ndarray:
         if len(raw) != self.layout.index_bytes:
@@ -227,96 +264,269 @@ class ShardReader:
             raise ShardDecodeError(f"{path}: shard index checksum mismatch (truncated or corrupt)")
         return np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
 
-    @staticmethod
-    def _spans(index: np.ndarray, needed: set[int]) -> list[tuple[int, int]]:
-        rows = index[np.fromiter(needed, dtype=np.int64, count=len(needed))]
-        rows = rows[rows[:, 0] != _EMPTY]
-        return list(zip(rows[:, 0].tolist(), (rows[:, 0] + rows[:, 1]).tolist(), strict=True))
+    def _locate(
+        self, path: str, index: np.ndarray, flats: np.ndarray, data_end: int | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(written mask, byte offsets, byte sizes) of chunks `flats` (the last two of the
+        written ones only, in `flats` order)."""
+        entries = index[flats]
+        present = entries[:, 0] != _EMPTY
+        offsets = entries[present, 0].astype(np.int64)
+        sizes = entries[present, 1].astype(np.int64)
+        if data_end is not None and len(offsets) and int((offsets + sizes).max()) > data_end:
+            raise ShardDecodeError(f"{path}: a chunk ends past the data, before the index")
+        return present, offsets, sizes
+
+    def _local_index(self, file: Path, fd: int) -> tuple[np.ndarray, int]:
+        size = os.fstat(fd).st_size
+        data_end = size - self.layout.index_bytes
+        if data_end < 0:
+            raise ShardDecodeError(
+                f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
+            )
+        return self._parse_index(
+            str(file), os.pread(fd, self.layout.index_bytes, data_end)
+        ), data_end
+
+    def _reused(self, nbytes: int) -> np.ndarray:
+        """The reused read buffer, grown when needed (fresh memory faults in page by page)."""
+        if self._read_buffer.nbytes < nbytes:
+            self._read_buffer = np.empty(max(nbytes, 2 * self._read_buffer.nbytes), np.uint8)
+        return self._read_buffer
+
+    def _read_local(
+        self, fd: int, file: Path, offsets: np.ndarray, sizes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Chunks at (offsets, sizes) of an open file: (buffer, their positions in it). One
+        positioned read per run of touching chunks, none of zarr's event-loop and thread
+        hops (milliseconds per call on a busy machine, more than a chunk's decode). Reads,
+        not a memory map: decoding from freshly copied bytes is faster than faulting in
+        mapped pages chunk by chunk."""
+        run_starts, run_stops, positions = byte_runs(offsets, sizes, LOCAL_COALESCE_GAP)
+        lengths = run_stops - run_starts
+        total = int(lengths.sum())
+        buffer = self._reused(total)
+        view, at = memoryview(buffer), 0
+        for start, length in zip(run_starts.tolist(), lengths.tolist(), strict=True):
+            if os.preadv(fd, [view[at : at + length]], start) != length:
+                raise ShardDecodeError(f"{file}: short read at byte {start}")
+            at += length
+        return buffer, positions
 
     async def _fetch_store(
-        self, path: str, needed: set[int]
-    ) -> tuple[np.ndarray | None, list[tuple[int, Any]]]:
+        self, path: str, flats: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """Any zarr store (S3, fsspec): the index, then the runs of needed chunks (gaps up
+        to COALESCE_GAP included) in concurrent range requests, into a buffer of its own:
+        (buffer, written mask, positions, sizes), or None for a never-written shard."""
         proto = default_buffer_prototype()
         tail = await self._store.get(
             path, prototype=proto, byte_range=SuffixByteRequest(self.layout.index_bytes)
         )
         if tail is None:
-            return None, []
+            return None
         index = self._parse_index(path, tail.to_bytes())
-        runs = coalesce(self._spans(index, needed))
+        present, offsets, sizes = self._locate(path, index, flats, None)
+        run_starts, run_stops, positions = byte_runs(offsets, sizes, COALESCE_GAP)
         parts = await asyncio.gather(
             *(
                 self._store.get(path, prototype=proto, byte_range=RangeByteRequest(a, b))
-                for a, b in runs
+                for a, b in zip(run_starts.tolist(), run_stops.tolist(), strict=True)
             )
         )
-        fetched = []
-        for (a, b), part in zip(runs, parts, strict=True):
+        buffer = np.empty(int((run_stops - run_starts).sum()), np.uint8)
+        at = 0
+        for a, b, part in zip(run_starts.tolist(), run_stops.tolist(), parts, strict=True):
             data = b"" if part is None else part.to_bytes()
             if len(data) != b - a:
                 raise ShardDecodeError(f"{path}: bytes {a}..{b} asked, {len(data)} came back")
-            fetched.append((a, data))
-        return index, fetched
+            buffer[at : at + len(data)] = np.frombuffer(data, dtype=np.uint8)
+            at += len(data)
+        return buffer, present, positions, sizes
+
+    def _fetch(
+        self, path: str, flats: np.ndarray, read_now: bool
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(buffer, written mask, positions, sizes) of chunks `flats`, or None for a shard
+        never written. From a local file with `read_now` False only the index is read (the
+        buffer is None, positions are file offsets), else the chunks are read into the
+        reused buffer."""
+        if self._root is None:
+            return sync(self._fetch_store(path, flats))
+        file = self._root / path
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            index, data_end = self._local_index(file, fd)
+            present, offsets, sizes = self._locate(str(file), index, flats, data_end)
+            if not read_now:
+                return None, present, offsets, sizes
+            buffer, positions = self._read_local(fd, file, offsets, sizes)
+            return buffer, present, positions, sizes
+        finally:
+            os.close(fd)
+
+    def _fetch_whole_local(
+        self, path: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """A small local shard (per-sample metadata: a few hundred bytes) in one read of the
+        whole file; None when it is missing or large (then `_fetch` handles it)."""
+        file = self._root / path  # type: ignore[operator]
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size > WHOLE_READ_BYTES:
+                return None
+            raw = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+        data_end = size - self.layout.index_bytes
+        if data_end < 0 or len(raw) != size:
+            raise ShardDecodeError(f"{file}: {size} bytes cannot hold a shard index")
+        index = self._parse_index(str(file), raw[data_end:])
+        if len(index) == 1:  # the common case, spelled out: numpy calls cost more than I/O
+            offset, nbytes = index[0].tolist()
+            if offset == _EMPTY:
+                return (
+                    np.zeros(0, np.uint8),
+                    np.zeros(1, bool),
+                    np.zeros(0, np.int64),
+                    np.zeros(0, np.int64),
+                )
+            if offset + nbytes > data_end:
+                raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
+            one = np.ones(1, bool)
+            return np.frombuffer(raw, np.uint8), one, np.array([offset]), np.array([nbytes])
+        present, offsets, sizes = self._locate(
+            str(file), index, np.arange(self.layout.n_chunks), data_end
+        )
+        return np.frombuffer(raw, dtype=np.uint8), present, offsets, sizes
+
+    # ------------------------------------------------------------------ windows
+    def fetch(self, shard: int, windows: Mapping[int, Window]) -> dict[int, EncodedWindow]:
+        """{local sample: its window's chunks, located} of shard `shard`: one index read for
+        all the windows, and (remote stores) the chunk bytes in coalesced range requests.
+        Local chunks are read when decoded (see `EncodedWindow`)."""
+        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
+        if not plans:
+            return {}
+        path = self._path(shard)
+        flats = np.concatenate([p.flats for p in plans.values()])
+        fetched = self._fetch(path, flats, read_now=False)
+        if fetched is None:
+            buffer, present = None, np.zeros(len(flats), dtype=bool)
+            positions = sizes = np.zeros(0, dtype=np.int64)
+        else:
+            buffer, present, positions, sizes = fetched
+        out, at, before = {}, 0, 0
+        for local, plan in plans.items():
+            mine = present[at : at + len(plan.flats)]
+            count = int(np.count_nonzero(mine))
+            span = slice(before, before + count)
+            out[local] = EncodedWindow(self, path, plan, mine, positions[span], sizes[span], buffer)
+            at, before = at + len(plan.flats), before + count
+        return out
+
+    def _decode_rows(
+        self,
+        path: str,
+        flats: np.ndarray,
+        present: np.ndarray,
+        source: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        blocks: np.ndarray,
+    ) -> int:
+        """Fill `blocks` (one row per chunk of `flats`): the fill value where never written,
+        else the decoded chunk from source (buffer, positions, sizes); bytes decoded."""
+        rows = None
+        if not present.all():
+            blocks[~present] = self.arr.fill_value
+            rows = np.flatnonzero(present)
+        if source is None or len(source[1]) == 0:
+            return 0
+        buffer, positions, sizes = source
+        try:
+            self._zstd.decode_rows(buffer, positions, sizes, blocks, rows)
+        except ZstdFrameError as exc:
+            position = exc.position if rows is None else int(rows[exc.position])
+            chunk = int(flats[position])
+            raise ShardDecodeError(f"{path}: chunk {chunk} fails to decode: {exc}") from exc
+        return len(sizes) * self._chunk_nbytes
+
+    def decode_into(self, window: EncodedWindow, out: np.ndarray) -> int:
+        """Decode a fetched window into `out` (its shape), chunk by chunk; bytes decoded."""
+        plan = window.plan
+        if out.shape != plan.extent:
+            raise ValueError(f"window {plan.extent} does not fit an output of {out.shape}")
+        scratch = self._scratch
+        present, fill = window.present.tolist(), self.arr.fill_value
+        positions, sizes = window.positions.tolist(), window.sizes.tolist()
+        fd = -1
+        if window.buffer is not None:
+            source = window.buffer
+        else:
+            source = self._reused(max(sizes, default=0))
+            if sizes:
+                try:
+                    fd = os.open(self._root / window.path, os.O_RDONLY)  # type: ignore[operator]
+                except FileNotFoundError as exc:
+                    raise ShardDecodeError(f"{window.path}: gone since its index was read") from exc
+        view = memoryview(source)
+        decode = self._zstd.frame_decoder(source, scratch)
+        try:
+            j = 0
+            for k, ((piece, target), written) in enumerate(zip(plan.copies, present, strict=True)):
+                if not written:
+                    out[target] = fill
+                    continue
+                at, size = positions[j], sizes[j]
+                if fd >= 0:
+                    if os.preadv(fd, [view[:size]], at) != size:
+                        raise ShardDecodeError(f"{window.path}: short read at byte {at}")
+                    at = 0
+                try:
+                    decode(at, size)
+                except ZstdFrameError as exc:
+                    chunk = int(plan.flats[k])
+                    raise ShardDecodeError(f"{window.path}: chunk {chunk}: {exc}") from exc
+                out[target] = scratch[piece]
+                j += 1
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return len(sizes) * self._chunk_nbytes
 
     def read(self, shard: int, windows: Mapping[int, Window]) -> tuple[dict[int, np.ndarray], int]:
         """{local sample: its window's values} of shard `shard`, and the bytes decoded."""
-        hits = {local: chunk_hits(self.layout, local, w) for local, w in windows.items()}
-        needed = {h.flat for hs in hits.values() for h in hs}
-        path = self._path(shard)
-        index, runs = self._fetch(path, needed)
-        out = {
-            local: np.empty(tuple(b - a for a, b in w), dtype=self.dtype)
-            for local, w in windows.items()
-        }
-        if index is None:  # never written: every value is the fill
-            for arr in out.values():
-                arr.fill(self.arr.fill_value)
-            return out, 0
-        entries = index.tolist()  # Python ints: per-chunk numpy scalar access costs more
-        starts = [a for a, _ in runs]
-        views = [memoryview(data) for _, data in runs]
-        decode, scratch, decoded = _ZSTD.decode, self._scratch, 0
-        for local, chunk_list in hits.items():
-            target_array = out[local]
-            for flat, source, target in chunk_list:
-                offset, nbytes = entries[flat]
-                if offset == _EMPTY:
-                    target_array[target] = self.arr.fill_value
-                    continue
-                run = 0 if len(starts) == 1 else bisect.bisect_right(starts, offset) - 1
-                begin = offset - starts[run]
-                try:
-                    decode(views[run][begin : begin + nbytes], out=scratch)
-                except Exception as exc:
-                    raise ShardDecodeError(f"{path}: chunk {flat} fails to decode: {exc}") from exc
-                decoded += scratch.nbytes
-                target_array[target] = scratch[source]
+        out, decoded = {}, 0
+        for local, window in self.fetch(shard, windows).items():
+            out[local] = np.empty(window.shape, dtype=self.dtype)
+            decoded += window.copy_to(out[local])
         return out, decoded
 
     def read_whole(self, shard: int) -> np.ndarray:
         """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""
         layout = self.layout
         path = self._path(shard)
-        index, runs = self._fetch(path, set(range(layout.n_chunks)))
-        out = np.full(layout.shard_shape, self.arr.fill_value, dtype=self.dtype)
-        if index is not None:
-            starts = [a for a, _ in runs]
-            for flat, (offset, nbytes) in enumerate(index):
-                if offset == _EMPTY:
-                    continue
-                base, data = runs[int(np.searchsorted(starts, offset, side="right")) - 1]
-                view = memoryview(data)[offset - base : offset - base + nbytes]
-                position = np.unravel_index(flat, layout.grid)
-                sel = tuple(
-                    slice(p * c, (p + 1) * c)
-                    for p, c in zip(position, layout.chunk_shape, strict=True)
-                )
-                try:
-                    out[sel] = np.frombuffer(_ZSTD.decode(view), self.dtype).reshape(
-                        layout.chunk_shape
-                    )
-                except Exception as exc:
-                    raise ShardDecodeError(f"{path}: chunk {flat} fails to decode: {exc}") from exc
+        flats = np.arange(layout.n_chunks, dtype=np.int64)
+        blocks = np.empty((layout.n_chunks, *layout.chunk_shape), dtype=self.dtype)
+        fetched = self._fetch_whole_local(path) if self._root is not None else None
+        if fetched is None:
+            fetched = self._fetch(path, flats, read_now=True)
+        if fetched is None:
+            blocks.fill(self.arr.fill_value)
+        else:
+            buffer, present, positions, sizes = fetched
+            assert buffer is not None
+            self._decode_rows(path, flats, present, (buffer, positions, sizes), blocks)
+        dims = len(layout.grid)
+        interleave = [a for i in range(dims) for a in (i, dims + i)]
+        out = blocks.reshape(*layout.grid, *layout.chunk_shape).transpose(interleave)
+        out = out.reshape(layout.shard_shape)
         stop = min(layout.shard_shape[0], self.arr.shape[0] - shard * layout.shard_shape[0])
         return out[:stop]
 

@@ -26,9 +26,9 @@ from terracube.model.loader_plan import (
 from terracube.model.loader_shard import (
     ShardLayout,
     ShardReader,
-    chunk_hits,
-    coalesce,
+    byte_runs,
     read_shard,
+    window_chunks,
 )
 from terracube.model.loader_transport import pack, unpack
 from terracube.model.normalize_stats import (
@@ -37,6 +37,7 @@ from terracube.model.normalize_stats import (
     group_normalizer,
     stats_command,
 )
+from terracube.model.zstd_into import ZstdInto
 from terracube.pipeline.corpus import Corpus, InnerChunking
 from torch.utils.data import DataLoader
 
@@ -380,37 +381,51 @@ def test_only_the_chunks_of_a_window_are_decoded(corpus_path: Path, tmp_path: Pa
         assert loader.decode_errors == (1 if case == "inside" else 0)
 
 
-def test_chunk_hits_cover_a_window_exactly_once() -> None:
+def test_window_chunks_cover_a_window_exactly_once() -> None:
     whole = ShardLayout((2, 4, 4, 256, 256), (1, 1, 4, 256, 256))
-    hits = chunk_hits(whole, 1, ((1, 3), (0, 4), (10, 42), (20, 52)))
-    assert [h.flat for h in hits] == [5, 6]  # sample 1 x 4 periods + period 1, 2
-    assert hits[0].source == (slice(0, 1), slice(0, 4), slice(10, 42), slice(20, 52))
-    assert hits[1].target == (slice(1, 2), slice(0, 4), slice(0, 32), slice(0, 32))
+    plan = window_chunks(whole, 1, ((1, 3), (0, 4), (10, 42), (20, 52)))
+    assert plan.flats.tolist() == [5, 6]  # sample 1 x 4 periods + period 1, 2
+    assert plan.copies[0][0] == (slice(0, 1), slice(0, 4), slice(10, 42), slice(20, 52))
+    assert plan.copies[1][1] == (slice(1, 2), slice(0, 4), slice(0, 32), slice(0, 32))
+    assert plan.extent == (2, 4, 32, 32)
     tiled = ShardLayout((2, 4, 4, 256, 256), (1, 1, 4, 64, 64))
     window = ((2, 3), (0, 4), (60, 130), (0, 64))
-    hits = chunk_hits(tiled, 0, window)
-    assert [h.flat for h in hits] == [2 * 16 + r * 4 for r in (0, 1, 2)]  # rows 0..2, column 0
+    plan = window_chunks(tiled, 0, window)
+    assert plan.flats.tolist() == [2 * 16 + r * 4 for r in (0, 1, 2)]  # rows 0..2, column 0
     covered = np.zeros((1, 4, 70, 64), int)
-    for h in hits:
-        covered[h.target] += 1
+    for _, target in plan.copies:
+        covered[target] += 1
     assert (covered == 1).all()
     with pytest.raises(ValueError, match="leaves the shard"):
-        chunk_hits(whole, 0, ((3, 5), (0, 4), (0, 8), (0, 8)))
-    assert coalesce([(100, 200), (0, 50), (55, 90), (10**6, 10**6 + 5)], gap=8) == [
-        (0, 90),
-        (100, 200),
-        (10**6, 10**6 + 5),
-    ]
+        window_chunks(whole, 0, ((3, 5), (0, 4), (0, 8), (0, 8)))
 
 
-@pytest.mark.parametrize("spatial", [None, 32])
-def test_window_reads_equal_zarr_selections(tmp_path: Path, spatial: int | None) -> None:
+def test_byte_runs_merge_close_chunks_and_place_each_in_the_buffer() -> None:
+    offsets = np.array([100, 0, 55, 10**6, 50])
+    sizes = np.array([100, 50, 35, 5, 5])
+    starts, stops, positions = byte_runs(offsets, sizes, gap=8)
+    assert starts.tolist() == [0, 100, 10**6]
+    assert stops.tolist() == [90, 200, 10**6 + 5]
+    # runs lie back to back in the buffer: [0, 90) [90, 190) [190, 195)
+    assert positions.tolist() == [90, 0, 55, 190, 50]
+    assert len(byte_runs(offsets, sizes, gap=0)[0]) == 3  # 0..50, 50..55, 55..90 touch
+    starts, stops, positions = byte_runs(offsets, sizes, gap=10)
+    assert stops.tolist() == [200, 10**6 + 5]  # the 10-byte gap 90..100 is read too
+    assert positions.tolist() == [100, 0, 55, 200, 50]
+
+
+@pytest.mark.parametrize(("spatial", "native"), [(None, True), (32, True), (32, False)])
+def test_window_reads_equal_zarr_selections(
+    tmp_path: Path, spatial: int | None, native: bool
+) -> None:
+    """Fast-path windows equal zarr's own selections, through libzstd and through the
+    numcodecs fallback alike."""
     path = tmp_path / "corpus.zarr"
     corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, spatial))
     rng = np.random.default_rng(3)
     for group in corpus.params.groups:
         arr = corpus.array(group)
-        reader = ShardReader(arr)
+        reader = ShardReader(arr, ZstdInto(native=native))
         for k, span in enumerate(corpus.shards):
             windows = {}
             for local in range(len(span)):

@@ -40,6 +40,7 @@ from terracube.catalog.registry import band_group
 from terracube.model.batch import Batch
 from terracube.model.loader_batch import RawBatch, group_factor
 from terracube.model.loader_plan import (
+    BatchGeometry,
     BatchPlan,
     LoaderParams,
     Slot,
@@ -47,11 +48,19 @@ from terracube.model.loader_plan import (
     Window,
     check_budget,
     plan_worker,
+    possible_geometries,
     rank_batch_count,
     sample_window,
 )
 from terracube.model.loader_shard import EncodedWindow, ShardReader, fast_path_supported
-from terracube.model.loader_transport import Packed, carve, pack, unpack
+from terracube.model.loader_transport import (
+    ArenaRing,
+    Packed,
+    carve,
+    carve_bytes,
+    pack,
+    unpack,
+)
 from terracube.model.masking import ViewMasks, mask_batch
 from terracube.model.normalize_stats import (
     GroupNormalizer,
@@ -64,6 +73,12 @@ from terracube.pipeline.corpus_schema import SampleState, is_temporal
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
+
+RING_SPARE_SLOTS = 3
+"""Ring slots per worker beyond its prefetch: the batch being built, the one the training
+step holds and the one it is fetching next."""
+_ALIGN_PAD = 64
+"""Alignment bytes `pack` may add per tensor."""
 
 _TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 """Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
@@ -83,6 +98,8 @@ class LoaderItem:
     decoded_bytes: int = 0
     normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
     _cpu: Batch | None = field(default=None, repr=False, compare=False)
+    _slot: tuple[int, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)
+    """In a worker: (ring slot, its bytes, bytes used) the batch was built in."""
 
     @property
     def batch_size(self) -> int:
@@ -104,6 +121,7 @@ class LoaderItem:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_cpu"] = None  # workers never send the materialised batch
+        state["_slot"] = None
         return state
 
 
@@ -160,6 +178,8 @@ class CorpusStream(IterableDataset):
         self.normalizers = {g: group_normalizer(g, stats) for g in self.groups}
         self.pack_items = False
         """Set by StreamingLoader: workers send each batch as one `Packed` buffer."""
+        self.ring: ArenaRing | None = None
+        """Set by StreamingLoader before its workers start: reusable shared batch slots."""
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         """(epoch, start) in shared memory: persistent workers see each new epoch's position."""
         self._handles: tuple[int, dict[str, Any]] | None = None
@@ -298,17 +318,49 @@ class CorpusStream(IterableDataset):
             )
         return crops, errors, nbytes
 
-    def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
-        """Storage values and validity at native resolution, in one (shared) arena."""
-        geo = plan.geometry
+    def _arena_specs(
+        self, geo: BatchGeometry, batch: int
+    ) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+        """(dtype, shape) of each group's values and validity, in arena order."""
         specs = []
         for g in self.groups:
             group = band_group(g)
             side = geo.crop // group_factor(g)
             steps = geo.timesteps if is_temporal(group) else 1
-            shape = (len(crops), steps, len(group.bands), side, side)
+            shape = (batch, steps, len(group.bands), side, side)
             specs += [(_TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
-        arena = iter(carve(specs, shared=self.pack_items and get_worker_info() is not None))
+        return specs
+
+    def max_batch_bytes(self) -> int:
+        """Upper bound of one batch's bytes in a ring slot: its arena plus the masks and
+        months `pack` copies after it, for the largest geometry the params allow."""
+        most = 0
+        b = self.params.batch_size
+        for geo in possible_geometries(self.params, self.shape):
+            tokens = 0
+            for g in self.groups:
+                steps = geo.timesteps if is_temporal(band_group(g)) else 1
+                tokens += _ALIGN_PAD + b * steps * (geo.crop // geo.patch) ** 2
+            masks = 2 * self.params.num_views * tokens  # encode + decode per view, bool
+            months = _ALIGN_PAD + b * geo.timesteps * 8
+            most = max(most, carve_bytes(self._arena_specs(geo, b)) + masks + months)
+        return most
+
+    def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
+        """Storage values and validity at native resolution, in one (shared) arena: a ring
+        slot of this worker's when one is free (see loader_transport)."""
+        geo = plan.geometry
+        specs = self._arena_specs(geo, len(crops))
+        info = get_worker_info()
+        claim = None
+        if self.ring is not None and info is not None and self.pack_items:
+            used = carve_bytes(specs)
+            if used <= self.ring.slot_bytes:
+                claim = self.ring.claim(info.id)
+        if claim is not None:
+            arena = iter(carve(specs, shared=True, region=claim[1]))
+        else:
+            arena = iter(carve(specs, shared=self.pack_items and info is not None))
         raw: dict[str, torch.Tensor] = {}
         valid: dict[str, torch.Tensor] = {}
         errors = decoded = 0
@@ -343,6 +395,7 @@ class CorpusStream(IterableDataset):
             decode_errors=errors,
             decoded_bytes=decoded,
             normalizers=self.normalizers,
+            _slot=None if claim is None else (claim[0], claim[1], carve_bytes(specs)),
         )
 
     def __iter__(self) -> Iterator[LoaderItem | Packed]:
@@ -353,7 +406,11 @@ class CorpusStream(IterableDataset):
         plans = self.plans(self.epoch, worker, num_workers, self.start)
         if info is not None and self.pack_items:
             for item in self.iter_plans(plans):
-                yield pack(item, arena=next(iter(item.raw.raw.values())))
+                slot, item._slot = item._slot, None
+                if slot is not None:
+                    yield pack(item, slot=slot)
+                else:
+                    yield pack(item, arena=next(iter(item.raw.raw.values())))
         else:
             yield from self.iter_plans(plans)
 
@@ -442,6 +499,14 @@ class StreamingLoader:
         loader = self._loader
         self.dataset.pack_items = True
         if loader is None:
+            if self.dataset.ring is None:
+                self.dataset.ring = ArenaRing(
+                    self.num_workers,
+                    per_worker=(self.prefetch_factor or 2) + RING_SPARE_SLOTS,
+                    slot_bytes=self.dataset.max_batch_bytes(),
+                )
+            else:  # slots claimed by the workers of a loader that was shut down
+                self.dataset.ring.free_unleased()
             loader = DataLoader(
                 self.dataset,
                 batch_size=None,
@@ -456,7 +521,8 @@ class StreamingLoader:
         waiting: dict[int, LoaderItem] = {}
         expected = self.consumed
         for received in loader:
-            item = unpack(received) if isinstance(received, Packed) else received
+            ring = self.dataset.ring
+            item = unpack(received, ring) if isinstance(received, Packed) else received
             waiting[item.index] = item
             while expected in waiting:
                 yield waiting.pop(expected)

@@ -181,13 +181,24 @@ def draw_geometry(params: LoaderParams, shape: TokenShape, epoch: int, j: int) -
     rng = _rng(params.seed, epoch, j, _GEOMETRY)
     patch = int(rng.choice(params.patch_sizes))
     crop = int(rng.choice(fitting_crops(params, shape, patch)))
-    per_group = (crop // patch) ** 2
+    return _with_timesteps(shape, params.token_budget, crop, patch)
+
+
+def _with_timesteps(shape: TokenShape, budget: int, crop: int, patch: int) -> BatchGeometry:
+    """As many timesteps as the token budget allows at this crop and patch size."""
     if shape.temporal_groups == 0:
-        timesteps = 1
-    else:
-        room = params.token_budget // per_group - shape.static_groups
-        timesteps = max(1, min(shape.n_periods, room // shape.temporal_groups))
-    return BatchGeometry(crop, patch, timesteps)
+        return BatchGeometry(crop, patch, 1)
+    room = budget // (crop // patch) ** 2 - shape.static_groups
+    return BatchGeometry(crop, patch, max(1, min(shape.n_periods, room // shape.temporal_groups)))
+
+
+def possible_geometries(params: LoaderParams, shape: TokenShape) -> list[BatchGeometry]:
+    """Every geometry `draw_geometry` can return (to size buffers before any draw)."""
+    return [
+        _with_timesteps(shape, params.token_budget, crop, patch)
+        for patch in params.patch_sizes
+        for crop in fitting_crops(params, shape, patch)
+    ]
 
 
 def shard_order(n_shards: int, seed: int, epoch: int) -> list[int]:

@@ -536,6 +536,44 @@ def test_pack_round_trips_every_tensor_through_one_shared_buffer(corpus_path: Pa
         pack(torch.ones(2, requires_grad=True))
 
 
+def _same_batches(a: LoaderItem, b: LoaderItem) -> None:
+    assert (a.epoch, a.index, a.samples) == (b.epoch, b.index, b.samples)
+    for g in a.raw.groups:
+        assert torch.equal(a.raw.raw[g], b.raw.raw[g]), g
+        assert torch.equal(a.raw.valid[g], b.raw.valid[g]), g
+        for va, vb in zip(a.views, b.views, strict=True):
+            assert torch.equal(va.encode[g], vb.encode[g]) and torch.equal(
+                va.decode[g], vb.decode[g]
+            )
+    assert torch.equal(a.raw.months, b.raw.months)
+
+
+def test_ring_slots_are_reused_and_batches_held_long_stay_intact(corpus_path: Path) -> None:
+    """Workers build batches in reusable shared slots; a slot is reused only after the
+    consumer dropped every view of it. Batches held across many later ones (more than the
+    ring has slots) keep their values: the worker falls back to fresh memory meanwhile."""
+    n = 3 * CorpusStream(corpus_path, SMALL).batches_in_epoch(0, 1)
+    want = list(islice(StreamingLoader(CorpusStream(corpus_path, SMALL)), n))
+    loader = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=1)
+    stream = iter(loader)
+    in_ring = 0
+    for k in range(n // 2):  # dropped right away: slots come back
+        item = next(stream)
+        ring = loader.dataset.ring  # set up when the workers start
+        assert ring is not None
+        start = ring.memory.data_ptr()
+        inside = start <= item.raw.raw["s2_10m"].data_ptr() < start + ring.memory.numel()
+        in_ring += inside
+        _same_batches(item, want[k])
+        del item
+    assert in_ring >= n // 2 - 1  # at most the first batch races the ring's setup
+    held = [next(stream) for _ in range(n // 2, n)]  # all held: more than the ring's slots
+    assert len(held) > ring.per_worker
+    for k, item in zip(range(n // 2, n), held, strict=True):
+        _same_batches(item, want[k])
+    loader.close()
+
+
 def test_window_reads_through_a_non_local_store_equal_zarr() -> None:
     """The store path (range requests through zarr's async store API, as on S3) on a
     MemoryStore array with the corpus's codecs, including a never-written shard."""

@@ -45,7 +45,7 @@ _EMPTY = 2**64 - 1
 COALESCE_GAP = 64 * 1024
 """Byte gap below which two needed chunks are fetched in one range request."""
 WHOLE_READ_BYTES = 64 * 1024
-"""A local shard up to this size that is read whole is read with one call."""
+"""A local one-chunk shard up to this size is read with one call."""
 LOCAL_COALESCE_GAP = 0
 """Local files: only touching chunks share a read; copying a gap costs more than a syscall."""
 
@@ -371,16 +371,17 @@ class ShardReader:
         finally:
             os.close(fd)
 
-    def _fetch_whole_local(
-        self, path: str
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """A small local shard (per-sample metadata: a few hundred bytes) in one read of the
-        whole file; None when it is missing or large (then `_fetch` handles it)."""
+    def _read_single_chunk_local(self, path: str) -> np.ndarray | None:
+        """A local shard of one inner chunk (per-sample metadata: a few hundred bytes) in
+        one read of the whole file and one decode; None when it is large (then the general
+        path reads it). Spelled out because numpy calls cost more here than the I/O."""
         file = self._root_prefix + path
+        out = np.empty(self.layout.chunk_shape, dtype=self.dtype)
         try:
             fd = os.open(file, os.O_RDONLY)
         except FileNotFoundError:
-            return None
+            out.fill(self.arr.fill_value)
+            return out
         try:
             size = os.fstat(fd).st_size
             if size > WHOLE_READ_BYTES:
@@ -391,24 +392,17 @@ class ShardReader:
         data_end = size - self.layout.index_bytes
         if data_end < 0 or len(raw) != size:
             raise ShardDecodeError(f"{file}: {size} bytes cannot hold a shard index")
-        index = self._parse_index(file, raw[data_end:])
-        if len(index) == 1:  # the common case, spelled out: numpy calls cost more than I/O
-            offset, nbytes = index[0].tolist()
-            if offset == _EMPTY:
-                return (
-                    np.zeros(0, np.uint8),
-                    np.zeros(1, bool),
-                    np.zeros(0, np.int64),
-                    np.zeros(0, np.int64),
-                )
-            if offset + nbytes > data_end:
-                raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
-            one = np.ones(1, bool)
-            return np.frombuffer(raw, np.uint8), one, np.array([offset]), np.array([nbytes])
-        present, offsets, sizes = self._locate(
-            file, index, np.arange(self.layout.n_chunks), data_end
-        )
-        return np.frombuffer(raw, dtype=np.uint8), present, offsets, sizes
+        offset, nbytes = self._parse_index(file, raw[data_end:])[0].tolist()
+        if offset == _EMPTY:
+            out.fill(self.arr.fill_value)
+            return out
+        if offset + nbytes > data_end:
+            raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
+        try:
+            self._zstd.frame_decoder(np.frombuffer(raw, np.uint8), out)(offset, nbytes)
+        except ZstdFrameError as exc:
+            raise ShardDecodeError(f"{file}: fails to decode: {exc}") from exc
+        return out
 
     # ------------------------------------------------------------------ windows
     def fetch(self, shard: int, windows: Mapping[int, Window]) -> dict[int, EncodedWindow]:
@@ -515,11 +509,14 @@ class ShardReader:
         """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""
         layout = self.layout
         path = self._path(shard)
+        stop = min(layout.shard_shape[0], self.arr.shape[0] - shard * layout.shard_shape[0])
+        if self._root is not None and layout.n_chunks == 1:
+            single = self._read_single_chunk_local(path)
+            if single is not None:
+                return single[:stop]
         flats = np.arange(layout.n_chunks, dtype=np.int64)
         blocks = np.empty((layout.n_chunks, *layout.chunk_shape), dtype=self.dtype)
-        fetched = self._fetch_whole_local(path) if self._root is not None else None
-        if fetched is None:
-            fetched = self._fetch(path, flats, read_now=True)
+        fetched = self._fetch(path, flats, read_now=True)
         if fetched is None:
             blocks.fill(self.arr.fill_value)
         else:
@@ -529,9 +526,7 @@ class ShardReader:
         dims = len(layout.grid)
         interleave = [a for i in range(dims) for a in (i, dims + i)]
         out = blocks.reshape(*layout.grid, *layout.chunk_shape).transpose(interleave)
-        out = out.reshape(layout.shard_shape)
-        stop = min(layout.shard_shape[0], self.arr.shape[0] - shard * layout.shard_shape[0])
-        return out[:stop]
+        return out.reshape(layout.shard_shape)[:stop]
 
 
 def read_shard(arr: zarr.Array, shard: int) -> np.ndarray:

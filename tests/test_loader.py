@@ -440,6 +440,10 @@ def test_window_reads_equal_zarr_selections(
                 want = np.asarray(arr[(span.start + local, *(slice(a, b) for a, b in window))])
                 np.testing.assert_array_equal(got[local], want, err_msg=f"{group} {window}")
             np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
+    for name in [f"{g}_valid_fraction" for g in corpus.params.groups] + ["period_start"]:
+        arr = corpus.array(name)  # one-chunk shards: the single-read path
+        for k, span in enumerate(corpus.shards):
+            np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
 
 
 def test_normaliser_writes_into_a_given_buffer_and_refuses_a_wrong_one() -> None:

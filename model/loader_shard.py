@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -254,6 +254,7 @@ class ShardReader:
         self._zstd = zstd or ZstdInto()
         self._read_buffer = np.empty(0, dtype=np.uint8)
         self._scratch = np.empty(self.layout.chunk_shape[1:], dtype=self.dtype)
+        self._read_decoder: tuple[np.ndarray, Callable[[int, int], None]] | None = None
 
     # ------------------------------------------------------------------ bytes
     def _path(self, shard: int) -> str:
@@ -473,7 +474,12 @@ class ShardReader:
                 except FileNotFoundError as exc:
                     raise ShardDecodeError(f"{window.path}: gone since its index was read") from exc
         view = memoryview(source)
-        decode = self._zstd.frame_decoder(source, scratch)
+        if source is self._read_buffer:  # the reused buffer: its decoder is reused too
+            if self._read_decoder is None or self._read_decoder[0] is not source:
+                self._read_decoder = (source, self._zstd.frame_decoder(source, scratch))
+            decode = self._read_decoder[1]
+        else:
+            decode = self._zstd.frame_decoder(source, scratch)
         try:
             j = 0
             for k, ((piece, target), written) in enumerate(zip(plan.copies, present, strict=True)):

@@ -491,6 +491,29 @@ class StreamingLoader:
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
         self.decode_errors = int(state["decode_errors"])
 
+    def _make_ring(self) -> ArenaRing | None:
+        """The workers' reusable batch slots, or None (a fresh segment per batch) when they
+        would take more than half of the free shared memory: a full /dev/shm kills
+        processes with SIGBUS instead of raising."""
+        per_worker = (self.prefetch_factor or 2) + RING_SPARE_SLOTS
+        slot_bytes = self.dataset.max_batch_bytes()
+        need = self.num_workers * per_worker * slot_bytes
+        free = shared_memory_free_bytes()
+        if free is not None and need > free // 2:
+            log.warning(
+                "loader: %d workers x %d batch slots of %.1f MB need %.0f MB of shared memory, "
+                "/dev/shm has %.0f MB free; sending each batch in a fresh segment instead "
+                "(slower). Give the container more shared memory (docker --shm-size) or "
+                "lower num_workers, batch_size or the largest crop.",
+                self.num_workers,
+                per_worker,
+                slot_bytes / 1e6,
+                need / 1e6,
+                free / 1e6,
+            )
+            return None
+        return ArenaRing(self.num_workers, per_worker, slot_bytes)
+
     def _epoch_items(self) -> Iterator[LoaderItem]:
         self.dataset.set_position(self.epoch, self.consumed)
         if self.num_workers == 0:
@@ -500,11 +523,7 @@ class StreamingLoader:
         self.dataset.pack_items = True
         if loader is None:
             if self.dataset.ring is None:
-                self.dataset.ring = ArenaRing(
-                    self.num_workers,
-                    per_worker=(self.prefetch_factor or 2) + RING_SPARE_SLOTS,
-                    slot_bytes=self.dataset.max_batch_bytes(),
-                )
+                self.dataset.ring = self._make_ring()
             else:  # slots claimed by the workers of a loader that was shut down
                 self.dataset.ring.free_unleased()
             loader = DataLoader(
@@ -545,6 +564,15 @@ class StreamingLoader:
                 self.decoded_bytes += item.decoded_bytes
                 yield item
             self.epoch, self.consumed = self.epoch + 1, 0
+
+
+def shared_memory_free_bytes(path: str = "/dev/shm") -> int | None:
+    """Free bytes of the shared-memory filesystem, None where there is none to ask."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def _identity(item: LoaderItem) -> LoaderItem:

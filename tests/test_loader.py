@@ -578,6 +578,26 @@ def test_ring_slots_are_reused_and_batches_held_long_stay_intact(corpus_path: Pa
     loader.close()
 
 
+def test_too_little_shared_memory_falls_back_to_a_segment_per_batch(
+    corpus_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ring that would not fit /dev/shm (where a full tmpfs kills with SIGBUS) is not
+    created: the loader warns, names the fix, and sends the same batches the slow way."""
+    import terracube.model.loader as loader_module
+
+    monkeypatch.setattr(loader_module, "shared_memory_free_bytes", lambda path="": 1_000_000)
+    n = CorpusStream(corpus_path, SMALL).batches_in_epoch(0, 1)
+    want = list(islice(StreamingLoader(CorpusStream(corpus_path, SMALL)), n))
+    loader = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=1)
+    with caplog.at_level("WARNING", logger="terracube.model.loader"):
+        got = list(islice(loader, n))
+    assert loader.dataset.ring is None
+    assert "--shm-size" in caplog.text
+    for a, b in zip(got, want, strict=True):
+        _same_batches(a, b)
+    loader.close()
+
+
 def test_window_reads_through_a_non_local_store_equal_zarr() -> None:
     """The store path (range requests through zarr's async store API, as on S3) on a
     MemoryStore array with the corpus's codecs, including a never-written shard."""

@@ -27,6 +27,8 @@ checkpoint stores, and resumes the stream exactly from it.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -71,9 +73,13 @@ from terracube.model.zstd_into import ZstdInto
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from zarr.core import sync as zarr_sync
+from zarr.core.sync import sync
 
 log = logging.getLogger(__name__)
 
+PREFETCH_SHARDS = 2
+"""Remote shards whose bytes a worker fetches ahead of the one it decodes."""
 RING_SPARE_SLOTS = 3
 """Ring slots per worker beyond its prefetch: the batch being built, the one the training
 step holds and the one it is fetching next."""
@@ -153,8 +159,14 @@ class CorpusStream(IterableDataset):
         storage_options: Mapping[str, Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        prefetch_shards: int = PREFETCH_SHARDS,
     ) -> None:
         super().__init__()
+        if prefetch_shards < 0:
+            raise ValueError(f"prefetch_shards={prefetch_shards}; use 0 (off) or more")
+        self.prefetch_shards = prefetch_shards
+        """Remote stores: shards fetched ahead, all their arrays in one concurrent wave
+        (0: every array of a shard read in turn, when needed)."""
         default_rank, default_world = dist_rank_world()
         self.store = os.fspath(store)
         self.storage_options = dict(storage_options or {})
@@ -285,21 +297,63 @@ class CorpusStream(IterableDataset):
         span = self.shard_spans[k]
         return np.asarray(arrays[name][span.start : span.stop])
 
+    def _shard_windows(
+        self, k: int, wanted: Mapping[int, tuple[BatchPlan, int]]
+    ) -> dict[str, dict[int, Window]]:
+        """group -> {sample: window} of shard k's wanted samples."""
+        mine = [i for i in self.shard_spans[k] if i in wanted]
+        return {g: {i: sample_window(g, *wanted[i]) for i in mine} for g in self.groups}
+
+    def _metadata_names(self) -> list[str]:
+        return [*(f"{g}_valid_fraction" for g in self.groups), "period_start"]
+
+    async def _fetch_remote_shard(
+        self, k: int, windows: dict[str, dict[int, Window]]
+    ) -> dict[str, Any]:
+        """Every group's windows and every metadata array of remote shard k, fetched in one
+        concurrent wave (an error is returned in its entry, not raised)."""
+        start = self.shard_spans[k].start
+        jobs: dict[str, Any] = {}
+        for g, group_windows in windows.items():
+            reader = self._readers.get(g)
+            if reader is not None and not reader.local:
+                local = {i - start: w for i, w in group_windows.items()}
+                jobs[g] = reader.fetch_async(k, local)
+        for name in self._metadata_names():
+            reader = self._readers.get(name)
+            if reader is not None and not reader.local:
+                jobs[name] = reader.fetch_whole_async(k)
+        results = await asyncio.gather(*jobs.values(), return_exceptions=True)
+        return dict(zip(jobs, results, strict=True))
+
     def _read_shard(
-        self, arrays: dict[str, Any], k: int, wanted: dict[int, tuple[BatchPlan, int]]
+        self,
+        arrays: dict[str, Any],
+        k: int,
+        wanted: dict[int, tuple[BatchPlan, int]],
+        fetched: dict[str, Any] | None = None,
     ) -> tuple[dict[int, _SampleCrop], int, int]:
-        """Shard k's wanted samples cut to their windows; decode errors; bytes decoded."""
+        """Shard k's wanted samples cut to their windows; decode errors; bytes decoded.
+        `fetched`: what `_fetch_remote_shard` got for it ahead of time (remote stores)."""
         span = self.shard_spans[k]
-        mine = [i for i in span if i in wanted]
+        windows = self._shard_windows(k, wanted)
+        mine = list(windows[self.groups[0]])
         crops = {i: _SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
+        fetched = fetched or {}
         errors = nbytes = 0
         for g in self.groups:
             temporal = is_temporal(band_group(g))
-            windows = {i: sample_window(g, *wanted[i]) for i in mine}
-            rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows)
+            got = fetched.get(g)
+            if got is None or isinstance(got, BaseException):
+                if got is not None:
+                    log.warning("shard %d of %s failed to read (%s); reading it again", k, g, got)
+                rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows[g])
+            else:
+                rows = {i: got[i - span.start] for i in windows[g]}
+                group_errors = group_bytes = 0
             errors += group_errors
             nbytes += group_bytes
-            fraction = self._whole(arrays, f"{g}_valid_fraction", k)
+            fraction = self._metadata(arrays, f"{g}_valid_fraction", k, fetched)
             done = self.done[band_group(g).modality]
             for i in mine:
                 plan, b = wanted[i]
@@ -309,7 +363,7 @@ class CorpusStream(IterableDataset):
                 if temporal:
                     f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
                 crops[i].present[g] = (f > 0) & bool(done[i])
-        days = self._whole(arrays, "period_start", k).astype(np.int64)
+        days = self._metadata(arrays, "period_start", k, fetched).astype(np.int64)
         for i in mine:
             plan, b = wanted[i]
             d = days[i - span.start][plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
@@ -317,6 +371,19 @@ class CorpusStream(IterableDataset):
                 d.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
             )
         return crops, errors, nbytes
+
+    def _metadata(
+        self, arrays: dict[str, Any], name: str, k: int, fetched: Mapping[str, Any]
+    ) -> np.ndarray:
+        """A per-sample metadata array's shard k, from prefetched bytes when there are any."""
+        got = fetched.get(name)
+        reader = self._readers.get(name)
+        if reader is not None and got is not None and not isinstance(got, BaseException):
+            try:
+                return reader.whole_from(k, got)
+            except Exception as exc:
+                log.warning("shard %d of %s failed to decode (%s); reading it again", k, name, exc)
+        return self._whole(arrays, name, k)
 
     def _arena_specs(
         self, geo: BatchGeometry, batch: int
@@ -415,10 +482,14 @@ class CorpusStream(IterableDataset):
             yield from self.iter_plans(plans)
 
     def iter_plans(self, plans: list[BatchPlan]) -> Iterator[LoaderItem]:
-        """Read shards lazily in stream order; a sample's crop lives until its batch is built."""
+        """Read shards lazily in stream order; a sample's crop lives until its batch is built.
+        From a remote store the next shards' bytes are fetched while this one decodes."""
         arrays = self._arrays()
         shard_of = {s: k for k, span in enumerate(self.shard_spans) for s in span}
         wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
+        order = list(dict.fromkeys(shard_of[s] for p in plans for s in p.samples))
+        remote = any(not r.local for r in self._readers.values())
+        ahead = _Prefetcher(self, order, wanted) if remote and self.prefetch_shards else None
         ready: dict[int, _SampleCrop] = {}
         pending_errors = 0
         for plan in plans:
@@ -426,7 +497,9 @@ class CorpusStream(IterableDataset):
             for sample in plan.samples:
                 if sample in ready:
                     continue
-                crops, errors, nbytes = self._read_shard(arrays, shard_of[sample], wanted)
+                k = shard_of[sample]
+                fetched = None if ahead is None else ahead.take(k)
+                crops, errors, nbytes = self._read_shard(arrays, k, wanted, fetched)
                 ready.update(crops)
                 pending_errors += errors
                 decoded += nbytes
@@ -437,6 +510,49 @@ class CorpusStream(IterableDataset):
             for sample in plan.samples:
                 wanted.pop(sample)
             yield item
+
+
+class _Prefetcher:
+    """Keeps the next `prefetch_shards` remote shards' fetches in flight on zarr's event
+    loop (network waits overlap the decode of the shard before), in the stream's order."""
+
+    def __init__(
+        self, stream: CorpusStream, order: list[int], wanted: dict[int, tuple[BatchPlan, int]]
+    ) -> None:
+        self.stream, self.order, self.next = stream, order, 0
+        self.windows = {k: stream._shard_windows(k, wanted) for k in order}
+        self.inflight: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self.loop = _zarr_loop()
+
+    def _submit(self) -> None:
+        while self.loop is not None and self.next < len(self.order):
+            if len(self.inflight) >= self.stream.prefetch_shards:
+                return
+            k = self.order[self.next]
+            self.next += 1
+            coroutine = self.stream._fetch_remote_shard(k, self.windows.pop(k))
+            self.inflight[k] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def take(self, k: int) -> dict[str, Any]:
+        """What was fetched for shard k (fetched now when it was not in flight)."""
+        self._submit()
+        future = self.inflight.pop(k, None)
+        if future is None:  # no loop to prefetch on: fetch it now
+            result = sync(self.stream._fetch_remote_shard(k, self.windows.pop(k)))
+        else:
+            result = future.result()
+        self._submit()
+        return result
+
+
+def _zarr_loop() -> asyncio.AbstractEventLoop | None:
+    """zarr's I/O event loop (its stores' sessions are bound to it); None if this zarr has
+    none to share, and then shards are fetched when needed (still one wave per shard)."""
+    get_loop = getattr(zarr_sync, "_get_loop", None)
+    try:
+        return None if get_loop is None else get_loop()
+    except Exception:
+        return None
 
 
 class StreamingLoader:

@@ -415,9 +415,32 @@ class ShardReader:
             return {}
         path = self._path(shard)
         flats = np.concatenate([p.flats for p in plans.values()])
-        fetched = self._fetch(path, flats, read_now=False)
+        return self._windows(path, plans, self._fetch(path, flats, read_now=False))
+
+    async def fetch_async(
+        self, shard: int, windows: Mapping[int, Window]
+    ) -> dict[int, EncodedWindow]:
+        """`fetch` of a remote shard as a coroutine on zarr's event loop, so that the loader
+        can await every group and metadata array of a shard in one concurrent wave, ahead
+        of use. Nothing here decodes: that stays on the caller's thread."""
+        if self._root is not None:
+            raise ValueError(f"{self.arr.path}: a local array is read with fetch()")
+        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
+        if not plans:
+            return {}
+        path = self._path(shard)
+        flats = np.concatenate([p.flats for p in plans.values()])
+        return self._windows(path, plans, await self._fetch_store(path, flats))
+
+    def _windows(
+        self,
+        path: str,
+        plans: Mapping[int, WindowChunks],
+        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> dict[int, EncodedWindow]:
+        n = sum(len(p.flats) for p in plans.values())
         if fetched is None:
-            buffer, present = None, np.zeros(len(flats), dtype=bool)
+            buffer, present = None, np.zeros(n, dtype=bool)
             positions = sizes = np.zeros(0, dtype=np.int64)
         else:
             buffer, present, positions, sizes = fetched
@@ -515,14 +538,47 @@ class ShardReader:
         """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""
         layout = self.layout
         path = self._path(shard)
-        stop = min(layout.shard_shape[0], self.arr.shape[0] - shard * layout.shard_shape[0])
         if self._root is not None and layout.n_chunks == 1:
             single = self._read_single_chunk_local(path)
             if single is not None:
-                return single[:stop]
+                return single[: self._shard_stop(shard)]
+        flats = np.arange(layout.n_chunks, dtype=np.int64)
+        return self._whole_from(shard, path, self._fetch(path, flats, read_now=True))
+
+    @property
+    def local(self) -> bool:
+        """Reads a local directory (positioned reads) rather than through zarr's store API."""
+        return self._root is not None
+
+    async def fetch_whole_async(
+        self, shard: int
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The bytes of every chunk of a remote shard, fetched but not decoded (decoding
+        stays on the thread that owns the zstd context); `whole_from` finishes the read."""
+        flats = np.arange(self.layout.n_chunks, dtype=np.int64)
+        return await self._fetch_store(self._path(shard), flats)
+
+    def whole_from(
+        self,
+        shard: int,
+        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> np.ndarray:
+        """`read_whole` of shard `shard` from what `fetch_whole_async` returned."""
+        return self._whole_from(shard, self._path(shard), fetched)
+
+    def _shard_stop(self, shard: int) -> int:
+        rows = self.layout.shard_shape[0]
+        return min(rows, self.arr.shape[0] - shard * rows)
+
+    def _whole_from(
+        self,
+        shard: int,
+        path: str,
+        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> np.ndarray:
+        layout = self.layout
         flats = np.arange(layout.n_chunks, dtype=np.int64)
         blocks = np.empty((layout.n_chunks, *layout.chunk_shape), dtype=self.dtype)
-        fetched = self._fetch(path, flats, read_now=True)
         if fetched is None:
             blocks.fill(self.arr.fill_value)
         else:
@@ -532,7 +588,7 @@ class ShardReader:
         dims = len(layout.grid)
         interleave = [a for i in range(dims) for a in (i, dims + i)]
         out = blocks.reshape(*layout.grid, *layout.chunk_shape).transpose(interleave)
-        return out.reshape(layout.shard_shape)[:stop]
+        return out.reshape(layout.shard_shape)[: self._shard_stop(shard)]
 
 
 def read_shard(arr: zarr.Array, shard: int) -> np.ndarray:

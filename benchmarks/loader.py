@@ -57,8 +57,8 @@ from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASS
 from terracube.model.encoder import count_parameters
 from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
 from terracube.model.loader_plan import BatchPlan, LoaderParams, sample_window
-from terracube.model.loader_shard import ShardLayout, window_chunks
 from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.model.shard_geometry import ShardLayout, window_chunks
 from terracube.pipeline.corpus import (
     Corpus,
     InnerChunking,

@@ -1,46 +1,44 @@
-"""Streaming loader: corpus shards -> cropped, masked batches -> normalised `Batch`es.
+"""Streaming loader: corpus shards -> cropped, masked batches in DataLoader workers.
 
 `CorpusStream` is a torch `IterableDataset` that yields whole batches (the
 DataLoader runs with `batch_size=None`): a batch needs one crop size, patch size
 and timestep count shared by its samples, and forming it in the worker lets the
 worker do the modality-aware masking too. What each worker reads and in which
-order is planned purely in `loader_plan`; this module only does the reads.
+order is planned purely in `loader_plan`; this module does the reads and builds
+the batches.
 
 Reads are per shard and partial: when a worker first needs a sample of shard k it
-reads, for every array, only the inner chunks that its wanted samples' timestep
-windows and crops touch (`loader_shard.ShardReader`: an index read plus coalesced
-range reads and a zstd loop into a reused buffer, for the corpus's default
-layout; zarr's own selection otherwise). Only those crops wait in memory until
-the shuffle buffer emits them. A worker sends each batch as storage values at
-native resolution with pixel validity and the masks (`loader_batch.RawBatch`);
-`LoaderItem.to(device)` normalises it with the corpus statistics into the model's
-10 m `Batch` on that device (see loader_batch for why). A shard that fails to decode falls back to
-per-sample zarr reads of the same windows; a (sample, group) that still fails is
-logged, counted in `LoaderItem.decode_errors`, and treated like a missing
-modality (all pixels invalid), so batch counts — and therefore DDP step counts
-and resume positions — never change.
+locates, for every array, only the inner chunks that its wanted samples' timestep
+windows and crops touch (`loader_shard.ShardReader`; zarr's own selection for
+other layouts); the chunks are decoded when the batch is assembled, straight into
+its buffer. From an object store the next shards are fetched while one decodes
+(`loader_remote`). A worker builds each batch in a shared-memory ring slot as
+storage values at native resolution with pixel validity and the masks
+(`loader_batch.RawBatch`); `LoaderItem.to(device)` normalises it with the corpus
+statistics into the model's 10 m `Batch` on that device. A shard that fails to
+read or decode falls back to per-sample zarr reads of the same windows; a
+(sample, group) that still fails is logged, counted in `LoaderItem.decode_errors`,
+and treated like a missing modality (all pixels invalid), so batch counts — and
+therefore DDP step counts and resume positions — never change.
 
-`StreamingLoader` wraps the DataLoader across epochs, restores rank-order of the
-workers' batches, tracks the position (epoch, batches consumed) that a
-checkpoint stores, and resumes the stream exactly from it.
+`loader_stream.StreamingLoader` (re-exported here) runs the DataLoader across
+epochs and keeps the resumable position. Costs and tuning: docs/loader.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from terracube.catalog.registry import band_group
-from terracube.model.batch import Batch
-from terracube.model.loader_batch import RawBatch, group_factor
+from terracube.model.loader_batch import LoaderItem, RawBatch, group_factor
 from terracube.model.loader_plan import (
     BatchGeometry,
     BatchPlan,
@@ -54,81 +52,35 @@ from terracube.model.loader_plan import (
     rank_batch_count,
     sample_window,
 )
+from terracube.model.loader_remote import PREFETCH_SHARDS, ShardPrefetcher
 from terracube.model.loader_shard import EncodedWindow, ShardReader, fast_path_supported
+from terracube.model.loader_stream import StreamingLoader
 from terracube.model.loader_transport import (
     ArenaRing,
     Packed,
     carve,
     carve_bytes,
     pack,
-    unpack,
 )
-from terracube.model.masking import ViewMasks, mask_batch
+from terracube.model.masking import mask_batch
 from terracube.model.normalize_stats import (
-    GroupNormalizer,
     group_normalizer,
     read_stats,
 )
 from terracube.model.zstd_into import ZstdInto
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState, is_temporal
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from zarr.core import sync as zarr_sync
-from zarr.core.sync import sync
+from torch.utils.data import IterableDataset, get_worker_info
+
+__all__ = ["CorpusStream", "LoaderItem", "StreamingLoader", "dist_rank_world"]
 
 log = logging.getLogger(__name__)
 
-PREFETCH_SHARDS = 2
-"""Remote shards whose bytes a worker fetches ahead of the one it decodes."""
-RING_SPARE_SLOTS = 3
-"""Ring slots per worker beyond its prefetch: the batch being built, the one the training
-step holds and the one it is fetching next."""
 _ALIGN_PAD = 64
 """Alignment bytes `pack` may add per tensor."""
 
 _TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 """Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
-
-
-@dataclass
-class LoaderItem:
-    """One batch as the training loop receives it: compact storage values (`raw`), its
-    masked views, and where it came from. `to(device)` gives the model's `Batch` there."""
-
-    raw: RawBatch
-    views: list[ViewMasks]
-    samples: tuple[int, ...]
-    epoch: int
-    index: int
-    decode_errors: int = 0
-    decoded_bytes: int = 0
-    normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
-    _cpu: Batch | None = field(default=None, repr=False, compare=False)
-    _slot: tuple[int, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)
-    """In a worker: (ring slot, its bytes, bytes used) the batch was built in."""
-
-    @property
-    def batch_size(self) -> int:
-        return self.raw.batch_size
-
-    def to(self, device: torch.device | str) -> Batch:
-        """The normalised 10 m `Batch`, computed on `device` from the compact tensors."""
-        if torch.device(device).type == "cpu":
-            return self.batch
-        return self.raw.materialize(self.normalizers, device)
-
-    @property
-    def batch(self) -> Batch:
-        """The normalised 10 m `Batch` on the CPU (computed once, then kept)."""
-        if self._cpu is None:
-            self._cpu = self.raw.materialize(self.normalizers, "cpu")
-        return self._cpu
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_cpu"] = None  # workers never send the materialised batch
-        state["_slot"] = None
-        return state
 
 
 @dataclass
@@ -489,7 +441,7 @@ class CorpusStream(IterableDataset):
         wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
         order = list(dict.fromkeys(shard_of[s] for p in plans for s in p.samples))
         remote = any(not r.local for r in self._readers.values())
-        ahead = _Prefetcher(self, order, wanted) if remote and self.prefetch_shards else None
+        ahead = ShardPrefetcher(self, order, wanted) if remote and self.prefetch_shards else None
         ready: dict[int, _SampleCrop] = {}
         pending_errors = 0
         for plan in plans:
@@ -510,191 +462,3 @@ class CorpusStream(IterableDataset):
             for sample in plan.samples:
                 wanted.pop(sample)
             yield item
-
-
-class _Prefetcher:
-    """Keeps the next `prefetch_shards` remote shards' fetches in flight on zarr's event
-    loop (network waits overlap the decode of the shard before), in the stream's order."""
-
-    def __init__(
-        self, stream: CorpusStream, order: list[int], wanted: dict[int, tuple[BatchPlan, int]]
-    ) -> None:
-        self.stream, self.order, self.next = stream, order, 0
-        self.windows = {k: stream._shard_windows(k, wanted) for k in order}
-        self.inflight: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
-        self.loop = _zarr_loop()
-
-    def _submit(self) -> None:
-        while self.loop is not None and self.next < len(self.order):
-            if len(self.inflight) >= self.stream.prefetch_shards:
-                return
-            k = self.order[self.next]
-            self.next += 1
-            coroutine = self.stream._fetch_remote_shard(k, self.windows.pop(k))
-            self.inflight[k] = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def take(self, k: int) -> dict[str, Any]:
-        """What was fetched for shard k (fetched now when it was not in flight)."""
-        self._submit()
-        future = self.inflight.pop(k, None)
-        if future is None:  # no loop to prefetch on: fetch it now
-            result = sync(self.stream._fetch_remote_shard(k, self.windows.pop(k)))
-        else:
-            result = future.result()
-        self._submit()
-        return result
-
-
-def _zarr_loop() -> asyncio.AbstractEventLoop | None:
-    """zarr's I/O event loop (its stores' sessions are bound to it); None if this zarr has
-    none to share, and then shards are fetched when needed (still one wave per shard)."""
-    get_loop = getattr(zarr_sync, "_get_loop", None)
-    try:
-        return None if get_loop is None else get_loop()
-    except Exception:
-        return None
-
-
-class StreamingLoader:
-    """Epoch after epoch of one rank's batches, in order, with a resumable position."""
-
-    def __init__(
-        self,
-        dataset: CorpusStream,
-        num_workers: int = 0,
-        prefetch_factor: int | None = 2,
-        persistent_workers: bool = True,
-    ) -> None:
-        self.dataset = dataset
-        self.num_workers = num_workers
-        self.prefetch_factor = prefetch_factor if num_workers > 0 else None
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self._loader: DataLoader | None = None
-        self.epoch = 0
-        self.consumed = 0
-        self.decode_errors = 0
-        self.decoded_bytes = 0
-
-    def close(self) -> None:
-        """Stop persistent workers now instead of at garbage collection."""
-        iterator = getattr(self._loader, "_iterator", None)
-        if iterator is not None:
-            iterator._shutdown_workers()
-        self._loader = None
-
-    def state_dict(self) -> dict[str, int]:
-        """The position a checkpoint stores (primitives only)."""
-        return {
-            "epoch": self.epoch,
-            "consumed": self.consumed,
-            "seed": self.dataset.params.seed,
-            "world_size": self.dataset.world_size,
-            "num_workers": self.num_workers,
-            "decode_errors": self.decode_errors,
-        }
-
-    def load_state_dict(self, state: Mapping[str, int]) -> None:
-        for key, mine in (
-            ("seed", self.dataset.params.seed),
-            ("world_size", self.dataset.world_size),
-            ("num_workers", self.num_workers),
-        ):
-            if int(state[key]) != mine:
-                raise ValueError(
-                    f"the checkpoint's loader was planned with {key}={state[key]}, this run has "
-                    f"{key}={mine}; resume with the same {key} to continue the stream exactly"
-                )
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        self.decode_errors = int(state["decode_errors"])
-
-    def _make_ring(self) -> ArenaRing | None:
-        """The workers' reusable batch slots, or None (a fresh segment per batch) when they
-        would take more than half of the free shared memory: a full /dev/shm kills
-        processes with SIGBUS instead of raising."""
-        per_worker = (self.prefetch_factor or 2) + RING_SPARE_SLOTS
-        slot_bytes = self.dataset.max_batch_bytes()
-        need = self.num_workers * per_worker * slot_bytes
-        free = shared_memory_free_bytes()
-        if free is not None and need > free // 2:
-            log.warning(
-                "loader: %d workers x %d batch slots of %.1f MB need %.0f MB of shared memory, "
-                "/dev/shm has %.0f MB free; sending each batch in a fresh segment instead "
-                "(slower). Give the container more shared memory (docker --shm-size) or "
-                "lower num_workers, batch_size or the largest crop.",
-                self.num_workers,
-                per_worker,
-                slot_bytes / 1e6,
-                need / 1e6,
-                free / 1e6,
-            )
-            return None
-        return ArenaRing(self.num_workers, per_worker, slot_bytes)
-
-    def _epoch_items(self) -> Iterator[LoaderItem]:
-        self.dataset.set_position(self.epoch, self.consumed)
-        if self.num_workers == 0:
-            yield from self.dataset
-            return
-        loader = self._loader
-        self.dataset.pack_items = True
-        if loader is None:
-            if self.dataset.ring is None:
-                self.dataset.ring = self._make_ring()
-            else:  # slots claimed by the workers of a loader that was shut down
-                self.dataset.ring.free_unleased()
-            loader = DataLoader(
-                self.dataset,
-                batch_size=None,
-                num_workers=self.num_workers,
-                prefetch_factor=self.prefetch_factor,
-                persistent_workers=self.persistent_workers,
-                worker_init_fn=_single_thread_worker,
-                collate_fn=_identity,
-            )
-        if self.persistent_workers:  # workers, open arrays and buffers outlive the epoch
-            self._loader = loader
-        waiting: dict[int, LoaderItem] = {}
-        expected = self.consumed
-        for received in loader:
-            ring = self.dataset.ring
-            item = unpack(received, ring) if isinstance(received, Packed) else received
-            waiting[item.index] = item
-            while expected in waiting:
-                yield waiting.pop(expected)
-                expected += 1
-        if waiting:
-            raise RuntimeError(f"loader workers skipped batches before {sorted(waiting)}")
-
-    def __iter__(self) -> Iterator[LoaderItem]:
-        """Endless: batches of this epoch from the position on, then the next epochs."""
-        while True:
-            if self.dataset.batches_in_epoch(self.epoch, self.num_workers) == 0:
-                raise ValueError(
-                    f"{self.dataset.store!r} gives rank {self.dataset.rank} no batch in an epoch "
-                    f"(done samples per shard: {[len(e) for e in self.dataset.eligible]}); "
-                    "lower batch_size or build more samples"
-                )
-            for item in self._epoch_items():
-                self.consumed += 1
-                self.decode_errors += item.decode_errors
-                self.decoded_bytes += item.decoded_bytes
-                yield item
-            self.epoch, self.consumed = self.epoch + 1, 0
-
-
-def shared_memory_free_bytes(path: str = "/dev/shm") -> int | None:
-    """Free bytes of the shared-memory filesystem, None where there is none to ask."""
-    try:
-        stat = os.statvfs(path)
-    except OSError:
-        return None
-    return stat.f_bavail * stat.f_frsize
-
-
-def _identity(item: LoaderItem) -> LoaderItem:
-    return item
-
-
-def _single_thread_worker(worker_id: int) -> None:
-    """Workers are the parallelism: intra-op threads would only contend with each other."""
-    torch.set_num_threads(1)

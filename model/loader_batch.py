@@ -19,13 +19,14 @@ upsampled mask with patch p (f = group resolution / 10 m).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from terracube.catalog.registry import BASE_RESOLUTION_M, band_group
 from terracube.model.batch import Batch, token_validity
 from terracube.model.groups import all_groups
+from terracube.model.masking import ViewMasks
 from terracube.model.normalize_stats import GroupNormalizer
 from torch import Tensor
 
@@ -120,3 +121,44 @@ def _repeat(x: Tensor, f: int) -> Tensor:
         return x
     *lead, h, w = x.shape
     return x[..., :, None, :, None].expand(*lead, h, f, w, f).reshape(*lead, h * f, w * f)
+
+
+@dataclass
+class LoaderItem:
+    """One batch as the training loop receives it: compact storage values (`raw`), its
+    masked views, and where it came from. `to(device)` gives the model's `Batch` there."""
+
+    raw: RawBatch
+    views: list[ViewMasks]
+    samples: tuple[int, ...]
+    epoch: int
+    index: int
+    decode_errors: int = 0
+    decoded_bytes: int = 0
+    normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
+    _cpu: Batch | None = field(default=None, repr=False, compare=False)
+    _slot: tuple[int, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)
+    """In a worker: (ring slot, its bytes, bytes used) the batch was built in."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.raw.batch_size
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The normalised 10 m `Batch`, computed on `device` from the compact tensors."""
+        if torch.device(device).type == "cpu":
+            return self.batch
+        return self.raw.materialize(self.normalizers, device)
+
+    @property
+    def batch(self) -> Batch:
+        """The normalised 10 m `Batch` on the CPU (computed once, then kept)."""
+        if self._cpu is None:
+            self._cpu = self.raw.materialize(self.normalizers, "cpu")
+        return self._cpu
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_cpu"] = None  # workers never send the materialised batch
+        state["_slot"] = None
+        return state

@@ -23,13 +23,7 @@ from terracube.model.loader_plan import (
     draw_geometry,
     round_robin,
 )
-from terracube.model.loader_shard import (
-    ShardLayout,
-    ShardReader,
-    byte_runs,
-    read_shard,
-    window_chunks,
-)
+from terracube.model.loader_shard import ShardReader, read_shard
 from terracube.model.loader_transport import pack, unpack
 from terracube.model.normalize_stats import (
     STATS_ATTR,
@@ -37,6 +31,7 @@ from terracube.model.normalize_stats import (
     group_normalizer,
     stats_command,
 )
+from terracube.model.shard_geometry import ShardLayout, byte_runs, window_chunks
 from terracube.model.zstd_into import ZstdInto
 from terracube.pipeline.corpus import Corpus, InnerChunking
 from torch.utils.data import DataLoader
@@ -583,13 +578,13 @@ def test_too_little_shared_memory_falls_back_to_a_segment_per_batch(
 ) -> None:
     """A ring that would not fit /dev/shm (where a full tmpfs kills with SIGBUS) is not
     created: the loader warns, names the fix, and sends the same batches the slow way."""
-    import terracube.model.loader as loader_module
+    import terracube.model.loader_stream as loader_stream
 
-    monkeypatch.setattr(loader_module, "shared_memory_free_bytes", lambda path="": 1_000_000)
+    monkeypatch.setattr(loader_stream, "shared_memory_free_bytes", lambda path="": 1_000_000)
     n = CorpusStream(corpus_path, SMALL).batches_in_epoch(0, 1)
     want = list(islice(StreamingLoader(CorpusStream(corpus_path, SMALL)), n))
     loader = StreamingLoader(CorpusStream(corpus_path, SMALL), num_workers=1)
-    with caplog.at_level("WARNING", logger="terracube.model.loader"):
+    with caplog.at_level("WARNING", logger="terracube.model.loader_stream"):
         got = list(islice(loader, n))
     assert loader.dataset.ring is None
     assert "--shm-size" in caplog.text

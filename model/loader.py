@@ -371,11 +371,11 @@ class CorpusStream(IterableDataset):
         geo = plan.geometry
         specs = self._arena_specs(geo, len(crops))
         info = get_worker_info()
+        used = carve_bytes(specs)
         claim = None
-        if self.ring is not None and info is not None and self.pack_items:
-            used = carve_bytes(specs)
-            if used <= self.ring.slot_bytes:
-                claim = self.ring.claim(info.id)
+        ring = self.ring
+        if ring is not None and info is not None and self.pack_items and used <= ring.slot_bytes:
+            claim = ring.claim(info.id)
         if claim is not None:
             arena = iter(carve(specs, shared=True, region=claim[1]))
         else:
@@ -414,7 +414,7 @@ class CorpusStream(IterableDataset):
             decode_errors=errors,
             decoded_bytes=decoded,
             normalizers=self.normalizers,
-            _slot=None if claim is None else (claim[0], claim[1], carve_bytes(specs)),
+            _slot=None if claim is None else (claim[0], claim[1], used),
         )
 
     def __iter__(self) -> Iterator[LoaderItem | Packed]:

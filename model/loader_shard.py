@@ -305,12 +305,18 @@ class ShardReader:
         """{local sample: its window's chunks, located} of shard `shard`: one index read for
         all the windows, and (remote stores) the chunk bytes in coalesced range requests.
         Local chunks are read when decoded (see `EncodedWindow`)."""
-        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
+        path, plans, flats = self._plan(shard, windows)
         if not plans:
             return {}
-        path = self._path(shard)
-        flats = np.concatenate([p.flats for p in plans.values()])
         return self._windows(path, plans, self._fetch(path, flats, read_now=False))
+
+    def _plan(
+        self, shard: int, windows: Mapping[int, Window]
+    ) -> tuple[str, dict[int, WindowChunks], np.ndarray]:
+        """Shard path, each window's chunks, and all their index slots in window order."""
+        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
+        flats = np.concatenate([p.flats for p in plans.values()]) if plans else np.zeros(0, int)
+        return self._path(shard), plans, flats
 
     async def fetch_async(
         self, shard: int, windows: Mapping[int, Window]
@@ -320,11 +326,9 @@ class ShardReader:
         of use. Nothing here decodes: that stays on the caller's thread."""
         if self._root is not None:
             raise ValueError(f"{self.arr.path}: a local array is read with fetch()")
-        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
+        path, plans, flats = self._plan(shard, windows)
         if not plans:
             return {}
-        path = self._path(shard)
-        flats = np.concatenate([p.flats for p in plans.values()])
         return self._windows(path, plans, await self._fetch_store(path, flats))
 
     def _windows(

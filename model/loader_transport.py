@@ -133,12 +133,18 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _offsets(specs: list[tuple[torch.dtype, tuple[int, ...]]]) -> tuple[list[int], int]:
+    """Each tensor's aligned byte offset in `carve`'s buffer, and the buffer's size."""
+    offsets, total = [], 0
+    for dtype, shape in specs:
+        offsets.append(total)
+        total = _aligned(total + torch.Size(shape).numel() * dtype.itemsize)
+    return offsets, total
+
+
 def carve_bytes(specs: list[tuple[torch.dtype, tuple[int, ...]]]) -> int:
     """Bytes `carve` lays these tensors out in."""
-    total = 0
-    for dtype, shape in specs:
-        total = _aligned(total + torch.Size(shape).numel() * dtype.itemsize)
-    return total
+    return _offsets(specs)[1]
 
 
 def carve(
@@ -149,10 +155,7 @@ def carve(
     """Uninitialised tensors of these (dtype, shape) laid out in one byte buffer — `region`
     (a ring slot) when given, else a new one, in shared memory when `shared` — so a worker
     can build a batch in place and `pack` it with no copy."""
-    offsets, total = [], 0
-    for dtype, shape in specs:
-        offsets.append(total)
-        total = _aligned(total + torch.Size(shape).numel() * dtype.itemsize)
+    offsets, total = _offsets(specs)
     if region is not None:
         if region.numel() < total:
             raise ValueError(f"{total} bytes of tensors do not fit a {region.numel()}-byte region")

@@ -437,7 +437,9 @@ class ShardReader:
         """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""
         layout = self.layout
         path = self._path(shard)
-        if self._root is not None and layout.n_chunks == 1:
+        if self._root is None:
+            return self._whole_from(shard, path, sync(self.fetch_whole_async(shard)))
+        if layout.n_chunks == 1:
             single = self._read_single_chunk_local(path)
             if single is not None:
                 return single[: self._shard_stop(shard)]
@@ -453,9 +455,23 @@ class ShardReader:
         self, shard: int
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
         """The bytes of every chunk of a remote shard, fetched but not decoded (decoding
-        stays on the thread that owns the zstd context); `whole_from` finishes the read."""
+        stays on the thread that owns the zstd context); `whole_from` finishes the read.
+        A one-chunk shard (per-sample metadata) comes in one request for the whole object
+        instead of an index request and a range request."""
+        path = self._path(shard)
         flats = np.arange(self.layout.n_chunks, dtype=np.int64)
-        return await self._fetch_store(self._path(shard), flats)
+        if self.layout.n_chunks != 1:
+            return await self._fetch_store(path, flats)
+        whole = await self._store.get(path, prototype=default_buffer_prototype())
+        if whole is None:
+            return None
+        raw = whole.to_bytes()
+        data_end = len(raw) - self.layout.index_bytes
+        if data_end < 0:
+            raise ShardDecodeError(f"{path}: {len(raw)} bytes cannot hold a shard index")
+        index = self._parse_index(path, raw[data_end:])
+        present, offsets, sizes = self._locate(path, index, flats, data_end)
+        return np.frombuffer(raw, dtype=np.uint8), present, offsets, sizes
 
     def whole_from(
         self,

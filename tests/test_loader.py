@@ -619,4 +619,18 @@ def test_window_reads_through_a_non_local_store_equal_zarr() -> None:
             want = arr[(2 * k + local, *(slice(a, b) for a, b in window))]
             np.testing.assert_array_equal(got[local], want)
         assert (nbytes > 0) == (k < 2)
+        np.testing.assert_array_equal(read_shard(arr, k), arr[2 * k : 2 * k + 2])
     assert (got[0] == 7).all()
+    # a one-chunk shard (per-sample metadata) comes whole, in one request
+    meta = zarr.create_array(
+        MemoryStore(),
+        shape=(5, 3),
+        chunks=(2, 3),
+        shards=(2, 3),
+        dtype="float32",
+        fill_value=-1,
+        compressors=(ZstdCodec(level=3),),
+    )
+    meta[:2] = np.arange(6, dtype=np.float32).reshape(2, 3)  # shards 1, 2 stay unwritten
+    for k in range(3):
+        np.testing.assert_array_equal(read_shard(meta, k), meta[2 * k : 2 * k + 2])

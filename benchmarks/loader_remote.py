@@ -9,7 +9,7 @@ Method (one process, one run):
   reads of the needed chunks), so the figures isolate how the loader waits on requests.
 - floor: the same loader through the same store API with no delay (decode, assembly
   and the store API's own CPU work: thread hops, buffer copies).
-- variants: `prefetch_shards=2` (the default: every array of a shard in one concurrent
+- variants: the default `prefetch_shards` (every array of a shard in one concurrent
   wave, the next shards in flight while one decodes) and `prefetch_shards=0` (each
   array of a shard read in turn, when needed: what the loader did before).
 - peer: zarr's own selection (`arr[sample, window]`) of the same windows, one sample
@@ -42,6 +42,7 @@ import torch
 import zarr
 from terracube.model.loader import CorpusStream
 from terracube.model.loader_plan import LoaderParams, sample_window
+from terracube.model.loader_remote import PREFETCH_SHARDS
 from terracube.pipeline import corpus as corpus_module
 from zarr.abc.store import Store
 from zarr.storage import LocalStore
@@ -122,18 +123,18 @@ def main() -> None:
         return max(rates)
 
     with_latency(None)
-    local = best(lambda: loader_epoch(path, 2))
+    local = best(lambda: loader_epoch(path, PREFETCH_SHARDS))
     with_latency(0.0)
-    no_latency = best(lambda: loader_epoch(path, 2))
+    no_latency = best(lambda: loader_epoch(path, PREFETCH_SHARDS))
     with_latency(latency)
-    prefetch = best(lambda: loader_epoch(path, 2))
+    prefetch = best(lambda: loader_epoch(path, PREFETCH_SHARDS))
     sequential = best(lambda: loader_epoch(path, 0, args.slow_batches))
     peer = best(lambda: zarr_epoch(path, latency, args.slow_batches))
     ms = f"{args.latency_ms:.0f} ms per read"
     print(f"corpus {path}, one loader in the process, best of {args.rounds} epochs")
     print(f"  local file, positioned reads (context):    {local:7.1f} samples/s")
     print(f"  store API, no latency (floor):              {no_latency:7.1f} samples/s")
-    print(f"  {ms}, prefetch 2 shards (default):   {prefetch:7.1f} samples/s")
+    print(f"  {ms}, prefetch {PREFETCH_SHARDS} shards (default):   {prefetch:7.1f} samples/s")
     print(f"  {ms}, prefetch 0, arrays in turn:    {sequential:7.1f} samples/s")
     print(f"  {ms}, zarr selection per sample:     {peer:7.1f} samples/s")
     print(

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from terracube.model.loader import CorpusStream
     from terracube.model.loader_plan import BatchPlan
 
-PREFETCH_SHARDS = 2
+PREFETCH_SHARDS = 4
 """Remote shards whose bytes a worker fetches ahead of the one it decodes."""
 
 

@@ -180,7 +180,7 @@ class CorpusStream(IterableDataset):
         if self._handles is not None and self._handles[0] == os.getpid():
             return self._handles[1]
         corpus = self._open()
-        names = [*self.groups, *(f"{g}_valid_fraction" for g in self.groups), "period_start"]
+        names = [*self.groups, *self._metadata_names()]
         arrays: dict[str, Any] = {name: corpus.array(name) for name in names}
         zstd = ZstdInto()  # one decompression context for every array of this process
         self._readers = {

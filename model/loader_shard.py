@@ -3,14 +3,14 @@
 A loader sample needs a timestep window and a crop, not the whole tile history.
 With the corpus's default layout — sharding with the index at the end ([bytes
 little-endian, crc32c]) over [bytes little-endian, zstd] inner chunks of
-(1, time, band, y, x) — `ShardReader` fetches the shard index with one suffix
-read, then only the byte ranges of the needed inner chunks (adjacent ones in one
-request), through the array's own store (local, S3, any fsspec URL), into one
-reused buffer. The chunks are zstd-decoded (`zstd_into`: one reused context, no
-per-call Python work) straight into a fresh (*grid, *chunk) block array per
-window, a `Mosaic`; the window is cut out of it once, when the batch is assembled,
-directly into the batch's shared buffer. Per chunk that is one C call; per window
-a handful of numpy copies.
+(1, time, band, y, x) — `ShardReader.fetch` reads each shard's index once (one
+suffix read) and lists the inner chunks each wanted window touches
+(`shard_geometry`); from a remote store (S3, any fsspec URL) it also fetches their
+byte ranges, adjacent ones in one request. `EncodedWindow.copy_to` then decodes,
+when the batch is assembled: per chunk one positioned read (local files) into a
+small reused buffer, one zstd call (`zstd_into`: libzstd, one reused context) into
+a small reused scratch that stays in the CPU cache, and one copy of the needed
+piece straight into the batch's buffer.
 
 zarr-python can do the same selection, but its async codec pipeline costs ~2x
 the zstd work on a loaded 2-core machine. Any other layout makes

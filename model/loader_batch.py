@@ -18,15 +18,18 @@ upsampled mask with patch p (f = group resolution / 10 m).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from terracube.catalog.registry import BASE_RESOLUTION_M, band_group
-from terracube.model.batch import Batch, token_validity
+from terracube.model.batch import TOKEN_VALID_FRACTION, Batch, token_validity
 from terracube.model.groups import all_groups
 from terracube.model.masking import ViewMasks
+from terracube.model.masking_kernel import pooled_validity
 from terracube.model.normalize_stats import GroupNormalizer
 from torch import Tensor
 
@@ -79,9 +82,15 @@ class RawBatch:
     def token_valid(self, group: str) -> Tensor:
         """bool (B, T, crop/p, crop/p), equal to `Batch.token_valid` of the materialised batch."""
         valid, f, p = self.valid[group], group_factor(group), self.patch_size
-        if p % f == 0:
+        if p % f:  # patch finer than the native pixel
+            return token_validity(_repeat(valid, f), p)
+        if valid.device.type != "cpu":
             return token_validity(valid, p // f)
-        return token_validity(_repeat(valid, f), p)  # patch finer than the native pixel
+        q = p // f  # compiled: the workers compute this for every group of every batch
+        b, t, h, w = valid.shape
+        out = np.empty((b, t, h // q, w // q), dtype=bool)
+        pooled_validity(valid.numpy(), q, math.ceil(TOKEN_VALID_FRACTION * q * q), out)
+        return torch.from_numpy(out)
 
     def materialize(
         self, normalizers: Mapping[str, GroupNormalizer], device: torch.device | str = "cpu"

@@ -124,3 +124,16 @@ def test_masking_runs_inside_a_dataloader_worker() -> None:
     (from_worker,) = list(DataLoader(_MaskingDataset(), batch_size=None, num_workers=1))
     (in_process,) = list(_MaskingDataset())
     assert all(torch.equal(from_worker[g], in_process[g]) for g in in_process)
+
+
+def test_split_picks_every_valid_token_equally_often() -> None:
+    """The split is a uniformly random subset: no position is favoured (a sampling bug
+    would favour early or late tokens). 9 valid tokens of 10: 5 encoded, 4 decoded."""
+    valid = torch.ones(6000, 1, 2, 5, dtype=torch.bool)
+    valid[:, 0, 1, 4] = False
+    masks = sample_view_masks({"s2_10m": valid}, torch.Generator().manual_seed(3))
+    encode = masks.encode["s2_10m"].float().mean(0).flatten()
+    decode = masks.decode["s2_10m"].float().mean(0).flatten()
+    assert encode[9] == 0 and decode[9] == 0
+    assert torch.allclose(encode[:9], torch.full((9,), 5 / 9), atol=0.03), encode
+    assert torch.allclose(decode[:9], torch.full((9,), 4 / 9), atol=0.03), decode

@@ -31,7 +31,14 @@ import google_crc32c
 import numpy as np
 import zarr
 from terracube.model.loader_plan import Window
-from terracube.model.shard_geometry import ShardLayout, WindowChunks, byte_runs, window_chunks
+from terracube.model.shard_geometry import (
+    MAX_AXES,
+    ShardLayout,
+    WindowChunks,
+    byte_runs,
+    window_chunks,
+)
+from terracube.model.shard_kernel import NATIVE, SHORT_READ, decode_window
 from terracube.model.zstd_into import ZstdFrameError, ZstdInto
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
@@ -150,6 +157,12 @@ class ShardReader:
         self._read_buffer = np.empty(0, dtype=np.uint8)
         self._scratch = np.empty(self.layout.chunk_shape[1:], dtype=self.dtype)
         self._read_decoder: tuple[np.ndarray, Callable[[int, int], None]] | None = None
+        self._native = self._zstd.native and NATIVE
+        """Windows decode in one compiled call (`shard_kernel`), else chunk by chunk here."""
+        pad = (1,) * (MAX_AXES + 1 - len(self.layout.chunk_shape))
+        self._scratch_bytes = self._scratch.reshape(pad + self._scratch.shape).view(np.uint8)
+        self._fill_bytes = np.array(arr.fill_value, dtype=self.dtype).reshape(1).view(np.uint8)
+        self._status = np.zeros(2, dtype=np.int64)
 
     # ------------------------------------------------------------------ bytes
     def _path(self, shard: int) -> str:
@@ -378,23 +391,68 @@ class ShardReader:
         return len(sizes) * self._chunk_nbytes
 
     def decode_into(self, window: EncodedWindow, out: np.ndarray) -> int:
-        """Decode a fetched window into `out` (its shape), chunk by chunk; bytes decoded."""
+        """Decode a fetched window into `out` (its shape), chunk by chunk; bytes decoded.
+        Compiled (`shard_kernel`) where libzstd links, else the same steps in Python."""
         plan = window.plan
         if out.shape != plan.extent:
             raise ValueError(f"window {plan.extent} does not fit an output of {out.shape}")
-        scratch = self._scratch
-        present, fill = window.present.tolist(), self.arr.fill_value
-        positions, sizes = window.positions.tolist(), window.sizes.tolist()
+        sizes = window.sizes
         fd = -1
         if window.buffer is not None:
             source = window.buffer
         else:
-            source = self._reused(max(sizes, default=0))
-            if sizes:
+            source = self._reused(int(sizes.max()) if len(sizes) else 0)
+            if len(sizes):
                 try:
                     fd = os.open(self._root_prefix + window.path, os.O_RDONLY)
                 except FileNotFoundError as exc:
                     raise ShardDecodeError(f"{window.path}: gone since its index was read") from exc
+        try:
+            if self._native and out.flags.c_contiguous:
+                self._decode_compiled(window, fd, source, out)
+            else:
+                self._decode_python(window, fd, source, out)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        return len(sizes) * self._chunk_nbytes
+
+    def _decode_compiled(
+        self, window: EncodedWindow, fd: int, source: np.ndarray, out: np.ndarray
+    ) -> None:
+        plan, status = window.plan, self._status
+        pad = (1,) * (MAX_AXES - out.ndim)
+        failed = decode_window(
+            self._zstd._context(),
+            fd,
+            source,
+            window.positions,
+            window.sizes,
+            window.present,
+            plan.piece_start,
+            plan.piece_stop,
+            plan.target_start,
+            self.dtype.itemsize,
+            self._scratch_bytes,
+            out.reshape(pad + out.shape).view(np.uint8),
+            self._fill_bytes,
+            status,
+        )
+        if failed < 0:
+            return
+        code, detail = int(status[0]), int(status[1])
+        chunk = int(plan.flats[failed])
+        if code == SHORT_READ:
+            raise ShardDecodeError(f"{window.path}: chunk {chunk}: short read ({detail} bytes)")
+        reason = self._zstd.describe(detail % 2**64, self._chunk_nbytes)
+        raise ShardDecodeError(f"{window.path}: chunk {chunk}: {reason}")
+
+    def _decode_python(
+        self, window: EncodedWindow, fd: int, source: np.ndarray, out: np.ndarray
+    ) -> None:
+        plan, scratch = window.plan, self._scratch
+        present, fill = window.present.tolist(), self.arr.fill_value
+        positions, sizes = window.positions.tolist(), window.sizes.tolist()
         view = memoryview(source)
         if source is self._read_buffer:  # the reused buffer: its decoder is reused too
             if self._read_decoder is None or self._read_decoder[0] is not source:
@@ -402,28 +460,23 @@ class ShardReader:
             decode = self._read_decoder[1]
         else:
             decode = self._zstd.frame_decoder(source, scratch)
-        try:
-            j = 0
-            for k, ((piece, target), written) in enumerate(zip(plan.copies, present, strict=True)):
-                if not written:
-                    out[target] = fill
-                    continue
-                at, size = positions[j], sizes[j]
-                if fd >= 0:
-                    if os.preadv(fd, [view[:size]], at) != size:
-                        raise ShardDecodeError(f"{window.path}: short read at byte {at}")
-                    at = 0
-                try:
-                    decode(at, size)
-                except ZstdFrameError as exc:
-                    chunk = int(plan.flats[k])
-                    raise ShardDecodeError(f"{window.path}: chunk {chunk}: {exc}") from exc
-                out[target] = scratch[piece]
-                j += 1
-        finally:
+        j = 0
+        for k, ((piece, target), written) in enumerate(zip(plan.copies, present, strict=True)):
+            if not written:
+                out[target] = fill
+                continue
+            at, size = positions[j], sizes[j]
             if fd >= 0:
-                os.close(fd)
-        return len(sizes) * self._chunk_nbytes
+                if os.preadv(fd, [view[:size]], at) != size:
+                    raise ShardDecodeError(f"{window.path}: short read at byte {at}")
+                at = 0
+            try:
+                decode(at, size)
+            except ZstdFrameError as exc:
+                chunk = int(plan.flats[k])
+                raise ShardDecodeError(f"{window.path}: chunk {chunk}: {exc}") from exc
+            out[target] = scratch[piece]
+            j += 1
 
     def read(self, shard: int, windows: Mapping[int, Window]) -> tuple[dict[int, np.ndarray], int]:
         """{local sample: its window's values} of shard `shard`, and the bytes decoded."""

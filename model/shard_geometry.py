@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
+import numba
 import numpy as np
 from terracube.model.loader_plan import Window
 
@@ -41,22 +42,48 @@ class ShardLayout:
         return tuple((0, s) for s in self.shard_shape[1:])
 
 
+MAX_AXES = 4
+"""Axes after the sample axis the compiled kernels handle (time, band, y, x)."""
+
+
 @dataclass(frozen=True)
 class WindowChunks:
     """The inner chunks a sample's window touches and which piece of each lands where
-    (pure geometry: testable without a store)."""
+    (pure geometry: testable without a store).
+
+    Boxes are int64 (chunks, 4): axes after the sample axis, padded in front to four
+    (start 0, stop 1) so one compiled copy loop serves every array."""
 
     flats: np.ndarray
     """int64: each touched chunk's slot in the shard index, C order over the touched grid."""
     window: Window
     """The window itself: (start, stop) per axis after the sample axis."""
-    copies: tuple[tuple[tuple[slice, ...], tuple[slice, ...]], ...]
-    """Per chunk of `flats`: (its piece of the decoded chunk, where that lands in the
-    window's array)."""
+    piece_start: np.ndarray
+    piece_stop: np.ndarray
+    """Per chunk: the box of the decoded chunk that the window needs."""
+    target_start: np.ndarray
+    """Per chunk: where that box starts in the window's array."""
 
     @property
     def extent(self) -> tuple[int, ...]:
         return tuple(stop - start for start, stop in self.window)
+
+    @property
+    def copies(self) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+        """Per chunk: (its piece of the decoded chunk, where that lands in the window's
+        array) as slices over the array's own axes."""
+        axes = len(self.window)
+        out = []
+        for lo, hi, at in zip(
+            self.piece_start[:, -axes:].tolist(),
+            self.piece_stop[:, -axes:].tolist(),
+            self.target_start[:, -axes:].tolist(),
+            strict=True,
+        ):
+            piece = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            target = tuple(slice(t, t + b - a) for a, b, t in zip(lo, hi, at, strict=True))
+            out.append((piece, target))
+        return out
 
 
 def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChunks:
@@ -66,29 +93,49 @@ def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChun
     inner = layout.chunk_shape[1:]
     if len(window) != len(inner):
         raise ValueError(f"window {window} has {len(window)} axes; the array has {len(inner)}")
+    if len(inner) > MAX_AXES:
+        raise ValueError(f"window {window}: at most {MAX_AXES} axes after the sample axis")
     for (start, stop), extent in zip(window, layout.shard_shape[1:], strict=True):
         if not 0 <= start < stop <= extent:
             raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
-    # (index slot, piece of the chunk, piece of the window), extended axis by axis in C order
-    # (plain comprehensions: this runs for every sample and group)
-    combos: list[tuple[int, tuple[slice, ...], tuple[slice, ...]]] = [
-        (local * layout.strides[0], (), ())
-    ]
-    for (start, stop), c, stride in zip(window, inner, layout.strides[1:], strict=True):
-        pieces = []
-        for p in range(start // c, (stop - 1) // c + 1):
-            lo, hi = max(start, p * c), min(stop, (p + 1) * c)
-            pieces.append(
-                (p * stride, slice(lo - p * c, hi - p * c), slice(lo - start, hi - start))
-            )
-        combos = [
-            (flat + offset, (*src, piece), (*dst, target))
-            for flat, src, dst in combos
-            for offset, piece, target in pieces
-        ]
-    flats = np.array([flat for flat, _, _ in combos], dtype=np.int64)
-    copies = tuple((src, dst) for _, src, dst in combos)
-    return WindowChunks(flats, tuple(window), copies)
+    pad = MAX_AXES - len(inner)
+    flats, piece_start, piece_stop, target_start = _chunk_boxes(
+        np.array([(0, 1)] * pad + list(window), dtype=np.int64),
+        np.array((1,) * pad + inner, dtype=np.int64),
+        np.array((0,) * pad + layout.strides[1:], dtype=np.int64),
+        local * layout.strides[0],
+    )
+    return WindowChunks(flats, tuple(window), piece_start, piece_stop, target_start)
+
+
+@numba.njit(cache=True, nogil=True)
+def _chunk_boxes(
+    window: np.ndarray, chunk: np.ndarray, strides: np.ndarray, base: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(index slots, piece starts, piece stops, target starts) of the chunks a 4-axis window
+    touches, in C order. Compiled: this runs for every sample and group."""
+    first = window[:, 0] // chunk
+    count = (window[:, 1] - 1) // chunk - first + 1
+    n = count[0] * count[1] * count[2] * count[3]
+    flats = np.empty(n, np.int64)
+    lo = np.empty((n, 4), np.int64)
+    hi = np.empty((n, 4), np.int64)
+    at = np.empty((n, 4), np.int64)
+    k = 0
+    for i0 in range(count[0]):
+        for i1 in range(count[1]):
+            for i2 in range(count[2]):
+                for i3 in range(count[3]):
+                    flat = base
+                    for axis, i in enumerate((i0, i1, i2, i3)):
+                        p = first[axis] + i
+                        start, stop, c = window[axis, 0], window[axis, 1], chunk[axis]
+                        a, b = max(start, p * c), min(stop, (p + 1) * c)
+                        lo[k, axis], hi[k, axis], at[k, axis] = a - p * c, b - p * c, a - start
+                        flat += p * strides[axis]
+                    flats[k] = flat
+                    k += 1
+    return flats, lo, hi, at
 
 
 def byte_runs(

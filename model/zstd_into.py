@@ -113,7 +113,7 @@ class ZstdInto:
         for k, (a, size, r) in enumerate(jobs):
             got = decompress(ctx, base_dst + r * row, row, base_src + a, size)
             if got != row:
-                raise ZstdFrameError(k, self._detail(got, row))
+                raise ZstdFrameError(k, self.describe(got, row))
 
     def _fallback(self, frame: np.ndarray, row: int, position: int) -> np.ndarray:
         """One frame through numcodecs, checked to hold exactly `row` bytes (decoding into a
@@ -126,7 +126,8 @@ class ZstdInto:
             raise ZstdFrameError(position, f"decoded {values.nbytes} bytes, not {row}")
         return values
 
-    def _detail(self, got: int, row: int) -> str:
+    def describe(self, got: int, row: int) -> str:
+        """What ZSTD_decompressDCtx returning `got` for a `row`-byte frame means."""
         assert self._lib is not None
         if self._lib.ZSTD_isError(got):
             return self._lib.ZSTD_getErrorName(got).decode()
@@ -156,6 +157,6 @@ class ZstdInto:
                 raise ValueError(f"frame {offset}+{size} outside the {limit}-byte source")
             got = decompress(ctx, base_dst, row, base_src + offset, size)
             if got != row:
-                raise ZstdFrameError(offset, self._detail(got, row))
+                raise ZstdFrameError(offset, self.describe(got, row))
 
         return decode_native

@@ -23,7 +23,7 @@ from terracube.model.loader_plan import (
     draw_geometry,
     round_robin,
 )
-from terracube.model.loader_shard import ShardReader, read_shard
+from terracube.model.loader_shard import ShardDecodeError, ShardReader, read_shard
 from terracube.model.loader_transport import pack, unpack
 from terracube.model.normalize_stats import (
     STATS_ATTR,
@@ -439,6 +439,25 @@ def test_window_reads_equal_zarr_selections(
         arr = corpus.array(name)  # one-chunk shards: the single-read path
         for k, span in enumerate(corpus.shards):
             np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_corrupt_chunk_names_its_shard_and_chunk(tmp_path: Path, native: bool) -> None:
+    """A chunk whose bytes are damaged (its index intact) fails its window's decode with
+    the shard file and chunk slot, in the compiled path and in the Python path."""
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, 32))
+    arr = corpus.array("s2_10m")
+    reader = ShardReader(arr, ZstdInto(native=native))
+    window = ((0, 1), (0, 4), (0, 64), (0, 64))
+    (encoded,) = reader.fetch(0, {0: window}).values()
+    shard_file = Path(reader._root_prefix + encoded.path)
+    raw = bytearray(shard_file.read_bytes())
+    first = int(encoded.positions[0])
+    raw[first : first + 8] = b"\xff" * 8  # the first frame's magic number and header
+    shard_file.write_bytes(bytes(raw))
+    with pytest.raises(ShardDecodeError, match=rf"{encoded.path}: chunk {encoded.plan.flats[0]}"):
+        encoded.copy_to(np.empty(encoded.shape, dtype=encoded.dtype))
 
 
 def test_normaliser_writes_into_a_given_buffer_and_refuses_a_wrong_one() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ COALESCE_GAP = 64 * 1024
 """Byte gap below which two needed chunks are fetched in one range request."""
 WHOLE_READ_BYTES = 64 * 1024
 """A local one-chunk shard up to this size is read with one call."""
+MAX_OPEN_SHARDS = 64
+"""Shard files a reader keeps open for pending windows; past it a window reopens its file
+when decoded (a shuffle buffer of thousands of samples must not exhaust descriptors)."""
 LOCAL_COALESCE_GAP = 0
 """Local files: only touching chunks share a read; copying a gap costs more than a syscall."""
 
@@ -85,6 +89,18 @@ def fast_path_supported(arr: zarr.Array) -> bool:
     )
 
 
+class OpenShard:
+    """A local shard file held open from its index read until its windows are decoded: one
+    open per shard instead of one per window, and every window reads the very file whose
+    index located its chunks. Closed when the last window referring to it is gone."""
+
+    __slots__ = ("__weakref__", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+
 class EncodedWindow:
     """One sample's window as the compressed chunks it needs, located but not decoded.
 
@@ -104,14 +120,14 @@ class EncodedWindow:
         present: np.ndarray,
         positions: np.ndarray,
         sizes: np.ndarray,
-        buffer: np.ndarray | None,
+        buffer: np.ndarray | OpenShard | None,
     ) -> None:
         self.reader, self.path, self.plan = reader, path, plan
         self.present = present
         """bool per chunk of `plan.flats`: written (else the fill value)."""
         self.positions, self.sizes = positions, sizes
-        """Per written chunk: where its bytes start — in `buffer`, or in the file at `path`
-        when `buffer` is None — and how many there are."""
+        """Per written chunk: where its bytes start — in `buffer`, or in the open local file
+        when `buffer` is an `OpenShard` — and how many there are."""
         self.buffer = buffer
 
     @property
@@ -163,6 +179,7 @@ class ShardReader:
         self._scratch_bytes = self._scratch.reshape(pad + self._scratch.shape).view(np.uint8)
         self._fill_bytes = np.array(arr.fill_value, dtype=self.dtype).reshape(1).view(np.uint8)
         self._status = np.zeros(2, dtype=np.int64)
+        self._held: weakref.WeakSet[OpenShard] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ bytes
     def _path(self, shard: int) -> str:
@@ -261,8 +278,8 @@ class ShardReader:
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
         """(buffer, written mask, positions, sizes) of chunks `flats`, or None for a shard
         never written. From a local file with `read_now` False only the index is read (the
-        buffer is None, positions are file offsets), else the chunks are read into the
-        reused buffer."""
+        buffer is an `OpenShard` holding the file open, or None past MAX_OPEN_SHARDS;
+        positions are file offsets), else the chunks are read into the reused buffer."""
         if self._root is None:
             return sync(self._fetch_store(path, flats))
         file = self._root_prefix + path
@@ -270,15 +287,20 @@ class ShardReader:
             fd = os.open(file, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        held = None
+        if not read_now and len(self._held) < MAX_OPEN_SHARDS:
+            held = OpenShard(fd)  # closes fd when its windows are gone
+            self._held.add(held)
         try:
             index, data_end = self._local_index(file, fd)
             present, offsets, sizes = self._locate(file, index, flats, data_end)
             if not read_now:
-                return None, present, offsets, sizes
+                return held, present, offsets, sizes
             buffer, positions = self._read_local(fd, file, offsets, sizes)
             return buffer, present, positions, sizes
         finally:
-            os.close(fd)
+            if held is None:
+                os.close(fd)
 
     def _read_single_chunk_local(self, path: str) -> np.ndarray | None:
         """A local shard of one inner chunk (per-sample metadata: a few hundred bytes) in
@@ -397,25 +419,25 @@ class ShardReader:
         if out.shape != plan.extent:
             raise ValueError(f"window {plan.extent} does not fit an output of {out.shape}")
         sizes = window.sizes
-        fd = -1
-        if window.buffer is not None:
-            source = window.buffer
-        else:
+        if isinstance(window.buffer, np.ndarray):
+            source, fd = window.buffer, -1
+        else:  # local: read each chunk from the shard file, held open since its index read
             source = self._reused(int(sizes.max()) if len(sizes) else 0)
-            if len(sizes):
-                try:
-                    fd = os.open(self._root_prefix + window.path, os.O_RDONLY)
-                except FileNotFoundError as exc:
-                    raise ShardDecodeError(f"{window.path}: gone since its index was read") from exc
-        try:
-            if self._native and out.flags.c_contiguous:
-                self._decode_compiled(window, fd, source, out)
-            else:
-                self._decode_python(window, fd, source, out)
-        finally:
-            if fd >= 0:
-                os.close(fd)
+            held = window.buffer
+            if held is None and len(sizes):  # more shards pending than MAX_OPEN_SHARDS
+                held = self._open(self._root_prefix + window.path, window.path)
+            fd = held.fd if held is not None else -1
+        if self._native and out.flags.c_contiguous:
+            self._decode_compiled(window, fd, source, out)
+        else:
+            self._decode_python(window, fd, source, out)
         return len(sizes) * self._chunk_nbytes
+
+    def _open(self, file: str, path: str) -> OpenShard:
+        try:
+            return OpenShard(os.open(file, os.O_RDONLY))
+        except FileNotFoundError as exc:
+            raise ShardDecodeError(f"{path}: gone since its index was read") from exc
 
     def _decode_compiled(
         self, window: EncodedWindow, fd: int, source: np.ndarray, out: np.ndarray

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
+from terracube.model import loader_shard
 from terracube.model.batch import validate_batch
 from terracube.model.groups import decode_only_groups
 from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
@@ -439,6 +440,26 @@ def test_window_reads_equal_zarr_selections(
         arr = corpus.array(name)  # one-chunk shards: the single-read path
         for k, span in enumerate(corpus.shards):
             np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
+
+
+def test_windows_past_the_open_file_cap_reopen_their_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holds at most MAX_OPEN_SHARDS files open for pending windows; the windows
+    of later shards reopen their file when decoded, with the same values."""
+    monkeypatch.setattr(loader_shard, "MAX_OPEN_SHARDS", 1)
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, 32))
+    arr = corpus.array("s2_10m")
+    reader = ShardReader(arr)
+    window = ((0, 2), (0, 4), (10, 70), (5, 37))
+    pending = [reader.fetch(k, {0: window}) for k in range(len(corpus.shards))]
+    assert len(pending) >= 2
+    held = [isinstance(p[0].buffer, loader_shard.OpenShard) for p in pending]
+    assert held == [True] + [False] * (len(pending) - 1)
+    for k, span in enumerate(corpus.shards):
+        want = arr[(span.start, *(slice(a, b) for a, b in window))]
+        np.testing.assert_array_equal(np.asarray(pending[k][0]), want)
 
 
 @pytest.mark.parametrize("native", [True, False])

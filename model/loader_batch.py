@@ -29,8 +29,8 @@ from terracube.catalog.registry import BASE_RESOLUTION_M, band_group
 from terracube.model.batch import TOKEN_VALID_FRACTION, Batch, token_validity
 from terracube.model.groups import all_groups
 from terracube.model.masking import ViewMasks
-from terracube.model.masking_kernel import pooled_validity
 from terracube.model.normalize_stats import GroupNormalizer
+from terracube.model.validity_kernel import pooled_validity
 from torch import Tensor
 
 

@@ -119,19 +119,3 @@ def mask_views(
                     side = 0 if enc else 1
                     for j in range(at, at + sizes[g]):
                         out[v, side, j] = valid[j]
-
-
-@numba.njit(cache=True, nogil=True)
-def pooled_validity(valid: np.ndarray, q: int, need: int, out: np.ndarray) -> None:
-    """`out` (B, T, H/q, W/q) := at least `need` of the q x q pixels of `valid` (B, T, H, W)
-    under each cell are valid. The workers' token validity (see `RawBatch.token_valid`)."""
-    batch, steps, rows, cols = out.shape
-    for b in range(batch):
-        for t in range(steps):
-            for i in range(rows):
-                for j in range(cols):
-                    count = 0
-                    for y in range(i * q, i * q + q):
-                        for x in range(j * q, j * q + q):
-                            count += valid[b, t, y, x]
-                    out[b, t, i, j] = count >= need

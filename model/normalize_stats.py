@@ -20,12 +20,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import cache
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
 from terracube.catalog.registry import MODALITIES, band_group
+from terracube.model.validity_kernel import and_pixel_validity
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState
 from torch import Tensor
@@ -178,6 +180,14 @@ def stats_command(
 # --------------------------------------------------------------------------- normaliser
 
 
+@cache
+def _nodata_arrays(nodata: tuple[float, ...], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Per band: nodata in the values' dtype (what numpy compares against) and NaN flags."""
+    nan = np.array([isinstance(v, float) and math.isnan(v) for v in nodata])
+    values = np.array([0 if n else v for v, n in zip(nodata, nan, strict=True)])
+    return values.astype(dtype), nan
+
+
 @dataclass(frozen=True)
 class GroupNormalizer:
     """Turns one group's storage values into model channels (float32) plus pixel validity.
@@ -198,6 +208,13 @@ class GroupNormalizer:
         """bool (..., H, W) from (..., band, H, W): every band holds a value. With `out`,
         the result is ANDed into it (the loader passes the timestep-presence mask)."""
         ok = np.ones(x.shape[:-3] + x.shape[-2:], dtype=bool) if out is None else out
+        if x.ndim >= 3 and x.flags.c_contiguous and ok.flags.c_contiguous and x.size:
+            nodata, nan = _nodata_arrays(self.nodata, x.dtype)
+            lead = math.prod(x.shape[:-3])
+            and_pixel_validity(
+                x.reshape(lead, *x.shape[-3:]), nodata, nan, ok.reshape(lead, *x.shape[-2:])
+            )
+            return ok
         if len(set(map(str, self.nodata))) == 1:  # one nodata for every band: one pass
             ok &= valid_values(x, self.nodata[0]).all(axis=-3)
             return ok

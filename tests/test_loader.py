@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections import Counter
 from itertools import islice
@@ -28,6 +29,7 @@ from terracube.model.loader_shard import ShardDecodeError, ShardReader, read_sha
 from terracube.model.loader_transport import pack, unpack
 from terracube.model.normalize_stats import (
     STATS_ATTR,
+    GroupNormalizer,
     compute_stats,
     group_normalizer,
     stats_command,
@@ -479,6 +481,34 @@ def test_a_corrupt_chunk_names_its_shard_and_chunk(tmp_path: Path, native: bool)
     shard_file.write_bytes(bytes(raw))
     with pytest.raises(ShardDecodeError, match=rf"{encoded.path}: chunk {encoded.plan.flats[0]}"):
         encoded.copy_to(np.empty(encoded.shape, dtype=encoded.dtype))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata"),
+    [("uint16", (0.0, 0.0, 7.0)), ("uint8", (0.0, 0.0, 0.0)), ("float32", (math.nan, -1.5, 0.0))],
+)
+def test_compiled_pixel_validity_equals_the_numpy_comparison(
+    dtype: str, nodata: tuple[float, ...]
+) -> None:
+    """The compiled pass (contiguous input) and numpy's comparisons (any other layout) agree,
+    per band nodata and NaN included, and both AND into a given mask."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (3, 2, 3, 9, 9)).astype(dtype)
+    for band, value in enumerate(nodata):
+        hit = rng.random((3, 2, 9, 9)) < 0.1
+        x[:, :, band][hit] = value
+    norm = GroupNormalizer("test", "standard", np.zeros(3), np.ones(3), nodata)
+    present = rng.random((3, 2, 9, 9)) < 0.9
+    compiled = norm.pixel_valid(x, out=present.copy())
+    fortran = np.asfortranarray(x)  # not C-contiguous: numpy's path
+    assert not fortran.flags.c_contiguous
+    strided = norm.pixel_valid(fortran, out=present.copy())
+    want = present.copy()
+    for band, value in enumerate(nodata):
+        want &= ~np.isnan(x[:, :, band]) if math.isnan(value) else x[:, :, band] != value
+    np.testing.assert_array_equal(compiled, want)
+    np.testing.assert_array_equal(strided, want)
+    assert 0 < want.sum() < want.size
 
 
 def test_normaliser_writes_into_a_given_buffer_and_refuses_a_wrong_one() -> None:

@@ -1,0 +1,46 @@
+"""Compiled pixel and token validity: run for every group of every batch in the workers.
+
+In numpy each is a handful of whole-batch passes (compare, reduce over bands, AND; or
+cast, pool, compare) with temporaries the size of the batch; here each is one pass.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def and_pixel_validity(
+    values: np.ndarray, nodata: np.ndarray, nan: np.ndarray, out: np.ndarray
+) -> None:
+    """`out` (L, H, W) &= every band of `values` (L, band, H, W) holds a value: not equal to
+    its band's `nodata` (same dtype as `values`), or not NaN where `nan[band]`."""
+    lead, bands, rows, cols = values.shape
+    for i in range(lead):
+        for b in range(bands):  # band-major: each pass is a vectorisable sweep of one plane
+            plane, mask, missing = values[i, b], out[i], nodata[b]
+            if nan[b]:
+                for y in range(rows):
+                    for x in range(cols):
+                        mask[y, x] &= plane[y, x] == plane[y, x]
+            else:
+                for y in range(rows):
+                    for x in range(cols):
+                        mask[y, x] &= plane[y, x] != missing
+
+
+@numba.njit(cache=True, nogil=True)
+def pooled_validity(valid: np.ndarray, q: int, need: int, out: np.ndarray) -> None:
+    """`out` (B, T, H/q, W/q) := at least `need` of the q x q pixels of `valid` (B, T, H, W)
+    under each cell are valid. The workers' token validity (see `RawBatch.token_valid`)."""
+    batch, steps, rows, cols = out.shape
+    for b in range(batch):
+        for t in range(steps):
+            for i in range(rows):
+                for j in range(cols):
+                    count = 0
+                    for y in range(i * q, i * q + q):
+                        for x in range(j * q, j * q + q):
+                            count += valid[b, t, y, x]
+                    out[b, t, i, j] = count >= need

@@ -306,22 +306,25 @@ class CorpusStream(IterableDataset):
             errors += group_errors
             nbytes += group_bytes
             fraction = self._metadata(arrays, f"{g}_valid_fraction", k, fetched)
-            done = self.done[band_group(g).modality]
+            done = self.done[band_group(g).modality][span.start : span.stop]
+            # (shard samples, T or 1): timestep present and modality done, in one pass
+            present = (fraction.reshape(len(done), -1) > 0) & done[:, None]
             for i in mine:
-                plan, b = wanted[i]
-                row = rows[i]
-                crops[i].data[g] = row
-                f = np.atleast_1d(fraction[i - span.start])
+                crops[i].data[g] = rows[i]
                 if temporal:
-                    f = f[plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
-                crops[i].present[g] = (f > 0) & bool(done[i])
+                    plan, b = wanted[i]
+                    start = plan.starts[b]
+                    crops[i].present[g] = present[
+                        i - span.start, start : start + plan.geometry.timesteps
+                    ]
+                else:
+                    crops[i].present[g] = present[i - span.start]
         days = self._metadata(arrays, "period_start", k, fetched).astype(np.int64)
+        months = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
         for i in mine:
             plan, b = wanted[i]
-            d = days[i - span.start][plan.starts[b] : plan.starts[b] + plan.geometry.timesteps]
-            crops[i].months = (
-                d.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
-            )
+            start = plan.starts[b]
+            crops[i].months = months[i - span.start, start : start + plan.geometry.timesteps]
         return crops, errors, nbytes
 
     def _metadata(
@@ -340,30 +343,30 @@ class CorpusStream(IterableDataset):
     def _arena_specs(
         self, geo: BatchGeometry, batch: int
     ) -> list[tuple[torch.dtype, tuple[int, ...]]]:
-        """(dtype, shape) of each group's values and validity, in arena order."""
+        """(dtype, shape) of everything a batch holds, in arena order: each group's values
+        and validity, then the months and every view's encode/decode masks (all groups'
+        tokens side by side, as `mask_batch` lays them out)."""
         specs = []
+        tokens = 0
         for g in self.groups:
             group = band_group(g)
             side = geo.crop // group_factor(g)
             steps = geo.timesteps if is_temporal(group) else 1
             shape = (batch, steps, len(group.bands), side, side)
             specs += [(_TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
+            tokens += batch * steps * (geo.crop // geo.patch) ** 2
+        specs.append((torch.int64, (batch, geo.timesteps)))
+        specs.append((torch.bool, (self.params.num_views, 2, tokens)))
         return specs
 
     def max_batch_bytes(self) -> int:
-        """Upper bound of one batch's bytes in a ring slot: its arena plus the masks and
-        months `pack` copies after it, for the largest geometry the params allow."""
-        most = 0
+        """Upper bound of one batch's bytes in a ring slot, for the largest geometry the
+        params allow."""
         b = self.params.batch_size
-        for geo in possible_geometries(self.params, self.shape):
-            tokens = 0
-            for g in self.groups:
-                steps = geo.timesteps if is_temporal(band_group(g)) else 1
-                tokens += _ALIGN_PAD + b * steps * (geo.crop // geo.patch) ** 2
-            masks = 2 * self.params.num_views * tokens  # encode + decode per view, bool
-            months = _ALIGN_PAD + b * geo.timesteps * 8
-            most = max(most, carve_bytes(self._arena_specs(geo, b)) + masks + months)
-        return most
+        return max(
+            carve_bytes(self._arena_specs(geo, b))
+            for geo in possible_geometries(self.params, self.shape)
+        )
 
     def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
         """Storage values and validity at native resolution, in one (shared) arena: a ring
@@ -401,10 +404,11 @@ class CorpusStream(IterableDataset):
                     values[b] = 0
                     ok[b] = False
             self.normalizers[g].pixel_valid(values, out=ok)
-        months = torch.from_numpy(np.stack([c.months for c in crops]))
+        months = next(arena)
+        np.stack([c.months for c in crops], out=months.numpy())
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
         generator = torch.Generator().manual_seed(plan.masking_seed)
-        views = mask_batch(batch, generator, self.params.num_views)
+        views = mask_batch(batch, generator, self.params.num_views, out=next(arena).numpy())
         return LoaderItem(
             batch,
             views,

@@ -42,7 +42,10 @@ def _encodable(groups: tuple[str, ...]) -> np.ndarray:
 
 
 def _masks(
-    token_valid: dict[str, Tensor], generator: torch.Generator, views: int
+    token_valid: dict[str, Tensor],
+    generator: torch.Generator,
+    views: int,
+    out: np.ndarray | None = None,
 ) -> list[ViewMasks]:
     """`views` masked views (see module doc). Spelled out with plain lists: this runs for
     every batch in every worker, and numpy's per-call cost exceeds the kernel's work."""
@@ -55,7 +58,13 @@ def _masks(
     lengths = [v.size for v in flat]
     starts = [0, *accumulate(lengths[:-1])]
     sizes = [n // batch if batch else 0 for n in lengths]
-    out = np.empty((views, 2, sum(lengths)), dtype=bool)
+    shape = (views, 2, sum(lengths))
+    if out is None:
+        out = np.empty(shape, dtype=bool)
+    elif out.shape != shape or out.dtype != bool or not out.flags.c_contiguous:
+        raise ValueError(
+            f"out is {out.dtype}{out.shape}; the masks need a C-contiguous bool{shape}"
+        )
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     mask_views(
         np.concatenate(flat),
@@ -95,9 +104,14 @@ class TokenValidity(Protocol):
 
 
 def mask_batch(
-    batch: TokenValidity, generator: torch.Generator, num_views: int = 2
+    batch: TokenValidity,
+    generator: torch.Generator,
+    num_views: int = 2,
+    out: np.ndarray | None = None,
 ) -> list[ViewMasks]:
-    """`num_views` independent masked views of a batch (two for the contrastive loss)."""
+    """`num_views` independent masked views of a batch (two for the contrastive loss).
+    With `out` (bool (num_views, 2, all groups' tokens)) the masks are views of it: the
+    loader passes memory of the batch's shared slot."""
     if num_views < 1:
         raise ValueError(f"num_views={num_views}; need at least one view")
-    return _masks({g: batch.token_valid(g) for g in batch.groups}, generator, num_views)
+    return _masks({g: batch.token_valid(g) for g in batch.groups}, generator, num_views, out)

@@ -12,6 +12,10 @@ import numba
 import numpy as np
 from terracube.model.loader_plan import Window
 
+MAX_AXES = 4
+"""Axes after the sample axis the compiled kernels handle (time, band, y, x)."""
+_PAD_WINDOW = [((0, 1),) * n for n in range(MAX_AXES + 1)]
+
 
 @dataclass(frozen=True)
 class ShardLayout:
@@ -38,12 +42,16 @@ class ShardLayout:
         """Index size at the end of a shard: (offset, nbytes) uint64 per chunk + crc32c."""
         return 16 * self.n_chunks + 4
 
+    @cached_property
+    def padded(self) -> tuple[np.ndarray, np.ndarray]:
+        """Inner chunk shape and grid strides after the sample axis, padded in front to
+        MAX_AXES axes (size 1, stride 0), as the compiled kernels take them."""
+        pad = MAX_AXES - (len(self.chunk_shape) - 1)
+        chunk = np.array((1,) * pad + self.chunk_shape[1:], dtype=np.int64)
+        return chunk, np.array((0,) * pad + self.strides[1:], dtype=np.int64)
+
     def full_window(self) -> Window:
         return tuple((0, s) for s in self.shard_shape[1:])
-
-
-MAX_AXES = 4
-"""Axes after the sample axis the compiled kernels handle (time, band, y, x)."""
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,11 @@ def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChun
         if not 0 <= start < stop <= extent:
             raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
     pad = MAX_AXES - len(inner)
+    chunk, strides = layout.padded
     flats, piece_start, piece_stop, target_start = _chunk_boxes(
-        np.array([(0, 1)] * pad + list(window), dtype=np.int64),
-        np.array((1,) * pad + inner, dtype=np.int64),
-        np.array((0,) * pad + layout.strides[1:], dtype=np.int64),
+        np.array(_PAD_WINDOW[pad] + tuple(window), dtype=np.int64),
+        chunk,
+        strides,
         local * layout.strides[0],
     )
     return WindowChunks(flats, tuple(window), piece_start, piece_stop, target_start)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from terracube.model.loader_batch import LoaderItem
+from terracube.model.loader_kernels import compile_kernels
 from terracube.model.loader_transport import ArenaRing, Packed, unpack
 from torch.utils.data import DataLoader
 
@@ -112,6 +113,7 @@ class StreamingLoader:
         loader = self._loader
         self.dataset.pack_items = True
         if loader is None:
+            compile_kernels()  # before the fork: workers inherit the machine code
             if self.dataset.ring is None:
                 self.dataset.ring = self._make_ring()
             else:  # slots claimed by the workers of a loader that was shut down

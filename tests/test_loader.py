@@ -704,3 +704,23 @@ def test_window_reads_through_a_non_local_store_equal_zarr() -> None:
     meta[:2] = np.arange(6, dtype=np.float32).reshape(2, 3)  # shards 1, 2 stay unwritten
     for k in range(3):
         np.testing.assert_array_equal(read_shard(meta, k), meta[2 * k : 2 * k + 2])
+
+
+def test_workers_inherit_every_compiled_kernel_specialisation(corpus_path: Path) -> None:
+    """`compile_kernels` (run before the workers fork) covers every type signature an epoch
+    uses, so no worker compiles at its first batch."""
+    from terracube.model import masking_kernel, shard_geometry, shard_kernel, validity_kernel
+    from terracube.model.loader_kernels import compile_kernels
+
+    compile_kernels()
+    kernels = [
+        masking_kernel.mask_views,
+        validity_kernel.pooled_validity,
+        validity_kernel.and_pixel_validity,
+        shard_geometry._chunk_boxes,
+        shard_kernel.decode_window,
+    ]
+    before = [len(k.signatures) for k in kernels]
+    dataset = CorpusStream(corpus_path, SMALL)
+    assert list(dataset.iter_plans(dataset.plans(0, 0, 1)))
+    assert [len(k.signatures) for k in kernels] == before

@@ -80,7 +80,9 @@ class BenchConfig:
     samples: int = 96
     periods: int = 6
     per_shard: int = 4
-    batch_size: int = 4
+    batch_size: int = LoaderParams.batch_size
+    """The loader's and `terracube pretrain`'s default (8)."""
+    shuffle_buffer: int = LoaderParams.shuffle_buffer
     token_budget: int = 4096
     rounds: int = 7
     batches: int = 16
@@ -319,12 +321,10 @@ def main() -> None:
         f"corpus: {cfg.samples} samples x {cfg.periods} periods, every band group, {root} "
         f"(ready in {time.perf_counter() - t_build:.0f} s; reused when present)"
     )
-    params = LoaderParams(
+    params = LoaderParams(  # the defaults: crops 32/64/128 px, patches 4/8 px
         batch_size=cfg.batch_size,
-        crop_sizes=(32, 64, 128),
-        patch_sizes=(4, 8),
         token_budget=cfg.token_budget,
-        shuffle_buffer=16,
+        shuffle_buffer=cfg.shuffle_buffer,
     )
     # fork the workers first, so they do not inherit the floor's in-memory shards
     loaders = {w: TimedLoader(path, params, w, cfg.warmup) for w in (1, 2)}

@@ -35,12 +35,18 @@ def pooled_validity(valid: np.ndarray, q: int, need: int, out: np.ndarray) -> No
     """`out` (B, T, H/q, W/q) := at least `need` of the q x q pixels of `valid` (B, T, H, W)
     under each cell are valid. The workers' token validity (see `RawBatch.token_valid`)."""
     batch, steps, rows, cols = out.shape
+    width = valid.shape[3]
+    column = np.zeros(width, np.int32)  # valid pixels per column over a row of cells
     for b in range(batch):
         for t in range(steps):
             for i in range(rows):
+                column[:] = 0
+                for y in range(i * q, i * q + q):
+                    line = valid[b, t, y]
+                    for x in range(width):  # contiguous: vectorised
+                        column[x] += line[x]
                 for j in range(cols):
                     count = 0
-                    for y in range(i * q, i * q + q):
-                        for x in range(j * q, j * q + q):
-                            count += valid[b, t, y, x]
+                    for x in range(j * q, j * q + q):
+                        count += column[x]
                     out[b, t, i, j] = count >= need

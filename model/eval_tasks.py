@@ -90,7 +90,7 @@ class EvalSet:
         data, valid = {}, {}
         for g, raw in self.raw.items():
             x = raw[index]
-            ok = normalizers[g].pixel_valid(x) & self.present[g][index][:, :, None, None]
+            ok = normalizers[g].pixel_valid(x, present=self.present[g][index])
             data[g] = torch.from_numpy(np.ascontiguousarray(normalizers[g](x, ok)))
             valid[g] = torch.from_numpy(np.ascontiguousarray(ok))
         return Batch(data, valid, torch.from_numpy(self.months[index]), patch_size=patch_size)

@@ -390,6 +390,7 @@ class CorpusStream(IterableDataset):
             raw[g], valid[g] = next(arena), next(arena)
             values, ok = raw[g].numpy(), valid[g].numpy()
             temporal = is_temporal(band_group(g))
+            rows = np.zeros(ok.shape[:2], dtype=bool)  # (B, T): placed and present
             for b, (sample, crop) in enumerate(zip(plan.samples, crops, strict=True)):
                 data, present = crop.data[g], crop.present[g]
                 placed = False
@@ -399,11 +400,10 @@ class CorpusStream(IterableDataset):
                     errors += not placed
                     decoded += nbytes
                 if placed:
-                    ok[b] = present[:, None, None]
+                    rows[b] = present
                 else:
                     values[b] = 0
-                    ok[b] = False
-            self.normalizers[g].pixel_valid(values, out=ok)
+            self.normalizers[g].pixel_valid(values, present=rows, out=ok)
         months = next(arena)
         np.stack([c.months for c in crops], out=months.numpy())
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)

@@ -13,7 +13,7 @@ from terracube.model.groups import all_groups
 from terracube.model.masking_kernel import mask_views
 from terracube.model.shard_geometry import ShardLayout, window_chunks
 from terracube.model.shard_kernel import decode_window
-from terracube.model.validity_kernel import and_pixel_validity, pooled_validity
+from terracube.model.validity_kernel import pixel_validity, pooled_validity
 
 
 def compile_kernels() -> None:
@@ -28,7 +28,8 @@ def compile_kernels() -> None:
     pooled_validity(np.ones((1, 1, 1, 1), bool), 1, 1, np.empty((1, 1, 1, 1), bool))
     for dtype in {np.dtype(band_group(g).dtype) for g in all_groups()}:
         pixels = np.zeros((1, 1, 1, 1), dtype)
-        and_pixel_validity(pixels, np.zeros(1, dtype), np.zeros(1, bool), np.ones((1, 1, 1), bool))
+        flags, out = np.zeros(1, bool), np.ones((1, 1, 1), bool)
+        pixel_validity(pixels, np.zeros(1, dtype), flags, flags, out)
     window_chunks(ShardLayout((1, 1), (1, 1)), 0, ((0, 1),))
     byte, boxes = np.zeros((1, 1, 1, 1), np.uint8), np.zeros((0, 4), np.int64)
     status = np.zeros(2, np.int64)

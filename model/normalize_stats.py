@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import zarr
 from terracube.catalog.registry import MODALITIES, band_group
-from terracube.model.validity_kernel import and_pixel_validity
+from terracube.model.validity_kernel import pixel_validity
 from terracube.pipeline.corpus import Corpus
 from terracube.pipeline.corpus_schema import SampleState
 from torch import Tensor
@@ -204,17 +204,28 @@ class GroupNormalizer:
     nodata: tuple[float, ...]
     classes: tuple[int, ...] = ()
 
-    def pixel_valid(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """bool (..., H, W) from (..., band, H, W): every band holds a value. With `out`,
-        the result is ANDed into it (the loader passes the timestep-presence mask)."""
-        ok = np.ones(x.shape[:-3] + x.shape[-2:], dtype=bool) if out is None else out
-        if x.ndim >= 3 and x.flags.c_contiguous and ok.flags.c_contiguous and x.size:
+    def pixel_valid(
+        self, x: np.ndarray, present: np.ndarray | None = None, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """bool (..., H, W) from (..., band, H, W): every band holds a value and, with
+        `present` (bool x.shape[:-3], e.g. the timesteps the loader placed), its row is
+        present; absent rows' values are not read. Written into `out` when given."""
+        lead_shape = x.shape[:-3]
+        if present is None:
+            present = np.ones(lead_shape, dtype=bool)
+        ok = np.empty(lead_shape + x.shape[-2:], dtype=bool) if out is None else out
+        if x.ndim >= 3 and x.flags.c_contiguous and ok.flags.c_contiguous:
             nodata, nan = _nodata_arrays(self.nodata, x.dtype)
-            lead = math.prod(x.shape[:-3])
-            and_pixel_validity(
-                x.reshape(lead, *x.shape[-3:]), nodata, nan, ok.reshape(lead, *x.shape[-2:])
+            lead = math.prod(lead_shape)
+            pixel_validity(
+                x.reshape(lead, *x.shape[-3:]),
+                nodata,
+                nan,
+                np.ascontiguousarray(present, dtype=bool).reshape(lead),
+                ok.reshape(lead, *x.shape[-2:]),
             )
             return ok
+        ok[...] = present[..., None, None]
         if len(set(map(str, self.nodata))) == 1:  # one nodata for every band: one pass
             ok &= valid_values(x, self.nodata[0]).all(axis=-3)
             return ok

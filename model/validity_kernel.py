@@ -11,15 +11,20 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def and_pixel_validity(
-    values: np.ndarray, nodata: np.ndarray, nan: np.ndarray, out: np.ndarray
+def pixel_validity(
+    values: np.ndarray, nodata: np.ndarray, nan: np.ndarray, present: np.ndarray, out: np.ndarray
 ) -> None:
-    """`out` (L, H, W) &= every band of `values` (L, band, H, W) holds a value: not equal to
-    its band's `nodata` (same dtype as `values`), or not NaN where `nan[band]`."""
+    """`out` (L, H, W) := row l is `present` and every band of `values` (L, band, H, W)
+    holds a value there: not equal to its band's `nodata` (same dtype as `values`), or not
+    NaN where `nan[band]`. Absent rows' values are never read."""
     lead, bands, rows, cols = values.shape
     for i in range(lead):
+        mask = out[i]
+        mask[:] = present[i]
+        if not present[i]:
+            continue
         for b in range(bands):  # band-major: each pass is a vectorisable sweep of one plane
-            plane, mask, missing = values[i, b], out[i], nodata[b]
+            plane, missing = values[i, b], nodata[b]
             if nan[b]:
                 for y in range(rows):
                     for x in range(cols):

@@ -30,7 +30,7 @@ def compile_kernels() -> None:
         pixels = np.zeros((1, 1, 1, 1), dtype)
         flags, out = np.zeros(1, bool), np.ones((1, 1, 1), bool)
         pixel_validity(pixels, np.zeros(1, dtype), flags, flags, out)
-    window_chunks(ShardLayout((1, 1), (1, 1)), 0, ((0, 1),))
+    window_chunks(ShardLayout((1, 1), (1, 1)), 0, ((0, 1),))  # one compiled call per shard
     byte, boxes = np.zeros((1, 1, 1, 1), np.uint8), np.zeros((0, 4), np.int64)
     status = np.zeros(2, np.int64)
     decode_window(

@@ -37,7 +37,7 @@ from terracube.model.shard_geometry import (
     ShardLayout,
     WindowChunks,
     byte_runs,
-    window_chunks,
+    shard_window_chunks,
 )
 from terracube.model.shard_kernel import NATIVE, SHORT_READ, decode_window
 from terracube.model.zstd_into import ZstdFrameError, ZstdInto
@@ -349,8 +349,7 @@ class ShardReader:
         self, shard: int, windows: Mapping[int, Window]
     ) -> tuple[str, dict[int, WindowChunks], np.ndarray]:
         """Shard path, each window's chunks, and all their index slots in window order."""
-        plans = {local: window_chunks(self.layout, local, w) for local, w in windows.items()}
-        flats = np.concatenate([p.flats for p in plans.values()]) if plans else np.zeros(0, int)
+        plans, flats = shard_window_chunks(self.layout, windows)
         return self._path(shard), plans, flats
 
     async def fetch_async(

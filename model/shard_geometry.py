@@ -5,6 +5,7 @@ benchmark's decode floor selects exactly the chunks the loader decodes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -49,6 +50,12 @@ class ShardLayout:
         pad = MAX_AXES - (len(self.chunk_shape) - 1)
         chunk = np.array((1,) * pad + self.chunk_shape[1:], dtype=np.int64)
         return chunk, np.array((0,) * pad + self.strides[1:], dtype=np.int64)
+
+    @cached_property
+    def padded_extent(self) -> np.ndarray:
+        """The shard's extent after the sample axis, padded like `padded`."""
+        pad = MAX_AXES - (len(self.shard_shape) - 1)
+        return np.array((1,) * pad + self.shard_shape[1:], dtype=np.int64)
 
     def full_window(self) -> Window:
         return tuple((0, s) for s in self.shard_shape[1:])
@@ -96,55 +103,86 @@ class WindowChunks:
 
 def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChunks:
     """The inner chunks sample `local` (position in its shard) needs for `window`."""
+    return shard_window_chunks(layout, {local: window})[0][local]
+
+
+def shard_window_chunks(
+    layout: ShardLayout, windows: Mapping[int, Window]
+) -> tuple[dict[int, WindowChunks], np.ndarray]:
+    """`window_chunks` of several samples of one shard {local: window} in one compiled call,
+    and every window's index slots back to back in the mapping's order (what the shard
+    index is read for)."""
     if layout.chunk_shape[0] != 1:
         raise ValueError(f"inner chunks {layout.chunk_shape} hold several samples; read whole")
-    inner = layout.chunk_shape[1:]
-    if len(window) != len(inner):
-        raise ValueError(f"window {window} has {len(window)} axes; the array has {len(inner)}")
-    if len(inner) > MAX_AXES:
-        raise ValueError(f"window {window}: at most {MAX_AXES} axes after the sample axis")
-    for (start, stop), extent in zip(window, layout.shard_shape[1:], strict=True):
-        if not 0 <= start < stop <= extent:
-            raise ValueError(f"window {window} leaves the shard's extent {layout.shard_shape[1:]}")
-    pad = MAX_AXES - len(inner)
+    axes = len(layout.chunk_shape) - 1
+    if axes > MAX_AXES:
+        raise ValueError(f"{layout}: at most {MAX_AXES} axes after the sample axis")
+    for window in windows.values():
+        if len(window) != axes:
+            raise ValueError(f"window {window} has {len(window)} axes; the array has {axes}")
+    if not windows:
+        return {}, np.zeros(0, dtype=np.int64)
+    pad = _PAD_WINDOW[MAX_AXES - axes]
+    boxes = np.array([pad + tuple(w) for w in windows.values()], dtype=np.int64)
+    bases = np.array(list(windows), dtype=np.int64) * layout.strides[0]
     chunk, strides = layout.padded
-    flats, piece_start, piece_stop, target_start = _chunk_boxes(
-        np.array(_PAD_WINDOW[pad] + tuple(window), dtype=np.int64),
-        chunk,
-        strides,
-        local * layout.strides[0],
-    )
-    return WindowChunks(flats, tuple(window), piece_start, piece_stop, target_start)
+    bounds, flats, lo, hi, at = _chunk_boxes(boxes, chunk, strides, bases, layout.padded_extent)
+    if bounds[0] < 0:
+        bad = list(windows.values())[-int(bounds[0]) - 1]
+        raise ValueError(f"window {bad} leaves the shard's extent {layout.shard_shape[1:]}")
+    plans = {}
+    for (local, window), a, b in zip(
+        windows.items(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True
+    ):
+        plans[local] = WindowChunks(flats[a:b], tuple(window), lo[a:b], hi[a:b], at[a:b])
+    return plans, flats
 
 
 @numba.njit(cache=True, nogil=True)
 def _chunk_boxes(
-    window: np.ndarray, chunk: np.ndarray, strides: np.ndarray, base: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(index slots, piece starts, piece stops, target starts) of the chunks a 4-axis window
-    touches, in C order. Compiled: this runs for every sample and group."""
-    first = window[:, 0] // chunk
-    count = (window[:, 1] - 1) // chunk - first + 1
-    n = count[0] * count[1] * count[2] * count[3]
-    flats = np.empty(n, np.int64)
-    lo = np.empty((n, 4), np.int64)
-    hi = np.empty((n, 4), np.int64)
-    at = np.empty((n, 4), np.int64)
-    k = 0
-    for i0 in range(count[0]):
-        for i1 in range(count[1]):
-            for i2 in range(count[2]):
-                for i3 in range(count[3]):
-                    flat = base
-                    for axis, i in enumerate((i0, i1, i2, i3)):
-                        p = first[axis] + i
-                        start, stop, c = window[axis, 0], window[axis, 1], chunk[axis]
-                        a, b = max(start, p * c), min(stop, (p + 1) * c)
-                        lo[k, axis], hi[k, axis], at[k, axis] = a - p * c, b - p * c, a - start
-                        flat += p * strides[axis]
-                    flats[k] = flat
-                    k += 1
-    return flats, lo, hi, at
+    windows: np.ndarray,
+    chunk: np.ndarray,
+    strides: np.ndarray,
+    bases: np.ndarray,
+    extent: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For 4-axis windows (W, 4, 2): (where each window's chunks start and end in the other
+    arrays (W + 1), index slots, piece starts, piece stops, target starts) of the chunks
+    each touches, in C order. A window outside `extent` gives bounds[0] = -(its index + 1).
+    Compiled: this runs for every shard and group."""
+    count = np.empty((windows.shape[0], 4), np.int64)
+    bounds = np.zeros(windows.shape[0] + 1, np.int64)
+    for w in range(windows.shape[0]):
+        n = 1
+        for axis in range(4):
+            start, stop = windows[w, axis, 0], windows[w, axis, 1]
+            if not (0 <= start < stop <= extent[axis]):
+                bounds[0] = -(w + 1)
+                return bounds, bounds[:0], count[:0], count[:0], count[:0]
+            count[w, axis] = (stop - 1) // chunk[axis] - start // chunk[axis] + 1
+            n *= count[w, axis]
+        bounds[w + 1] = bounds[w] + n
+    total = bounds[-1]
+    flats = np.empty(total, np.int64)
+    lo = np.empty((total, 4), np.int64)
+    hi = np.empty((total, 4), np.int64)
+    at = np.empty((total, 4), np.int64)
+    for w in range(windows.shape[0]):
+        k = bounds[w]
+        for i0 in range(count[w, 0]):
+            for i1 in range(count[w, 1]):
+                for i2 in range(count[w, 2]):
+                    for i3 in range(count[w, 3]):
+                        flat = bases[w]
+                        for axis, i in enumerate((i0, i1, i2, i3)):
+                            start, stop, c = windows[w, axis, 0], windows[w, axis, 1], chunk[axis]
+                            p = start // c + i
+                            a, b = max(start, p * c), min(stop, (p + 1) * c)
+                            lo[k, axis], hi[k, axis], at[k, axis] = a - p * c, b - p * c, a - start
+                            flat += p * strides[axis]
+                        flats[k] = flat
+                        k += 1
+    return bounds, flats, lo, hi, at
 
 
 def byte_runs(

@@ -323,14 +323,17 @@ class ShardReader:
         data_end = size - self.layout.index_bytes
         if data_end < 0 or len(raw) != size:
             raise ShardDecodeError(f"{file}: {size} bytes cannot hold a shard index")
-        offset, nbytes = self._parse_index(file, raw[data_end:])[0].tolist()
+        index = raw[data_end:]  # one (offset, nbytes) entry and its crc32c
+        if google_crc32c.value(index[:-4]) != int.from_bytes(index[-4:], "little"):
+            raise ShardDecodeError(f"{file}: shard index checksum mismatch (truncated or corrupt)")
+        offset, nbytes = int.from_bytes(index[:8], "little"), int.from_bytes(index[8:16], "little")
         if offset == _EMPTY:
             out.fill(self.arr.fill_value)
             return out
         if offset + nbytes > data_end:
             raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
         try:
-            self._zstd.frame_decoder(np.frombuffer(raw, np.uint8), out)(offset, nbytes)
+            self._zstd.decode_frame(raw, offset, nbytes, out)
         except ZstdFrameError as exc:
             raise ShardDecodeError(f"{file}: fails to decode: {exc}") from exc
         return out

@@ -133,6 +133,24 @@ class ZstdInto:
             return self._lib.ZSTD_getErrorName(got).decode()
         return f"decoded {got} bytes, not {row}"
 
+    def decode_frame(self, src: bytes, offset: int, size: int, dst: np.ndarray) -> None:
+        """The frame at src[offset : offset + size] fills all of C-contiguous `dst` (raises
+        `ZstdFrameError` otherwise): one call, for a lone frame such as a metadata chunk."""
+        if offset < 0 or offset + size > len(src):
+            raise ValueError(f"frame {offset}+{size} outside the {len(src)}-byte source")
+        if not dst.flags.c_contiguous:
+            raise ValueError("decode_frame needs a C-contiguous destination")
+        if self._lib is None:
+            values = self._fallback(np.frombuffer(src, np.uint8, size, offset), dst.nbytes, 0)
+            dst.reshape(-1).view(np.uint8)[:] = values
+            return
+        start = ctypes.cast(src, ctypes.c_void_p).value or 0
+        got = self._lib.ZSTD_decompressDCtx(
+            self._context(), dst.ctypes.data, dst.nbytes, start + offset, size
+        )
+        if got != dst.nbytes:
+            raise ZstdFrameError(0, self.describe(got, dst.nbytes))
+
     def frame_decoder(self, src: np.ndarray, dst: np.ndarray) -> Callable[[int, int], None]:
         """decode(offset, size): the frame at src[offset : offset + size] fills all of `dst`
         (raises `ZstdFrameError` otherwise). Addresses are taken once, so a call costs a

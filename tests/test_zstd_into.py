@@ -58,3 +58,21 @@ def test_a_bad_frame_or_a_wrong_size_is_an_error_not_garbage(native: bool) -> No
         truncated = src.copy()
         truncated[int(starts[1]) + 5 :] = 0
         zstd.frame_decoder(truncated, np.empty((4, 8), np.uint16))(int(starts[1]), int(sizes[1]))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_lone_frame_decodes_from_bytes_or_fails_loudly(native: bool) -> None:
+    zstd = ZstdInto(native=native)
+    if native and not zstd.native:
+        pytest.skip("libzstd cannot be loaded here")
+    src, values, starts, sizes = _frames(2, (4, 8))
+    raw = src.tobytes()
+    out = np.empty((4, 8), np.uint16)
+    zstd.decode_frame(raw, int(starts[1]), int(sizes[1]), out)
+    np.testing.assert_array_equal(out, values[1])
+    with pytest.raises(ZstdFrameError):
+        zstd.decode_frame(raw, 0, int(sizes[0]), out)  # the junk before the first frame
+    with pytest.raises(ZstdFrameError):
+        zstd.decode_frame(raw, int(starts[0]), int(sizes[0]), np.empty((4, 9), np.uint16))
+    with pytest.raises(ValueError, match="outside"):
+        zstd.decode_frame(raw, int(starts[1]), int(sizes[1]) + 1, out)

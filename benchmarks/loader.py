@@ -32,7 +32,7 @@ Method (all in one run, so the shared machine's noise hits every figure alike):
 The last line is JSON: samples_per_s_1, samples_per_s_2, decode_floor_ratio
 (1-worker loader / floor), h5_speedup (1-worker loader / HDF5 peer), peak_rss_mb.
 
-    .venv/bin/python benchmarks/loader.py [--samples 96] [--periods 6] [--rounds 7]
+    .venv/bin/python benchmarks/loader.py [--samples 96] [--periods 6] [--rounds 9] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class BenchConfig:
     """The loader's and `terracube pretrain`'s default (8)."""
     shuffle_buffer: int = LoaderParams.shuffle_buffer
     token_budget: int = 4096
-    rounds: int = 7
-    batches: int = 16
+    rounds: int = 9
+    batches: int = 24
     """Timed batches per loader per round."""
     warmup: int = 6
     spatial: int = -1

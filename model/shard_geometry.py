@@ -79,7 +79,7 @@ class WindowChunks:
     target_start: np.ndarray
     """Per chunk: where that box starts in the window's array."""
 
-    @property
+    @cached_property
     def extent(self) -> tuple[int, ...]:
         return tuple(stop - start for start, stop in self.window)
 

@@ -9,6 +9,7 @@ workers start it sets up the shared-memory ring they build batches in
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -172,5 +173,11 @@ def _identity(item: LoaderItem) -> LoaderItem:
 
 
 def _single_thread_worker(worker_id: int) -> None:
-    """Workers are the parallelism: intra-op threads would only contend with each other."""
+    """Workers are the parallelism: intra-op threads would only contend with each other.
+
+    The ~270,000 objects a worker inherits from the training process (torch, numba, zarr)
+    are moved out of the garbage collector's reach: a full collection over them took
+    ~0.1 s, 6 % of a worker's time, and wrote to every page they sit on (copy-on-write
+    copies of the parent's memory)."""
     torch.set_num_threads(1)
+    gc.freeze()

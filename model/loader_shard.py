@@ -295,6 +295,8 @@ class ShardReader:
             index, data_end = self._local_index(file, fd)
             present, offsets, sizes = self._locate(file, index, flats, data_end)
             if not read_now:
+                if len(sizes):  # decoding reads each chunk into the reused buffer
+                    self._reused(int(sizes.max()))
                 return held, present, offsets, sizes
             buffer, positions = self._read_local(fd, file, offsets, sizes)
             return buffer, present, positions, sizes
@@ -424,7 +426,7 @@ class ShardReader:
         if isinstance(window.buffer, np.ndarray):
             source, fd = window.buffer, -1
         else:  # local: read each chunk from the shard file, held open since its index read
-            source = self._reused(int(sizes.max()) if len(sizes) else 0)
+            source = self._read_buffer  # sized for every located chunk (it only grows)
             held = window.buffer
             if held is None and len(sizes):  # more shards pending than MAX_OPEN_SHARDS
                 held = self._open(self._root_prefix + window.path, window.path)

@@ -94,6 +94,9 @@ def decode_window(
             continue
         size = sizes[written]
         if fd >= 0:
+            if size > source.shape[0]:  # the caller sizes `source`; never read past it
+                status[0], status[1] = SHORT_READ, -1
+                return k
             got = _pread(fd, source.ctypes.data, size, positions[written])
             if got != size:
                 status[0], status[1] = SHORT_READ, got

@@ -444,6 +444,20 @@ def test_window_reads_equal_zarr_selections(
             np.testing.assert_array_equal(read_shard(arr, k), arr[span.start : span.stop])
 
 
+def test_the_compiled_decode_never_reads_past_its_buffer(tmp_path: Path) -> None:
+    """The read buffer is sized when chunks are located; should it be smaller at decode
+    time, the kernel refuses the read instead of writing past it."""
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, 32))
+    reader = ShardReader(corpus.array("s2_10m"))
+    if not reader._native:
+        pytest.skip("libzstd cannot be linked here")
+    (encoded,) = reader.fetch(0, {0: ((0, 1), (0, 4), (0, 40), (0, 40))}).values()
+    reader._read_buffer = np.empty(1, np.uint8)
+    with pytest.raises(ShardDecodeError, match="short read"):
+        encoded.copy_to(np.empty(encoded.shape, dtype=encoded.dtype))
+
+
 def test_windows_past_the_open_file_cap_reopen_their_shard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -76,9 +76,6 @@ __all__ = ["CorpusStream", "LoaderItem", "StreamingLoader", "dist_rank_world"]
 
 log = logging.getLogger(__name__)
 
-_ALIGN_PAD = 64
-"""Alignment bytes `pack` may add per tensor."""
-
 _TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
 """Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
 

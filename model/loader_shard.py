@@ -6,11 +6,13 @@ little-endian, crc32c]) over [bytes little-endian, zstd] inner chunks of
 (1, time, band, y, x) — `ShardReader.fetch` reads each shard's index once (one
 suffix read) and lists the inner chunks each wanted window touches
 (`shard_geometry`); from a remote store (S3, any fsspec URL) it also fetches their
-byte ranges, adjacent ones in one request. `EncodedWindow.copy_to` then decodes,
-when the batch is assembled: per chunk one positioned read (local files) into a
-small reused buffer, one zstd call (`zstd_into`: libzstd, one reused context) into
-a small reused scratch that stays in the CPU cache, and one copy of the needed
-piece straight into the batch's buffer.
+byte ranges, adjacent ones in one request; a local shard file stays open
+(`OpenShard`). `EncodedWindow.copy_to` then decodes, when the batch is assembled,
+in one compiled call per window (`shard_kernel`): per chunk one positioned read
+(local files) into a small reused buffer, one libzstd call (one reused context)
+into a small reused scratch that stays in the CPU cache, and one copy of the
+needed box straight into the batch's buffer. Without libzstd the same steps run
+here in Python through numcodecs.
 
 zarr-python can do the same selection, but its async codec pipeline costs ~2x
 the zstd work on a loaded 2-core machine. Any other layout makes

@@ -8,6 +8,15 @@ import pytest
 from terracube.model.zstd_into import ZstdFrameError, ZstdInto
 
 
+@pytest.fixture(params=[True, False], ids=["libzstd", "numcodecs"])
+def zstd(request: pytest.FixtureRequest) -> ZstdInto:
+    """Both decoding paths; the libzstd one is skipped where the library cannot be loaded."""
+    decoder = ZstdInto(native=request.param)
+    if request.param and not decoder.native:
+        pytest.skip("libzstd cannot be loaded here")
+    return decoder
+
+
 def _frames(
     n: int, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, np.ndarray]:
@@ -21,11 +30,7 @@ def _frames(
     return src, values, starts, sizes
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_rows_and_single_frames_decode_exactly(native: bool) -> None:
-    zstd = ZstdInto(native=native)
-    if native and not zstd.native:
-        pytest.skip("libzstd cannot be loaded here")
+def test_rows_and_single_frames_decode_exactly(zstd: ZstdInto) -> None:
     src, values, starts, sizes = _frames(5, (3, 16, 16))
     dst = np.zeros((7, 3, 16, 16), np.uint16)
     zstd.decode_rows(src, starts, sizes, dst, rows=np.array([6, 0, 2, 3, 1]))
@@ -39,11 +44,7 @@ def test_rows_and_single_frames_decode_exactly(native: bool) -> None:
         np.testing.assert_array_equal(scratch, value)
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_bad_frame_or_a_wrong_size_is_an_error_not_garbage(native: bool) -> None:
-    zstd = ZstdInto(native=native)
-    if native and not zstd.native:
-        pytest.skip("libzstd cannot be loaded here")
+def test_a_bad_frame_or_a_wrong_size_is_an_error_not_garbage(zstd: ZstdInto) -> None:
     src, _, starts, sizes = _frames(2, (4, 8))
     decode = zstd.frame_decoder(src, np.empty((4, 8), np.uint16))
     with pytest.raises(ZstdFrameError):
@@ -60,11 +61,7 @@ def test_a_bad_frame_or_a_wrong_size_is_an_error_not_garbage(native: bool) -> No
         zstd.frame_decoder(truncated, np.empty((4, 8), np.uint16))(int(starts[1]), int(sizes[1]))
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_lone_frame_decodes_from_bytes_or_fails_loudly(native: bool) -> None:
-    zstd = ZstdInto(native=native)
-    if native and not zstd.native:
-        pytest.skip("libzstd cannot be loaded here")
+def test_a_lone_frame_decodes_from_bytes_or_fails_loudly(zstd: ZstdInto) -> None:
     src, values, starts, sizes = _frames(2, (4, 8))
     raw = src.tobytes()
     out = np.empty((4, 8), np.uint16)

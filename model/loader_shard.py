@@ -27,6 +27,7 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +37,21 @@ import zarr
 from terracube.model.loader_plan import Window
 from terracube.model.shard_geometry import (
     MAX_AXES,
+    ShardChunks,
     ShardLayout,
     WindowChunks,
     byte_runs,
-    shard_window_chunks,
+    shard_chunks,
 )
-from terracube.model.shard_kernel import NATIVE, SHORT_READ, decode_window
+from terracube.model.shard_kernel import (
+    BAD_CHECKSUM,
+    NATIVE,
+    NO_INDEX,
+    PAST_DATA,
+    SHORT_READ,
+    decode_window,
+    locate_chunks,
+)
 from terracube.model.zstd_into import ZstdFrameError, ZstdInto
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
@@ -103,6 +113,25 @@ class OpenShard:
         weakref.finalize(self, os.close, fd)
 
 
+@dataclass(frozen=True)
+class LocatedChunks:
+    """The chunks that several windows of one shard need, located by one index read: what
+    each window's `EncodedWindow` refers to (nothing is cut per window until it is used)."""
+
+    reader: ShardReader
+    path: str
+    chunks: ShardChunks
+    present: np.ndarray
+    """bool per chunk of `chunks.flats`: written (else the fill value)."""
+    positions: np.ndarray
+    sizes: np.ndarray
+    """Per written chunk: where its bytes start — in `buffer`, or in the open local file
+    when `buffer` is an `OpenShard` — and how many there are."""
+    written: np.ndarray
+    """Window w's written chunks are `positions[written[w]:written[w + 1]]`."""
+    buffer: np.ndarray | OpenShard | None
+
+
 class EncodedWindow:
     """One sample's window as the compressed chunks it needs, located but not decoded.
 
@@ -112,40 +141,56 @@ class EncodedWindow:
     the batch's shared buffer. Local chunks are read only then, one positioned read each
     into another small reused buffer; remote ones were fetched with the index."""
 
-    __slots__ = ("buffer", "path", "plan", "positions", "present", "reader", "sizes")
+    __slots__ = ("located", "w")
 
-    def __init__(
-        self,
-        reader: ShardReader,
-        path: str,
-        plan: WindowChunks,
-        present: np.ndarray,
-        positions: np.ndarray,
-        sizes: np.ndarray,
-        buffer: np.ndarray | OpenShard | None,
-    ) -> None:
-        self.reader, self.path, self.plan = reader, path, plan
-        self.present = present
-        """bool per chunk of `plan.flats`: written (else the fill value)."""
-        self.positions, self.sizes = positions, sizes
-        """Per written chunk: where its bytes start — in `buffer`, or in the open local file
-        when `buffer` is an `OpenShard` — and how many there are."""
-        self.buffer = buffer
+    def __init__(self, located: LocatedChunks, w: int) -> None:
+        self.located, self.w = located, w
+
+    @property
+    def reader(self) -> ShardReader:
+        return self.located.reader
+
+    @property
+    def path(self) -> str:
+        return self.located.path
+
+    @property
+    def buffer(self) -> np.ndarray | OpenShard | None:
+        return self.located.buffer
+
+    @property
+    def plan(self) -> WindowChunks:
+        return self.located.chunks.window(self.w)
+
+    @property
+    def present(self) -> np.ndarray:
+        bounds = self.located.chunks.bounds
+        return self.located.present[bounds[self.w] : bounds[self.w + 1]]
+
+    @property
+    def positions(self) -> np.ndarray:
+        written = self.located.written
+        return self.located.positions[written[self.w] : written[self.w + 1]]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        written = self.located.written
+        return self.located.sizes[written[self.w] : written[self.w + 1]]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.plan.extent
+        return tuple(stop - start for start, stop in self.located.chunks.windows[self.w])
 
     @property
     def dtype(self) -> np.dtype:
-        return self.reader.dtype
+        return self.located.reader.dtype
 
     def copy_to(self, out: np.ndarray) -> int:
         """Decode into `out` (the window's shape); the bytes decoded."""
-        return self.reader.decode_into(self, out)
+        return self.located.reader.decode_into(self, out)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.empty(self.plan.extent, dtype=self.reader.dtype)
+        out = np.empty(self.shape, dtype=self.dtype)
         self.copy_to(out)
         return out if dtype is None else out.astype(dtype, copy=False)
 
@@ -181,6 +226,7 @@ class ShardReader:
         self._scratch_bytes = self._scratch.reshape(pad + self._scratch.shape).view(np.uint8)
         self._fill_bytes = np.array(arr.fill_value, dtype=self.dtype).reshape(1).view(np.uint8)
         self._status = np.zeros(2, dtype=np.int64)
+        self._index_buffer = np.empty(self.layout.index_bytes, dtype=np.uint8)
         self._held: weakref.WeakSet[OpenShard] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ bytes
@@ -218,6 +264,40 @@ class ShardReader:
                 f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
             )
         return self._parse_index(file, os.pread(fd, self.layout.index_bytes, data_end)), data_end
+
+    def _locate_local(self, path: str, chunks: ShardChunks) -> LocatedChunks:
+        """`_fetch` of a local shard's windows, compiled (`locate_chunks`): open the file
+        (held open for decoding), read and check its index, locate every chunk."""
+        file = self._root_prefix + path
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except FileNotFoundError:
+            return self._located(path, chunks, None)
+        held = None
+        if len(self._held) < MAX_OPEN_SHARDS:
+            held = OpenShard(fd)  # closes fd when its windows are gone
+            self._held.add(held)
+        status = self._status
+        try:
+            found = locate_chunks(fd, self._index_buffer, chunks.flats, chunks.bounds, status)
+        finally:
+            if held is None:
+                os.close(fd)
+        if status[0]:
+            raise ShardDecodeError(f"{file}: {self._index_error(int(status[0]), int(status[1]))}")
+        present, offsets, sizes, written, largest = found
+        self._reused(largest)  # decoding reads each chunk into the reused buffer
+        return LocatedChunks(self, path, chunks, present, offsets, sizes, written, held)
+
+    def _index_error(self, code: int, detail: int) -> str:
+        if code == NO_INDEX:
+            return f"{detail} bytes cannot hold a {self.layout.n_chunks}-chunk index"
+        if code == BAD_CHECKSUM:
+            return "shard index checksum mismatch (truncated or corrupt)"
+        if code == PAST_DATA:
+            return "a chunk ends past the data, before the index"
+        assert code == SHORT_READ, code
+        return f"short read of the shard index ({detail} bytes)"
 
     def _reused(self, nbytes: int) -> np.ndarray:
         """The reused read buffer, grown when needed (fresh memory faults in page by page)."""
@@ -347,17 +427,18 @@ class ShardReader:
         """{local sample: its window's chunks, located} of shard `shard`: one index read for
         all the windows, and (remote stores) the chunk bytes in coalesced range requests.
         Local chunks are read when decoded (see `EncodedWindow`)."""
-        path, plans, flats = self._plan(shard, windows)
-        if not plans:
+        if not windows:
             return {}
-        return self._windows(path, plans, self._fetch(path, flats, read_now=False))
+        path, chunks = self._plan(shard, windows)
+        if self._root is not None and self._native:
+            located = self._locate_local(path, chunks)
+        else:
+            located = self._located(path, chunks, self._fetch(path, chunks.flats, False))
+        return {local: EncodedWindow(located, w) for w, local in enumerate(windows)}
 
-    def _plan(
-        self, shard: int, windows: Mapping[int, Window]
-    ) -> tuple[str, dict[int, WindowChunks], np.ndarray]:
-        """Shard path, each window's chunks, and all their index slots in window order."""
-        plans, flats = shard_window_chunks(self.layout, windows)
-        return self._path(shard), plans, flats
+    def _plan(self, shard: int, windows: Mapping[int, Window]) -> tuple[str, ShardChunks]:
+        """Shard path, and the chunks of every window in the mapping's order."""
+        return self._path(shard), shard_chunks(self.layout, list(windows), list(windows.values()))
 
     async def fetch_async(
         self, shard: int, windows: Mapping[int, Window]
@@ -367,31 +448,28 @@ class ShardReader:
         of use. Nothing here decodes: that stays on the caller's thread."""
         if self._root is not None:
             raise ValueError(f"{self.arr.path}: a local array is read with fetch()")
-        path, plans, flats = self._plan(shard, windows)
-        if not plans:
+        if not windows:
             return {}
-        return self._windows(path, plans, await self._fetch_store(path, flats))
+        path, chunks = self._plan(shard, windows)
+        located = self._located(path, chunks, await self._fetch_store(path, chunks.flats))
+        return {local: EncodedWindow(located, w) for w, local in enumerate(windows)}
 
-    def _windows(
+    def _located(
         self,
         path: str,
-        plans: Mapping[int, WindowChunks],
+        chunks: ShardChunks,
         fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
-    ) -> dict[int, EncodedWindow]:
-        n = sum(len(p.flats) for p in plans.values())
+    ) -> LocatedChunks:
         if fetched is None:
-            buffer, present = None, np.zeros(n, dtype=bool)
+            buffer, present = None, np.zeros(len(chunks.flats), dtype=bool)
             positions = sizes = np.zeros(0, dtype=np.int64)
         else:
             buffer, present, positions, sizes = fetched
-        out, at, before = {}, 0, 0
-        for local, plan in plans.items():
-            mine = present[at : at + len(plan.flats)]
-            count = int(np.count_nonzero(mine))
-            span = slice(before, before + count)
-            out[local] = EncodedWindow(self, path, plan, mine, positions[span], sizes[span], buffer)
-            at, before = at + len(plan.flats), before + count
-        return out
+        written = np.zeros(len(present) + 1, dtype=np.int64)
+        np.cumsum(present, out=written[1:])
+        return LocatedChunks(
+            self, path, chunks, present, positions, sizes, written[chunks.bounds], buffer
+        )
 
     def _decode_rows(
         self,
@@ -421,23 +499,23 @@ class ShardReader:
     def decode_into(self, window: EncodedWindow, out: np.ndarray) -> int:
         """Decode a fetched window into `out` (its shape), chunk by chunk; bytes decoded.
         Compiled (`shard_kernel`) where libzstd links, else the same steps in Python."""
-        plan = window.plan
-        if out.shape != plan.extent:
-            raise ValueError(f"window {plan.extent} does not fit an output of {out.shape}")
-        sizes = window.sizes
-        if isinstance(window.buffer, np.ndarray):
-            source, fd = window.buffer, -1
+        located, w = window.located, window.w
+        if out.shape != window.shape:
+            raise ValueError(f"window {window.shape} does not fit an output of {out.shape}")
+        count = int(located.written[w + 1] - located.written[w])
+        buffer = located.buffer
+        if isinstance(buffer, np.ndarray):
+            source, fd = buffer, -1
         else:  # local: read each chunk from the shard file, held open since its index read
             source = self._read_buffer  # sized for every located chunk (it only grows)
-            held = window.buffer
-            if held is None and len(sizes):  # more shards pending than MAX_OPEN_SHARDS
-                held = self._open(self._root_prefix + window.path, window.path)
-            fd = held.fd if held is not None else -1
+            if buffer is None and count:  # more shards pending than MAX_OPEN_SHARDS
+                buffer = self._open(self._root_prefix + located.path, located.path)
+            fd = buffer.fd if buffer is not None else -1
         if self._native and out.flags.c_contiguous:
-            self._decode_compiled(window, fd, source, out)
+            self._decode_compiled(located, w, fd, source, out)
         else:
             self._decode_python(window, fd, source, out)
-        return len(sizes) * self._chunk_nbytes
+        return count * self._chunk_nbytes
 
     def _open(self, file: str, path: str) -> OpenShard:
         try:
@@ -446,20 +524,23 @@ class ShardReader:
             raise ShardDecodeError(f"{path}: gone since its index was read") from exc
 
     def _decode_compiled(
-        self, window: EncodedWindow, fd: int, source: np.ndarray, out: np.ndarray
+        self, located: LocatedChunks, w: int, fd: int, source: np.ndarray, out: np.ndarray
     ) -> None:
-        plan, status = window.plan, self._status
+        chunks, status = located.chunks, self._status
         pad = (1,) * (MAX_AXES - out.ndim)
         failed = decode_window(
             self._zstd._context(),
             fd,
             source,
-            window.positions,
-            window.sizes,
-            window.present,
-            plan.piece_start,
-            plan.piece_stop,
-            plan.target_start,
+            located.positions,
+            located.sizes,
+            located.present,
+            chunks.piece_start,
+            chunks.piece_stop,
+            chunks.target_start,
+            chunks.bounds[w],
+            chunks.bounds[w + 1],
+            located.written[w],
             self.dtype.itemsize,
             self._scratch_bytes,
             out.reshape(pad + out.shape).view(np.uint8),
@@ -469,11 +550,11 @@ class ShardReader:
         if failed < 0:
             return
         code, detail = int(status[0]), int(status[1])
-        chunk = int(plan.flats[failed])
+        chunk = int(chunks.flats[failed])
         if code == SHORT_READ:
-            raise ShardDecodeError(f"{window.path}: chunk {chunk}: short read ({detail} bytes)")
+            raise ShardDecodeError(f"{located.path}: chunk {chunk}: short read ({detail} bytes)")
         reason = self._zstd.describe(detail % 2**64, self._chunk_nbytes)
-        raise ShardDecodeError(f"{window.path}: chunk {chunk}: {reason}")
+        raise ShardDecodeError(f"{located.path}: chunk {chunk}: {reason}")
 
     def _decode_python(
         self, window: EncodedWindow, fd: int, source: np.ndarray, out: np.ndarray

@@ -106,36 +106,61 @@ def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChun
     return shard_window_chunks(layout, {local: window})[0][local]
 
 
+@dataclass(frozen=True)
+class ShardChunks:
+    """The chunks several windows of one shard touch, back to back: window w's are rows
+    `bounds[w]:bounds[w + 1]` of every array (one compiled call per shard and array;
+    `window(w)` cuts one window's `WindowChunks` out when it is needed)."""
+
+    windows: tuple[Window, ...]
+    bounds: np.ndarray
+    flats: np.ndarray
+    piece_start: np.ndarray
+    piece_stop: np.ndarray
+    target_start: np.ndarray
+
+    def window(self, w: int) -> WindowChunks:
+        a, b = int(self.bounds[w]), int(self.bounds[w + 1])
+        return WindowChunks(
+            self.flats[a:b],
+            self.windows[w],
+            self.piece_start[a:b],
+            self.piece_stop[a:b],
+            self.target_start[a:b],
+        )
+
+
+def shard_chunks(layout: ShardLayout, locals_: list[int], windows: list[Window]) -> ShardChunks:
+    """The chunks of samples `locals_` (positions in their shard) for `windows`, in one
+    compiled call."""
+    if layout.chunk_shape[0] != 1:
+        raise ValueError(f"inner chunks {layout.chunk_shape} hold several samples; read whole")
+    axes = len(layout.chunk_shape) - 1
+    if axes > MAX_AXES:
+        raise ValueError(f"{layout}: at most {MAX_AXES} axes after the sample axis")
+    for window in windows:
+        if len(window) != axes:
+            raise ValueError(f"window {window} has {len(window)} axes; the array has {axes}")
+    pad = _PAD_WINDOW[MAX_AXES - axes]
+    boxes = np.array([pad + tuple(w) for w in windows], dtype=np.int64).reshape(-1, MAX_AXES, 2)
+    bases = np.array(locals_, dtype=np.int64) * layout.strides[0]
+    chunk, strides = layout.padded
+    bounds, flats, lo, hi, at = _chunk_boxes(boxes, chunk, strides, bases, layout.padded_extent)
+    if bounds[0] < 0:
+        bad = windows[-int(bounds[0]) - 1]
+        raise ValueError(f"window {bad} leaves the shard's extent {layout.shard_shape[1:]}")
+    return ShardChunks(tuple(windows), bounds, flats, lo, hi, at)
+
+
 def shard_window_chunks(
     layout: ShardLayout, windows: Mapping[int, Window]
 ) -> tuple[dict[int, WindowChunks], np.ndarray]:
     """`window_chunks` of several samples of one shard {local: window} in one compiled call,
     and every window's index slots back to back in the mapping's order (what the shard
     index is read for)."""
-    if layout.chunk_shape[0] != 1:
-        raise ValueError(f"inner chunks {layout.chunk_shape} hold several samples; read whole")
-    axes = len(layout.chunk_shape) - 1
-    if axes > MAX_AXES:
-        raise ValueError(f"{layout}: at most {MAX_AXES} axes after the sample axis")
-    for window in windows.values():
-        if len(window) != axes:
-            raise ValueError(f"window {window} has {len(window)} axes; the array has {axes}")
-    if not windows:
-        return {}, np.zeros(0, dtype=np.int64)
-    pad = _PAD_WINDOW[MAX_AXES - axes]
-    boxes = np.array([pad + tuple(w) for w in windows.values()], dtype=np.int64)
-    bases = np.array(list(windows), dtype=np.int64) * layout.strides[0]
-    chunk, strides = layout.padded
-    bounds, flats, lo, hi, at = _chunk_boxes(boxes, chunk, strides, bases, layout.padded_extent)
-    if bounds[0] < 0:
-        bad = list(windows.values())[-int(bounds[0]) - 1]
-        raise ValueError(f"window {bad} leaves the shard's extent {layout.shard_shape[1:]}")
-    plans = {}
-    for (local, window), a, b in zip(
-        windows.items(), bounds[:-1].tolist(), bounds[1:].tolist(), strict=True
-    ):
-        plans[local] = WindowChunks(flats[a:b], tuple(window), lo[a:b], hi[a:b], at[a:b])
-    return plans, flats
+    chunks = shard_chunks(layout, list(windows), list(windows.values()))
+    plans = {local: chunks.window(w) for w, local in enumerate(windows)}
+    return plans, chunks.flats
 
 
 @numba.njit(cache=True, nogil=True)

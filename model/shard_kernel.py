@@ -23,7 +23,12 @@ from llvmlite import binding
 from numba import types
 
 SHORT_READ, ZSTD_ERROR, WRONG_SIZE = 1, 2, 3
-"""`decode_window` status codes."""
+"""`decode_window` status codes (`locate_chunks` uses SHORT_READ too)."""
+NO_INDEX, BAD_CHECKSUM, PAST_DATA = 4, 5, 6
+"""`locate_chunks` status codes: the file is shorter than an index, the index fails its
+crc32c, a chunk ends past the data (detail: file size, stored crc, chunk position)."""
+EMPTY = np.uint64(2**64 - 1)
+"""An index entry's offset for a chunk never written."""
 
 
 def _load_libzstd() -> bool:
@@ -45,6 +50,115 @@ _is_error = types.ExternalFunction("ZSTD_isError", types.uint32(types.uintp))
 _pread = types.ExternalFunction(
     "pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64)
 )
+_lseek = types.ExternalFunction("lseek", types.int64(types.int32, types.int64, types.int32))
+_SEEK_END = 2
+
+
+def _crc32c_tables() -> np.ndarray:
+    """Slicing-by-8 tables of CRC-32C (Castagnoli, reflected polynomial 0x82F63B78)."""
+    tables = np.zeros((8, 256), dtype=np.int64)
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        tables[0, i] = crc
+    for k in range(1, 8):
+        for i in range(256):
+            prev = int(tables[k - 1, i])
+            tables[k, i] = (prev >> 8) ^ int(tables[0, prev & 0xFF])
+    return tables
+
+
+_CRC32C = _crc32c_tables()
+
+
+@numba.njit(cache=True, nogil=True)
+def crc32c(data: np.ndarray) -> int:
+    """CRC-32C of a uint8 array, eight bytes per step (the shard index checksum)."""
+    t = _CRC32C
+    crc = 0xFFFFFFFF
+    n = data.shape[0]
+    i = 0
+    while i + 8 <= n:
+        one = crc ^ (
+            np.int64(data[i])
+            | (np.int64(data[i + 1]) << 8)
+            | (np.int64(data[i + 2]) << 16)
+            | (np.int64(data[i + 3]) << 24)
+        )
+        two = (
+            np.int64(data[i + 4])
+            | (np.int64(data[i + 5]) << 8)
+            | (np.int64(data[i + 6]) << 16)
+            | (np.int64(data[i + 7]) << 24)
+        )
+        crc = (
+            t[7, one & 0xFF]
+            ^ t[6, (one >> 8) & 0xFF]
+            ^ t[5, (one >> 16) & 0xFF]
+            ^ t[4, one >> 24]
+            ^ t[3, two & 0xFF]
+            ^ t[2, (two >> 8) & 0xFF]
+            ^ t[1, (two >> 16) & 0xFF]
+            ^ t[0, two >> 24]
+        )
+        i += 8
+    while i < n:
+        crc = (crc >> 8) ^ t[0, (crc ^ np.int64(data[i])) & 0xFF]
+        i += 1
+    return crc ^ 0xFFFFFFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def locate_chunks(
+    fd: int, index: np.ndarray, flats: np.ndarray, bounds: np.ndarray, status: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Read and check the index at the end of the open shard file `fd` into `index`
+    (uint8, exactly the index's size) and look up chunks `flats` (window w's being
+    `bounds[w]:bounds[w + 1]`): (written mask, byte offsets and sizes of the written ones
+    in `flats` order, where each window's written ones start (W + 1), the largest size).
+    On a failure `status` = (code, detail) and the arrays are empty."""
+    n = flats.shape[0]
+    present = np.zeros(n, np.bool_)
+    offsets = np.empty(n, np.int64)
+    sizes = np.empty(n, np.int64)
+    written_at = np.zeros(bounds.shape[0], np.int64)
+    status[0] = 0
+    nbytes = index.shape[0]
+    size = _lseek(fd, 0, _SEEK_END)
+    data_end = size - nbytes
+    if data_end < 0:
+        status[0], status[1] = NO_INDEX, size
+        return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
+    got = _pread(fd, index.ctypes.data, nbytes, data_end)
+    if got != nbytes:
+        status[0], status[1] = SHORT_READ, got
+        return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
+    stored = 0
+    for b in range(4):
+        stored |= np.int64(index[nbytes - 4 + b]) << (8 * b)
+    if crc32c(index[: nbytes - 4]) != stored:
+        status[0], status[1] = BAD_CHECKSUM, stored
+        return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
+    entries = index[: nbytes - 4].view(np.uint64)
+    written = largest = 0
+    for w in range(bounds.shape[0] - 1):
+        written_at[w] = written
+        for k in range(bounds[w], bounds[w + 1]):
+            offset = entries[2 * flats[k]]
+            if offset == EMPTY:
+                continue
+            length = entries[2 * flats[k] + 1]
+            if offset + length > np.uint64(data_end):
+                status[0], status[1] = PAST_DATA, k
+                return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
+            present[k] = True
+            offsets[written], sizes[written] = np.int64(offset), np.int64(length)
+            largest = max(largest, np.int64(length))
+            written += 1
+    if bounds.shape[0]:
+        written_at[bounds.shape[0] - 1] = written
+    return present, offsets[:written], sizes[:written], written_at, largest
 
 
 @numba.njit(cache=True, nogil=True)
@@ -58,25 +172,28 @@ def decode_window(
     piece_start: np.ndarray,
     piece_stop: np.ndarray,
     target_start: np.ndarray,
+    first: int,
+    last: int,
+    written: int,
     itemsize: int,
     scratch: np.ndarray,
     out: np.ndarray,
     fill: np.ndarray,
     status: np.ndarray,
 ) -> int:
-    """Decode a window's chunks into `out`; -1, or the chunk that failed with `status` =
-    (code, detail: bytes read or zstd's return value).
+    """Decode chunks `first:last` (one window's) into `out`; -1, or the chunk that failed
+    with `status` = (code, detail: bytes read or zstd's return value).
 
     `out` and `scratch` are uint8 4-axis views of the window and of one chunk (the last
-    axis in bytes); boxes are in elements (`WindowChunks`). Written chunk j (in order of
-    the `present` ones) has `sizes[j]` bytes at `positions[j]`: in the file `fd`, read
-    into `source`, or in `source` itself when `fd` is negative."""
+    axis in bytes); boxes are in elements (`ShardChunks`). Written chunk j (in order of
+    the `present` ones, the window's first being `written`) has `sizes[j]` bytes at
+    `positions[j]`: in the file `fd`, read into `source`, or in `source` itself when `fd`
+    is negative."""
     capacity = np.uint64(scratch.size)
     out_base, scratch_base = out.ctypes.data, scratch.ctypes.data
     o0, o1, o2 = out.strides[0], out.strides[1], out.strides[2]
     s0, s1, s2 = scratch.strides[0], scratch.strides[1], scratch.strides[2]
-    written = 0
-    for k in range(present.shape[0]):
+    for k in range(first, last):
         a0, a1, a2 = piece_start[k, 0], piece_start[k, 1], piece_start[k, 2]
         n0 = piece_stop[k, 0] - a0
         n1 = piece_stop[k, 1] - a1

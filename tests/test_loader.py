@@ -8,11 +8,12 @@ from collections import Counter
 from itertools import islice
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import pytest
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
-from terracube.model import loader_shard
+from terracube.model import loader_shard, shard_kernel
 from terracube.model.batch import validate_batch
 from terracube.model.groups import decode_only_groups
 from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
@@ -497,6 +498,55 @@ def test_a_corrupt_chunk_names_its_shard_and_chunk(tmp_path: Path, native: bool)
         encoded.copy_to(np.empty(encoded.shape, dtype=encoded.dtype))
 
 
+def _damage_index(raw: bytes, index_bytes: int, how: str) -> bytes:
+    """A shard file's bytes with its index damaged one way."""
+    data_end = len(raw) - index_bytes
+    if how == "too short":
+        return raw[: index_bytes - 1]
+    if how == "checksum":
+        flipped = bytearray(raw)
+        flipped[data_end] ^= 0x01
+        return bytes(flipped)
+    entries = np.frombuffer(raw[data_end:-4], "<u8").reshape(-1, 2).copy()
+    assert entries[0, 0] != 2**64 - 1  # the window's first chunk is written
+    entries[0, 1] = data_end - entries[0, 0] + 1  # one byte into the index; crc32c valid
+    body = entries.tobytes()
+    return raw[:data_end] + body + google_crc32c.value(body).to_bytes(4, "little")
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("too short", "8195 bytes cannot hold a 512-chunk index"),
+        ("checksum", "shard index checksum mismatch"),
+        ("past the data", "a chunk ends past the data"),
+    ],
+)
+def test_a_damaged_shard_index_names_the_file_and_the_damage(
+    tmp_path: Path, native: bool, how: str, message: str
+) -> None:
+    """Locating chunks checks the index (compiled and Python paths alike): its size, its
+    crc32c and every located chunk's extent, and says which file failed how."""
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4, chunking=InnerChunking(1, 32))
+    reader = ShardReader(corpus.array("s2_10m"), ZstdInto(native=native))
+    shard_file = Path(reader._root_prefix + reader._path(0))
+    assert reader.layout.n_chunks == 512
+    raw = shard_file.read_bytes()
+    shard_file.write_bytes(_damage_index(raw, reader.layout.index_bytes, how))
+    window = ((0, 2), (0, 4), (0, 64), (0, 64))
+    with pytest.raises(ShardDecodeError, match=rf"{shard_file}: {message}"):
+        reader.fetch(0, {0: window, 1: window})
+
+
+def test_compiled_crc32c_equals_google_crc32c() -> None:
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 8, 9, 16, 100, 1540, 12_292):
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        assert shard_kernel.crc32c(data) == google_crc32c.value(data.tobytes()), n
+
+
 @pytest.mark.parametrize(
     ("dtype", "nodata"),
     [("uint16", (0.0, 0.0, 7.0)), ("uint8", (0.0, 0.0, 0.0)), ("float32", (math.nan, -1.5, 0.0))],
@@ -733,6 +783,7 @@ def test_workers_inherit_every_compiled_kernel_specialisation(corpus_path: Path)
         validity_kernel.pixel_validity,
         shard_geometry._chunk_boxes,
         shard_kernel.decode_window,
+        shard_kernel.locate_chunks,
     ]
     before = [len(k.signatures) for k in kernels]
     dataset = CorpusStream(corpus_path, SMALL)

@@ -12,7 +12,7 @@ from terracube.catalog.registry import band_group
 from terracube.model.groups import all_groups
 from terracube.model.masking_kernel import mask_views
 from terracube.model.shard_geometry import ShardLayout, window_chunks
-from terracube.model.shard_kernel import decode_window, locate_chunks
+from terracube.model.shard_kernel import decode_window, locate_chunks, read_lone_chunk
 from terracube.model.validity_kernel import pixel_validity, pooled_validity
 
 
@@ -38,3 +38,4 @@ def compile_kernels() -> None:
         boxes, boxes, boxes, 0, 0, 0, 1, byte, byte, byte.reshape(-1), status,
     )  # fmt: skip
     locate_chunks(-1, np.zeros(20, np.uint8), no_chunks, no_chunks, status)  # fails: no file
+    read_lone_chunk(0, -1, np.zeros(2, np.uint8), np.zeros(1, np.uint8), status)  # same

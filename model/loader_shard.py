@@ -49,8 +49,11 @@ from terracube.model.shard_kernel import (
     NO_INDEX,
     PAST_DATA,
     SHORT_READ,
+    WRONG_SIZE,
+    ZSTD_ERROR,
     decode_window,
     locate_chunks,
+    read_lone_chunk,
 )
 from terracube.model.zstd_into import ZstdFrameError, ZstdInto
 from zarr.abc.store import RangeByteRequest, SuffixByteRequest
@@ -227,6 +230,8 @@ class ShardReader:
         self._fill_bytes = np.array(arr.fill_value, dtype=self.dtype).reshape(1).view(np.uint8)
         self._status = np.zeros(2, dtype=np.int64)
         self._index_buffer = np.empty(self.layout.index_bytes, dtype=np.uint8)
+        self._lone_raw: np.ndarray | None = None
+        """One-chunk shards' whole-file reads (`read_lone_chunk`); allocated on first use."""
         self._held: weakref.WeakSet[OpenShard] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ bytes
@@ -397,6 +402,8 @@ class ShardReader:
         except FileNotFoundError:
             out.fill(self.arr.fill_value)
             return out
+        if self._native:
+            return self._read_lone_compiled(file, fd, out)
         try:
             raw = os.pread(fd, WHOLE_READ_BYTES + 1, 0)  # the whole file when it is small
         finally:
@@ -421,6 +428,32 @@ class ShardReader:
         except ZstdFrameError as exc:
             raise ShardDecodeError(f"{file}: fails to decode: {exc}") from exc
         return out
+
+    def _read_lone_compiled(self, file: str, fd: int, out: np.ndarray) -> np.ndarray | None:
+        """`_read_single_chunk_local` in one compiled call (`read_lone_chunk`); closes fd."""
+        if self._lone_raw is None:
+            self._lone_raw = np.empty(WHOLE_READ_BYTES + 1, dtype=np.uint8)
+        status = self._status
+        try:
+            done = read_lone_chunk(
+                self._zstd._context(), fd, self._lone_raw, out.reshape(-1).view(np.uint8), status
+            )
+        finally:
+            os.close(fd)
+        if done == 1:
+            return out
+        if done == 0:
+            out.fill(self.arr.fill_value)
+            return out
+        if done == -1:
+            return None
+        code, detail = int(status[0]), int(status[1])
+        if code == NO_INDEX:
+            raise ShardDecodeError(f"{file}: {detail} bytes cannot hold a shard index")
+        if code in (ZSTD_ERROR, WRONG_SIZE):
+            reason = self._zstd.describe(detail % 2**64, out.nbytes)
+            raise ShardDecodeError(f"{file}: fails to decode: frame 0: {reason}")
+        raise ShardDecodeError(f"{file}: {self._index_error(code, detail)}")
 
     # ------------------------------------------------------------------ windows
     def fetch(self, shard: int, windows: Mapping[int, Window]) -> dict[int, EncodedWindow]:

@@ -236,3 +236,44 @@ def decode_window(
                     at = (a0 + i0) * s0 + (a1 + i1) * s1 + (a2 + i2) * s2 + a3
                     _memcpy(out_base + np.uint64(to), scratch_base + np.uint64(at), n3)
     return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def read_lone_chunk(ctx: int, fd: int, raw: np.ndarray, out: np.ndarray, status: np.ndarray) -> int:
+    """A whole one-chunk shard file (per-sample metadata: a few hundred bytes) in one read
+    into `raw` (uint8, one byte more than the largest file read this way), its 20-byte
+    index checked, its chunk decoded into `out` (uint8, the chunk's bytes): 1 decoded,
+    0 never written (the caller fills), -1 the file is larger than `raw` can tell (read
+    it another way), -2 failed with `status` = (code, detail)."""
+    status[0] = 0
+    size = _pread(fd, raw.ctypes.data, raw.shape[0], 0)
+    if size < 0:
+        status[0], status[1] = SHORT_READ, size
+        return -2
+    if size == raw.shape[0]:
+        return -1
+    data_end = size - 20
+    if data_end < 0:
+        status[0], status[1] = NO_INDEX, size
+        return -2
+    stored = 0
+    for b in range(4):
+        stored |= np.int64(raw[size - 4 + b]) << (8 * b)
+    if crc32c(raw[data_end : size - 4]) != stored:
+        status[0], status[1] = BAD_CHECKSUM, stored
+        return -2
+    entry = raw[data_end : size - 4].view(np.uint64)
+    if entry[0] == EMPTY:
+        return 0
+    if entry[0] + entry[1] > np.uint64(data_end):
+        status[0], status[1] = PAST_DATA, 0
+        return -2
+    capacity = np.uint64(out.shape[0])
+    result = _decompress(ctx, out.ctypes.data, capacity, raw.ctypes.data + entry[0], entry[1])
+    if _is_error(result):
+        status[0], status[1] = ZSTD_ERROR, np.int64(result)
+        return -2
+    if result != capacity:
+        status[0], status[1] = WRONG_SIZE, np.int64(result)
+        return -2
+    return 1

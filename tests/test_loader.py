@@ -540,6 +540,36 @@ def test_a_damaged_shard_index_names_the_file_and_the_damage(
         reader.fetch(0, {0: window, 1: window})
 
 
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("too short", "19 bytes cannot hold a shard index"),
+        ("checksum", "shard index checksum mismatch"),
+        ("past the data", "a chunk ends past the data"),
+        ("frame", "fails to decode"),
+    ],
+)
+def test_a_damaged_metadata_shard_names_the_file_and_the_damage(
+    tmp_path: Path, native: bool, how: str, message: str
+) -> None:
+    """One-chunk shards (per-sample metadata, read whole in one call) are checked the same
+    way, and a damaged frame is reported, not decoded into garbage."""
+    path = tmp_path / "corpus.zarr"
+    corpus = write_loader_corpus(path, n_samples=4)
+    reader = ShardReader(corpus.array("period_start"), ZstdInto(native=native))
+    assert reader.layout.n_chunks == 1
+    shard_file = Path(reader._root_prefix + reader._path(0))
+    raw = shard_file.read_bytes()
+    if how == "frame":
+        damaged = b"\xff" * 8 + raw[8:]  # the frame's magic number and header
+    else:
+        damaged = _damage_index(raw, reader.layout.index_bytes, how)
+    shard_file.write_bytes(damaged)
+    with pytest.raises(ShardDecodeError, match=rf"{shard_file}: {message}"):
+        reader.read_whole(0)
+
+
 def test_compiled_crc32c_equals_google_crc32c() -> None:
     rng = np.random.default_rng(5)
     for n in (0, 1, 7, 8, 9, 16, 100, 1540, 12_292):
@@ -784,6 +814,7 @@ def test_workers_inherit_every_compiled_kernel_specialisation(corpus_path: Path)
         shard_geometry._chunk_boxes,
         shard_kernel.decode_window,
         shard_kernel.locate_chunks,
+        shard_kernel.read_lone_chunk,
     ]
     before = [len(k.signatures) for k in kernels]
     dataset = CorpusStream(corpus_path, SMALL)

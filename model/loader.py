@@ -405,7 +405,7 @@ class CorpusStream(IterableDataset):
         np.stack([c.months for c in crops], out=months.numpy())
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
         generator = torch.Generator().manual_seed(plan.masking_seed)
-        views = mask_batch(batch, generator, self.params.num_views, out=next(arena).numpy())
+        views = mask_batch(batch, generator, self.params.num_views, out=next(arena))
         return LoaderItem(
             batch,
             views,
@@ -427,6 +427,7 @@ class CorpusStream(IterableDataset):
         if info is not None and self.pack_items:
             for item in self.iter_plans(plans):
                 slot, item._slot = item._slot, None
+                item.normalizers = {}  # the receiver attaches its own (`StreamingLoader`)
                 if slot is not None:
                     yield pack(item, slot=slot)
                 else:

@@ -134,7 +134,11 @@ class StreamingLoader:
         expected = self.consumed
         for received in loader:
             ring = self.dataset.ring
-            item = unpack(received, ring) if isinstance(received, Packed) else received
+            if isinstance(received, Packed):
+                item = unpack(received, ring)
+                item.normalizers = self.dataset.normalizers  # not sent: the same in every process
+            else:
+                item = received
             waiting[item.index] = item
             while expected in waiting:
                 yield waiting.pop(expected)

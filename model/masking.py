@@ -14,7 +14,7 @@ view's masks are zero-copy slices of one bool array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from itertools import accumulate
 from typing import Protocol
@@ -28,12 +28,31 @@ from torch import Tensor
 MIN_ENCODED_GROUPS = 2
 
 
+_Layout = tuple[tuple[str, int, int, tuple[int, ...]], ...]
+"""Per group: (name, first token, tokens, mask shape) in a view's flat (2, tokens) masks."""
+
+
 @dataclass
 class ViewMasks:
     """One masked view: per group bool (B, T, H/p, W/p); `encode` and `decode` are disjoint."""
 
     encode: dict[str, Tensor]
     decode: dict[str, Tensor]
+    flat: Tensor | None = field(default=None, repr=False, compare=False)
+    """(2, tokens): encode and decode of every group, when the dicts are views of it."""
+    layout: _Layout = field(default=(), repr=False, compare=False)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Views of one array travel as that array and the layout: one tensor, not two per
+        group (a worker sends each batch's views to the training process)."""
+        if self.flat is None:
+            return (ViewMasks, (self.encode, self.decode))
+        return (_from_flat, (self.flat, self.layout))
+
+
+def _from_flat(flat: Tensor, layout: _Layout) -> ViewMasks:
+    encode, decode = ({g: row[a : a + n].view(shape) for g, a, n, shape in layout} for row in flat)
+    return ViewMasks(encode, decode, flat, layout)
 
 
 @cache
@@ -45,10 +64,12 @@ def _masks(
     token_valid: dict[str, Tensor],
     generator: torch.Generator,
     views: int,
-    out: np.ndarray | None = None,
+    out: Tensor | None = None,
 ) -> list[ViewMasks]:
     """`views` masked views (see module doc). Spelled out with plain lists: this runs for
-    every batch in every worker, and numpy's per-call cost exceeds the kernel's work."""
+    every batch in every worker, and numpy's per-call cost exceeds the kernel's work.
+    The views are tensors over `out`'s own storage, never over a numpy array of it: should
+    torch move that storage (into shared memory, to send it), they follow it."""
     groups = tuple(token_valid)
     if not groups:
         raise ValueError("token_valid is empty; masking needs at least one band group")
@@ -60,10 +81,10 @@ def _masks(
     sizes = [n // batch if batch else 0 for n in lengths]
     shape = (views, 2, sum(lengths))
     if out is None:
-        out = np.empty(shape, dtype=bool)
-    elif out.shape != shape or out.dtype != bool or not out.flags.c_contiguous:
+        out = torch.empty(shape, dtype=torch.bool)
+    elif out.shape != shape or out.dtype != torch.bool or not out.is_contiguous():
         raise ValueError(
-            f"out is {out.dtype}{out.shape}; the masks need a C-contiguous bool{shape}"
+            f"out is {out.dtype}{tuple(out.shape)}; the masks need a contiguous bool{shape}"
         )
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     mask_views(
@@ -74,19 +95,13 @@ def _masks(
         batch,
         MIN_ENCODED_GROUPS,
         seed,
-        out,
+        out.numpy(),
     )
-    result = []
-    for v in range(views):
-        encode, decode = (
-            {
-                g: torch.from_numpy(row[a : a + n].reshape(shape))
-                for g, a, n, shape in zip(groups, starts, lengths, shapes, strict=True)
-            }
-            for row in out[v]
-        )
-        result.append(ViewMasks(encode=encode, decode=decode))
-    return result
+    layout = tuple(
+        (g, a, n, tuple(shape))
+        for g, a, n, shape in zip(groups, starts, lengths, shapes, strict=True)
+    )
+    return [_from_flat(out[v], layout) for v in range(views)]
 
 
 def sample_view_masks(token_valid: dict[str, Tensor], generator: torch.Generator) -> ViewMasks:
@@ -107,7 +122,7 @@ def mask_batch(
     batch: TokenValidity,
     generator: torch.Generator,
     num_views: int = 2,
-    out: np.ndarray | None = None,
+    out: Tensor | None = None,
 ) -> list[ViewMasks]:
     """`num_views` independent masked views of a batch (two for the contrastive loss).
     With `out` (bool (num_views, 2, all groups' tokens)) the masks are views of it: the

@@ -27,7 +27,6 @@ import math
 import os
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,26 +112,38 @@ class OpenShard:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        weakref.finalize(self, os.close, fd)
+
+    def __del__(self) -> None:  # cheaper than a weakref.finalize per shard
+        os.close(self.fd)
 
 
-@dataclass(frozen=True)
 class LocatedChunks:
     """The chunks that several windows of one shard need, located by one index read: what
-    each window's `EncodedWindow` refers to (nothing is cut per window until it is used)."""
+    each window's `EncodedWindow` refers to (nothing is cut per window until it is used).
+    A plain slotted class: one is made per shard and array, where a dataclass costs more."""
 
-    reader: ShardReader
-    path: str
-    chunks: ShardChunks
-    present: np.ndarray
-    """bool per chunk of `chunks.flats`: written (else the fill value)."""
-    positions: np.ndarray
-    sizes: np.ndarray
-    """Per written chunk: where its bytes start — in `buffer`, or in the open local file
-    when `buffer` is an `OpenShard` — and how many there are."""
-    written: np.ndarray
-    """Window w's written chunks are `positions[written[w]:written[w + 1]]`."""
-    buffer: np.ndarray | OpenShard | None
+    __slots__ = ("buffer", "chunks", "path", "positions", "present", "reader", "sizes", "written")
+
+    def __init__(
+        self,
+        reader: ShardReader,
+        path: str,
+        chunks: ShardChunks,
+        present: np.ndarray,
+        positions: np.ndarray,
+        sizes: np.ndarray,
+        written: np.ndarray,
+        buffer: np.ndarray | OpenShard | None,
+    ) -> None:
+        self.reader, self.path, self.chunks = reader, path, chunks
+        self.present = present
+        """bool per chunk of `chunks.flats`: written (else the fill value)."""
+        self.positions, self.sizes = positions, sizes
+        """Per written chunk: where its bytes start — in `buffer`, or in the open local file
+        when `buffer` is an `OpenShard` — and how many there are."""
+        self.written = written
+        """Window w's written chunks are `positions[written[w]:written[w + 1]]`."""
+        self.buffer = buffer
 
 
 class EncodedWindow:

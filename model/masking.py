@@ -14,7 +14,6 @@ view's masks are zero-copy slices of one bool array.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from functools import cache
 from itertools import accumulate
 from typing import Protocol
@@ -32,27 +31,67 @@ _Layout = tuple[tuple[str, int, int, tuple[int, ...]], ...]
 """Per group: (name, first token, tokens, mask shape) in a view's flat (2, tokens) masks."""
 
 
-@dataclass
 class ViewMasks:
-    """One masked view: per group bool (B, T, H/p, W/p); `encode` and `decode` are disjoint."""
+    """One masked view: per group bool (B, T, H/p, W/p); `encode` and `decode` are disjoint.
 
-    encode: dict[str, Tensor]
-    decode: dict[str, Tensor]
-    flat: Tensor | None = field(default=None, repr=False, compare=False)
-    """(2, tokens): encode and decode of every group, when the dicts are views of it."""
-    layout: _Layout = field(default=(), repr=False, compare=False)
+    Masks made by `mask_batch` are views of one (2, tokens) tensor, `flat`: the dicts are
+    built on first use (a worker never uses them), the view travels as that one tensor,
+    and `to` moves it to a device in one copy."""
+
+    __slots__ = ("_decode", "_encode", "flat", "layout")
+
+    def __init__(self, encode: dict[str, Tensor], decode: dict[str, Tensor]) -> None:
+        self._encode: dict[str, Tensor] | None = encode
+        self._decode: dict[str, Tensor] | None = decode
+        self.flat: Tensor | None = None
+        """(2, tokens): encode and decode of every group, when the dicts are views of it."""
+        self.layout: _Layout = ()
+
+    @classmethod
+    def of_flat(cls, flat: Tensor, layout: _Layout) -> ViewMasks:
+        view = cls.__new__(cls)
+        view._encode = view._decode = None
+        view.flat, view.layout = flat, layout
+        return view
+
+    def _split(self) -> None:
+        assert self.flat is not None
+        self._encode, self._decode = (
+            {g: row[a : a + n].view(shape) for g, a, n, shape in self.layout} for row in self.flat
+        )
+
+    @property
+    def encode(self) -> dict[str, Tensor]:
+        if self._encode is None:
+            self._split()
+        assert self._encode is not None
+        return self._encode
+
+    @property
+    def decode(self) -> dict[str, Tensor]:
+        if self._decode is None:
+            self._split()
+        assert self._decode is not None
+        return self._decode
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ViewMasks:
+        """This view on `device`: one copy of `flat` when there is one."""
+        if self.flat is not None:
+            return ViewMasks.of_flat(self.flat.to(device, non_blocking=non_blocking), self.layout)
+        move = {g: m.to(device, non_blocking=non_blocking) for g, m in self.encode.items()}
+        return ViewMasks(
+            move, {g: m.to(device, non_blocking=non_blocking) for g, m in self.decode.items()}
+        )
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Views of one array travel as that array and the layout: one tensor, not two per
         group (a worker sends each batch's views to the training process)."""
         if self.flat is None:
             return (ViewMasks, (self.encode, self.decode))
-        return (_from_flat, (self.flat, self.layout))
+        return (ViewMasks.of_flat, (self.flat, self.layout))
 
-
-def _from_flat(flat: Tensor, layout: _Layout) -> ViewMasks:
-    encode, decode = ({g: row[a : a + n].view(shape) for g, a, n, shape in layout} for row in flat)
-    return ViewMasks(encode, decode, flat, layout)
+    def __repr__(self) -> str:
+        return f"ViewMasks(groups={[g for g, *_ in self.layout] or list(self.encode)})"
 
 
 @cache
@@ -101,7 +140,7 @@ def _masks(
         (g, a, n, tuple(shape))
         for g, a, n, shape in zip(groups, starts, lengths, shapes, strict=True)
     )
-    return [_from_flat(out[v], layout) for v in range(views)]
+    return [ViewMasks.of_flat(out[v], layout) for v in range(views)]
 
 
 def sample_view_masks(token_valid: dict[str, Tensor], generator: torch.Generator) -> ViewMasks:

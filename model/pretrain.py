@@ -260,13 +260,7 @@ class _Trainer:
     # ------------------------------------------------------------------ steps
     def _micro_step(self, item: LoaderItem, last: bool) -> dict[str, Any]:
         batch = item.to(self.rt.device)
-        views = [
-            type(v)(
-                {g: m.to(self.rt.device) for g, m in v.encode.items()},
-                {g: m.to(self.rt.device) for g, m in v.decode.items()},
-            )
-            for v in item.views
-        ]
+        views = [v.to(self.rt.device) for v in item.views]
         sync = self.forward_model.no_sync() if self.rt.distributed and not last else _nullcontext()
         with sync:
             with torch.autocast(

@@ -106,18 +106,25 @@ def window_chunks(layout: ShardLayout, local: int, window: Window) -> WindowChun
     return shard_window_chunks(layout, {local: window})[0][local]
 
 
-@dataclass(frozen=True)
 class ShardChunks:
     """The chunks several windows of one shard touch, back to back: window w's are rows
     `bounds[w]:bounds[w + 1]` of every array (one compiled call per shard and array;
-    `window(w)` cuts one window's `WindowChunks` out when it is needed)."""
+    `window(w)` cuts one window's `WindowChunks` out when it is needed). A plain slotted
+    class: one is made per shard and array, where a frozen dataclass costs more."""
 
-    windows: tuple[Window, ...]
-    bounds: np.ndarray
-    flats: np.ndarray
-    piece_start: np.ndarray
-    piece_stop: np.ndarray
-    target_start: np.ndarray
+    __slots__ = ("bounds", "flats", "piece_start", "piece_stop", "target_start", "windows")
+
+    def __init__(
+        self,
+        windows: tuple[Window, ...],
+        bounds: np.ndarray,
+        flats: np.ndarray,
+        piece_start: np.ndarray,
+        piece_stop: np.ndarray,
+        target_start: np.ndarray,
+    ) -> None:
+        self.windows, self.bounds, self.flats = windows, bounds, flats
+        self.piece_start, self.piece_stop, self.target_start = piece_start, piece_stop, target_start
 
     def window(self, w: int) -> WindowChunks:
         a, b = int(self.bounds[w]), int(self.bounds[w + 1])

@@ -2,7 +2,7 @@
 
 The kernels live next to what they compute: `masking_kernel` (masks), `validity_kernel`
 (pixel and token validity), `shard_geometry` (which chunks a window touches) and
-`shard_kernel` (read, decode and place a window's chunks).
+`shard_kernel` (locate a shard's chunks; read, decode and place a window's).
 """
 
 from __future__ import annotations

@@ -116,6 +116,20 @@ def crc32c(data: np.ndarray) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _index_checks(index: np.ndarray, status: np.ndarray) -> bool:
+    """Whether a shard index (entries, then their crc32c little endian) passes its
+    checksum; if not, `status` = (BAD_CHECKSUM, the stored crc)."""
+    n = index.shape[0]
+    stored = 0
+    for b in range(4):
+        stored |= np.int64(index[n - 4 + b]) << (8 * b)
+    if crc32c(index[: n - 4]) == stored:
+        return True
+    status[0], status[1] = BAD_CHECKSUM, stored
+    return False
+
+
+@numba.njit(cache=True, nogil=True)
 def locate_chunks(
     fd: int, index: np.ndarray, flats: np.ndarray, bounds: np.ndarray, status: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -140,11 +154,7 @@ def locate_chunks(
     if got != nbytes:
         status[0], status[1] = SHORT_READ, got
         return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
-    stored = 0
-    for b in range(4):
-        stored |= np.int64(index[nbytes - 4 + b]) << (8 * b)
-    if crc32c(index[: nbytes - 4]) != stored:
-        status[0], status[1] = BAD_CHECKSUM, stored
+    if not _index_checks(index, status):
         return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
     entries = index[: nbytes - 4].view(np.uint64)
     written = largest = 0
@@ -262,11 +272,7 @@ def read_lone_chunk(ctx: int, fd: int, raw: np.ndarray, out: np.ndarray, status:
     if data_end < 0:
         status[0], status[1] = NO_INDEX, size
         return -2
-    stored = 0
-    for b in range(4):
-        stored |= np.int64(raw[size - 4 + b]) << (8 * b)
-    if crc32c(raw[data_end : size - 4]) != stored:
-        status[0], status[1] = BAD_CHECKSUM, stored
+    if not _index_checks(raw[data_end:size], status):
         return -2
     entry = raw[data_end : size - 4].view(np.uint64)
     if entry[0] == EMPTY:

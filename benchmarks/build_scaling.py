@@ -28,8 +28,9 @@ from pathlib import Path
 import yaml
 from terracube.catalog.plan import Plan, make_plan
 from terracube.catalog.registry import modality
-from terracube.catalog.search import search_tiles
-from terracube.workflows.build import BuildOptions, BuildReport, run_build
+from terracube.catalog.stac.search import search_tiles
+from terracube.workflows.build.runner import BuildOptions, BuildReport, run_build
+from terracube.workflows.build.tasks import PipelineTileBuilder
 from terracube.workflows.config import load_config
 from terracube.workflows.planning import (
     STATIC_SEARCH_START,
@@ -38,7 +39,6 @@ from terracube.workflows.planning import (
     stac_modalities,
     time_scheme,
 )
-from terracube.workflows.tasks import PipelineTileBuilder
 from terracube.workflows.world import generate_world
 
 DEFAULT_MODALITIES = ("sentinel2_l2a", "sentinel1", "landsat_c2l2", "worldcover")

@@ -32,10 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services from a checkout
 
 from terracube.catalog.grid import Tile
-from terracube.catalog.normalize import NormalizedItem, normalize_item
 from terracube.catalog.osm import OsmFeatures
 from terracube.catalog.registry import BAND_GROUPS, band_group
-from terracube.pipeline.read import (
+from terracube.catalog.stac.items import NormalizedItem, normalize_item
+from terracube.pipeline.read.reader import (
     group_request,
     read_source_windows,
     source_windows,

@@ -54,12 +54,12 @@ import numcodecs
 import numpy as np
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
-from terracube.model.encoder import count_parameters
-from terracube.model.loader import CorpusStream, LoaderItem, StreamingLoader
-from terracube.model.loader_plan import BatchPlan, LoaderParams, sample_window
-from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
-from terracube.model.shard_geometry import ShardLayout, window_chunks
-from terracube.pipeline.corpus import (
+from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.plan import BatchPlan, LoaderParams, sample_window
+from terracube.model.nn.encoder import count_parameters
+from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.pipeline.corpus.shard_geometry import ShardLayout, window_chunks
+from terracube.pipeline.corpus.store import (
     Corpus,
     InnerChunking,
     SampleData,

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import torch
 import zarr
-from terracube.model.loader import CorpusStream
-from terracube.model.loader_plan import LoaderParams, sample_window
-from terracube.model.loader_remote import PREFETCH_SHARDS
-from terracube.pipeline import corpus as corpus_module
+from terracube.model.data.loader import CorpusStream
+from terracube.model.data.plan import LoaderParams, sample_window
+from terracube.model.data.remote import PREFETCH_SHARDS
+from terracube.pipeline.corpus import store as corpus_module
 from zarr.abc.store import Store
 from zarr.storage import LocalStore
 from zarr.testing.store import LatencyStore

@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from terracube.model.batch import Batch
-from terracube.model.encoder import ModelSize, model_size
-from terracube.model.groups import group_channels
-from terracube.model.masking import ViewMasks, mask_batch
-from terracube.model.olmoearth import LatentMIM, LatentMIMConfig
-from terracube.model.synthetic import synthetic_batch
+from terracube.model.nn.batch import Batch
+from terracube.model.nn.encoder import ModelSize, model_size
+from terracube.model.nn.groups import group_channels
+from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.model.nn.synthetic import synthetic_batch
+from terracube.model.train.masking import ViewMasks, mask_batch
 from torch import nn
 
 PEAK_BF16_FLOPS: dict[str, float] = {

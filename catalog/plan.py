@@ -27,8 +27,8 @@ import pandas as pd
 import shapely
 from pyproj import Transformer
 from terracube.catalog.grid import Tile
-from terracube.catalog.normalize import NormalizedItem, item_from_record, item_to_record
 from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.stac.items import NormalizedItem, item_from_record, item_to_record
 from terracube.catalog.timescheme import TimeScheme
 
 PLAN_FORMAT_VERSION = 1

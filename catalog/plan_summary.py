@@ -14,8 +14,8 @@ import sys
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
-from terracube.catalog.normalize import AssetRef
 from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.stac.items import AssetRef
 
 if TYPE_CHECKING:
     from terracube.catalog.plan import Plan

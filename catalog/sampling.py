@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from terracube.catalog.grid import AoiLike, Tile, cover
-from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.plan import tile_coverage
 from terracube.catalog.registry import modality
+from terracube.catalog.stac.items import NormalizedItem
 
 ClassLookup = Callable[[Tile], int | None]
 """Majority class code of a tile, or None when the tile has no valid class pixels."""

@@ -11,7 +11,7 @@ index arithmetic, so one read serves all groups with the same pixels:
 - coarser (20 m -> 40 m, factor k): the coarse pixel centre sits at mask pixel
   coordinate k*j + k/2, and GDAL's nearest takes the pixel containing it, i.e.
   index k*j + k//2 (for k = 2 the lower-right of each 2 x 2 block).
-  tests/test_pipeline_mask_grid.py checks both against stackstac's own warp.
+  tests/pipeline/test_mask_grid.py checks both against stackstac's own warp.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from terracube.catalog.grid import Tile
-from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.registry import MaskBand
+from terracube.catalog.stac.items import NormalizedItem
 
 
 def _whole(value: float) -> bool:

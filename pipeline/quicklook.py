@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 from terracube.catalog.registry import band_group
-from terracube.pipeline.corpus import Corpus, SampleState
+from terracube.pipeline.corpus.store import Corpus, SampleState
 
 ATTRIBUTION = (
     "Contains modified Copernicus Sentinel data; (c) ESA WorldCover project 2021; "

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from terracube.catalog.normalize import Conversion, NormalizedItem
 from terracube.catalog.registry import BandGroup, RadiometryKind
+from terracube.catalog.stac.items import Conversion, NormalizedItem
 
 
 class RadiometryError(ValueError):

@@ -22,9 +22,9 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from terracube.catalog.grid import Tile
-from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.registry import OSM_CATEGORIES, band_group, modality
-from terracube.pipeline.read import Reader, ReadRequest
+from terracube.catalog.stac.items import NormalizedItem
+from terracube.pipeline.read.reader import Reader, ReadRequest
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 from terracube.catalog.grid import Tile
-from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.registry import MODALITIES, BandGroup, band_group, modality
+from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.cloudmask import observation_valid
 from terracube.pipeline.composite import CompositeMethod, composite, split_periods
-from terracube.pipeline.corpus import Corpus, SampleData, SampleState
+from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.mask_grid import mask_on_grid, scale_factor, shared_mask_resolution
 from terracube.pipeline.radiometry import item_conversions, to_stored
-from terracube.pipeline.read import Reader, ReadRequest, StackstacReader, group_request
+from terracube.pipeline.read.reader import Reader, ReadRequest, StackstacReader, group_request
 from terracube.pipeline.static_maps import OsmRasterParams, osm_raster, worldcover_map
 
 

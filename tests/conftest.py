@@ -27,7 +27,7 @@ from tests.services.postgres_pgstac import PgstacDatabase, run_pgstac_database
 from tests.services.process import ServiceUnavailable
 from tests.services.s3 import S3Store, run_s3_server
 from tests.services.stac_api import StacApi, run_stac_api
-from tests.world_fixture import shared_world
+from tests.workflows.world_fixture import shared_world
 
 
 @pytest.fixture(autouse=True, scope="session")

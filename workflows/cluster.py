@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from terracube.workflows.tasks import ShardOutcome, ShardTask, run_shard_task
+from terracube.workflows.build.tasks import ShardOutcome, ShardTask, run_shard_task
 
 OnDone = Callable[[ShardTask, ShardOutcome | BaseException], None]
 

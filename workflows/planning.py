@@ -15,12 +15,17 @@ from typing import Any
 
 import numpy as np
 from terracube.catalog.grid import Tile, cover
-from terracube.catalog.http import RetryPolicy
-from terracube.catalog.normalize import NormalizedItem
 from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import MODALITIES, modality
-from terracube.catalog.search import STATIC_SEARCH_START, RegionParams, SearchCache, search_tiles
-from terracube.catalog.sources import (
+from terracube.catalog.stac.http import RetryPolicy
+from terracube.catalog.stac.items import NormalizedItem
+from terracube.catalog.stac.search import (
+    STATIC_SEARCH_START,
+    RegionParams,
+    SearchCache,
+    search_tiles,
+)
+from terracube.catalog.stac.sources import (
     ItemSource,
     SourceError,
     StacApiSource,

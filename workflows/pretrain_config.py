@@ -19,8 +19,8 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from terracube.model.encoder import SIZES
-from terracube.model.pretrain import PretrainSettings, train
+from terracube.model.nn.encoder import SIZES
+from terracube.model.train.pretrain import PretrainSettings, train
 
 
 class PretrainConfigError(ValueError):

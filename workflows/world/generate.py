@@ -10,7 +10,6 @@ import numpy as np
 import shapely
 import yaml
 from terracube.catalog.grid import Tile
-from terracube.workflows.world import landsat, sentinel1, sentinel2, worldcover
 from terracube.workflows.world.config import (
     WorldSize,
     WorldSizeName,
@@ -21,7 +20,8 @@ from terracube.workflows.world.config import (
 )
 from terracube.workflows.world.context import WorldContext
 from terracube.workflows.world.landcover import block_classes
-from terracube.workflows.world.osm import build_features, write_osm_xml
+from terracube.workflows.world.modalities import landsat, sentinel1, sentinel2, worldcover
+from terracube.workflows.world.modalities.osm import build_features, write_osm_xml
 from terracube.workflows.world.scenes import (
     ALL_CLOUD_PERIOD,
     Scene,

@@ -30,7 +30,7 @@ from terracube.catalog.grid import Tile
 from terracube.catalog.registry import S2_GROUPS, GeometryKind, band_group
 from terracube.workflows.world.clouds import CLEAR
 from terracube.workflows.world.config import BLOCK_M, ZoneGrid
-from terracube.workflows.world.osm import OsmFeature
+from terracube.workflows.world.modalities.osm import OsmFeature
 from terracube.workflows.world.spectra import LANDSAT_BANDS, S1_BANDS, S2_BANDS
 
 TRUTH_FORMAT = 1

@@ -1,0 +1,534 @@
+"""One item shape for every provider: Earth Search v1, Planetary Computer, USGS, our own.
+
+Providers publish the same scene under different asset keys (`B04`, `red`,
+`SR_B4.TIF`), different projection fields (`proj:code`, `proj:epsg`, `proj:wkt2`, item
+or asset level), relative or absolute hrefs, and, worst, different radiometric
+metadata for the same DN. Everything downstream reads `NormalizedItem`, so those
+differences are settled here, once, and the DN -> stored conversion is explicit.
+
+Band and mask names come from the registry (Band.aliases, MaskBand.aliases); this module
+only adds provider facts: which collection id holds which modality.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import affine
+import numpy as np
+import pystac
+import shapely
+from pyproj import CRS
+from terracube.catalog.registry import (
+    S2_BOA_ADD_OFFSET_DN,
+    Band,
+    MaskBand,
+    Modality,
+    RadiometryKind,
+    modality,
+    s2_offset_applies,
+)
+from terracube.catalog.stac.http import HrefPolicy, check_asset_href
+
+COLLECTION_MODALITIES: dict[str, str] = {
+    "sentinel-2-l2a": "sentinel2_l2a",  # Earth Search v1 and Planetary Computer
+    "sentinel-2-c1-l2a": "sentinel2_l2a",  # Earth Search collection-1 reprocessing
+    "sentinel-1-rtc": "sentinel1",  # Planetary Computer, terrain-corrected gamma0
+    "landsat-c2-l2": "landsat_c2l2",  # Earth Search v1 and Planetary Computer
+    "landsat-c2l2-sr": "landsat_c2l2",  # USGS landsatlook / stactools, SR item
+    "landsat-c2l2-st": "landsat_c2l2",  # USGS landsatlook / stactools, ST item
+    "esa-worldcover": "worldcover",
+}
+"""Provider collection id -> registry modality. A `terracube:modality` item property wins."""
+
+UNSUPPORTED_COLLECTIONS: dict[str, str] = {
+    "sentinel-1-grd": "GRD scenes are in radar geometry (GCPs, amplitude DN), not on a map "
+    "grid; use a terrain-corrected collection such as Planetary Computer sentinel-1-rtc",
+    "sentinel-2-l1c": "L1C is top-of-atmosphere; the corpus stores L2A surface reflectance",
+}
+
+OPTIONAL_BANDS: dict[str, frozenset[str]] = {
+    "landsat_c2l2": frozenset({"ST_B10"}),  # L2SR products and USGS SR items carry no ST
+    "sentinel1": frozenset({"VH"}),  # single-polarisation (1SSV) scenes
+}
+"""Bands whose absence is a fact of the product, not a broken item; stored as nodata."""
+
+LANDSAT_PLATFORMS = frozenset({"landsat-8", "landsat-9"})
+"""Registry Landsat bands follow the OLI numbering; TM/ETM+ number bands differently."""
+
+MODALITY_PROPERTY = "terracube:modality"
+
+
+class ItemNormalizationError(ValueError):
+    """A STAC item that cannot be turned into a NormalizedItem; the message says why."""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """Exactly how one asset's source DN become the registry's stored value.
+
+    stored = DN + dn_offset (S2 baseline offset; 0 elsewhere), or 10 log10(DN) for
+    LINEAR_TO_DB; physical = stored * scale + offset. `source` says where the numbers
+    came from: "raster:bands", "s2:processing_baseline" or "registry".
+    """
+
+    kind: RadiometryKind
+    dn_offset: float = 0.0
+    scale: float = 1.0
+    offset: float = 0.0
+    source: str = "registry"
+
+    def to_stored(self, dn: np.ndarray, nodata: float | None = None) -> np.ndarray:
+        """Apply the conversion; source nodata maps to the stored nodata of the kind."""
+        dn = np.asarray(dn)
+        invalid = np.zeros(dn.shape, bool) if nodata is None else _equal_nodata(dn, nodata)
+        if self.kind is RadiometryKind.LINEAR_TO_DB:
+            linear = dn.astype(np.float64)
+            invalid |= ~(linear > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                db = 10.0 * np.log10(np.where(invalid, 1.0, linear))
+            return np.where(invalid, np.nan, db).astype(np.float32)
+        if self.kind is RadiometryKind.S2_BASELINE_OFFSET:
+            shifted = dn.astype(np.int64) + int(self.dn_offset)
+            # 0 is nodata; valid dark pixels clip to 1 rather than become nodata.
+            stored = np.clip(shifted, 1, np.iinfo(np.uint16).max)
+            return np.where(invalid | (dn == 0), 0, stored).astype(np.uint16)
+        return np.where(invalid, 0, dn).astype(dn.dtype)
+
+
+def _equal_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
+    if isinstance(nodata, float) and math.isnan(nodata):
+        return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    return values == nodata
+
+
+@dataclass(frozen=True)
+class AssetRef:
+    """Where one registry band (or mask) of an item lives and how to read it."""
+
+    band: str
+    href: str
+    asset_key: str
+    transform: affine.Affine | None
+    shape: tuple[int, int] | None
+    nodata: float | None
+    dtype: str | None
+    conversion: Conversion
+    file_size: int | None = None
+
+
+@dataclass(frozen=True)
+class NormalizedItem:
+    id: str
+    collection: str
+    modality: str
+    datetime: datetime
+    geometry: shapely.Geometry
+    """Footprint in lon/lat (EPSG:4326)."""
+    epsg: int | None
+    """None when the provider publishes no projection (read it from the asset)."""
+    assets: tuple[AssetRef, ...]
+    mask: AssetRef | None
+    cloud_cover: float | None
+    platform: str | None
+    missing_bands: tuple[str, ...] = ()
+    """Optional registry bands this product does not carry (OPTIONAL_BANDS)."""
+
+    def asset(self, band: str) -> AssetRef:
+        for ref in self.assets:
+            if ref.band == band:
+                return ref
+        raise KeyError(f"item {self.id} has no asset for band {band!r}")
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(ref.band for ref in self.assets)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _item_dict(item: pystac.Item | Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    if isinstance(item, pystac.Item):
+        return item.to_dict(include_self_link=True, transform_hrefs=False), item.get_self_href()
+    if not isinstance(item, Mapping):
+        raise TypeError(f"expected a pystac.Item or an item dict, got {type(item).__name__}")
+    return dict(item), None
+
+
+def _self_href(data: Mapping[str, Any]) -> str | None:
+    for link in data.get("links") or ():
+        if link.get("rel") == "self" and link.get("href"):
+            return str(link["href"])
+    return None
+
+
+def _is_url(href: str) -> bool:
+    scheme = urlsplit(href).scheme
+    return len(scheme) > 1
+
+
+def resolve_href(href: str, base: str | None, item_id: str) -> str:
+    """Absolute href: relative ones resolve against the item's own location."""
+    if _is_url(href) or os.path.isabs(href):
+        return href
+    if base is None:
+        raise ItemNormalizationError(
+            f"item {item_id}: asset href {href!r} is relative and the item has no self href; "
+            "pass base_href (the item's own URL or path) to normalize_item"
+        )
+    if _is_url(base):
+        return urljoin(base, href)
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(base)), href))
+
+
+def _epsg_from(fields: Mapping[str, Any]) -> int | None:
+    code = fields.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    if fields.get("proj:epsg") is not None:
+        return int(fields["proj:epsg"])
+    for key in ("proj:wkt2", "proj:projjson"):
+        if fields.get(key):
+            crs = CRS.from_user_input(fields[key])
+            epsg = crs.to_epsg()
+            if epsg is not None:
+                return epsg
+    return None
+
+
+def _parse_datetime(props: Mapping[str, Any], item_id: str) -> datetime:
+    raw = props.get("datetime") or props.get("start_datetime")
+    if not raw:
+        raise ItemNormalizationError(f"item {item_id}: neither datetime nor start_datetime set")
+    try:
+        when = datetime.fromisoformat(str(raw))
+    except ValueError as err:
+        raise ItemNormalizationError(f"item {item_id}: bad datetime {raw!r}: {err}") from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _platform(props: Mapping[str, Any]) -> str | None:
+    raw = props.get("platform") or props.get("eo:platform")
+    return str(raw).strip().lower().replace("_", "-") if raw else None
+
+
+def _raster_band(asset: Mapping[str, Any]) -> Mapping[str, Any]:
+    bands = asset.get("raster:bands") or asset.get("bands") or ()
+    return bands[0] if len(bands) == 1 and isinstance(bands[0], Mapping) else {}
+
+
+def _asset_names(
+    key: str, asset: Mapping[str, Any], item_eo: list[Any]
+) -> tuple[set[str], set[str]]:
+    """(names from the key, names from a single eo:band) an asset is published under."""
+    stem = key.rsplit(".", 1)[0] if key.lower().endswith((".tif", ".tiff")) else key
+    from_key = {key, stem}
+    eo = asset.get("eo:bands") or ()
+    from_eo: set[str] = set()
+    if len(eo) == 1:
+        band = eo[0]
+        if isinstance(band, int) and 0 <= band < len(item_eo):  # STAC 0.x index form
+            band = item_eo[band]
+        if isinstance(band, Mapping):
+            from_eo = {str(band[k]) for k in ("name", "common_name") if band.get(k)}
+    return from_key, from_eo
+
+
+def _find_asset(
+    aliases: tuple[str, ...], assets: Mapping[str, Mapping[str, Any]], item_eo: list[Any]
+) -> str | None:
+    """Asset key publishing `aliases`; a key match beats an eo:bands match."""
+    wanted = set(aliases)
+    by_eo = None
+    for key, asset in assets.items():
+        from_key, from_eo = _asset_names(key, asset, item_eo)
+        if from_key & wanted:
+            return key
+        if by_eo is None and from_eo & wanted and "jp2" not in str(asset.get("type", "")):
+            by_eo = key
+    return by_eo
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _conversion(
+    mod: Modality, band: Band, raster: Mapping[str, Any], props: Mapping[str, Any], item_id: str
+) -> Conversion:
+    kind = band.radiometry.kind
+    has_scale = "scale" in raster or "offset" in raster
+    if kind is RadiometryKind.S2_BASELINE_OFFSET:
+        scale = float(raster.get("scale", band.radiometry.scale))
+        if has_scale:
+            dn_offset = float(raster.get("offset", 0.0)) / scale
+            if abs(dn_offset - round(dn_offset)) > 1e-6:
+                raise ItemNormalizationError(
+                    f"item {item_id}: raster:bands offset/scale of {band.name} give a "
+                    f"non-integral DN offset {dn_offset}"
+                )
+            return Conversion(kind, float(round(dn_offset)), scale, 0.0, "raster:bands")
+        baseline = props.get("s2:processing_baseline")
+        applies = s2_offset_applies(baseline)
+        return Conversion(
+            kind,
+            -float(S2_BOA_ADD_OFFSET_DN) if applies else 0.0,
+            scale,
+            0.0,
+            "s2:processing_baseline",
+        )
+    if kind is RadiometryKind.IDENTITY:
+        if has_scale:
+            return Conversion(
+                kind,
+                0.0,
+                float(raster.get("scale", 1.0)),
+                float(raster.get("offset", 0.0)),
+                "raster:bands",
+            )
+        return Conversion(kind, 0.0, band.radiometry.scale, band.radiometry.offset, "registry")
+    return Conversion(kind, source="registry")
+
+
+def _mask_conversion() -> Conversion:
+    return Conversion(RadiometryKind.CLASSES, source="registry")
+
+
+# --------------------------------------------------------------------------- main entry
+
+
+def modality_of(data: Mapping[str, Any], overrides: Mapping[str, str] | None = None) -> str:
+    """Registry modality of an item dict, from its property or its collection id."""
+    item_id = data.get("id", "<no id>")
+    props = data.get("properties") or {}
+    if props.get(MODALITY_PROPERTY):
+        return modality(str(props[MODALITY_PROPERTY])).name
+    collection = data.get("collection")
+    table = {**COLLECTION_MODALITIES, **(overrides or {})}
+    if collection in table:
+        return table[collection]
+    if collection in UNSUPPORTED_COLLECTIONS:
+        raise ItemNormalizationError(
+            f"item {item_id}: collection {collection!r} is not supported: "
+            f"{UNSUPPORTED_COLLECTIONS[collection]}"
+        )
+    raise ItemNormalizationError(
+        f"item {item_id}: unknown collection {collection!r}; known: {', '.join(sorted(table))}. "
+        f"Set the item property {MODALITY_PROPERTY!r} or pass collection_modalities."
+    )
+
+
+def _asset_ref(
+    band_name: str,
+    key: str,
+    asset: Mapping[str, Any],
+    item: Mapping[str, Any],
+    base: str | None,
+    conversion: Conversion,
+    policy: HrefPolicy | None,
+) -> AssetRef:
+    props = item.get("properties") or {}
+    href = resolve_href(str(asset["href"]), base, item["id"])
+    if policy is not None:
+        check_asset_href(href, policy)
+    raster = _raster_band(asset)
+    transform = asset.get("proj:transform") or props.get("proj:transform")
+    shape = asset.get("proj:shape") or props.get("proj:shape")
+    nodata = raster.get("nodata", asset.get("nodata"))
+    return AssetRef(
+        band=band_name,
+        href=href,
+        asset_key=key,
+        transform=affine.Affine(*transform[:6]) if transform else None,
+        shape=(int(shape[0]), int(shape[1])) if shape else None,
+        nodata=float(nodata) if nodata is not None else None,
+        dtype=raster.get("data_type"),
+        conversion=conversion,
+        file_size=int(asset["file:size"]) if asset.get("file:size") is not None else None,
+    )
+
+
+def normalize_item(
+    item: pystac.Item | Mapping[str, Any],
+    *,
+    base_href: str | None = None,
+    policy: HrefPolicy | None = None,
+    collection_modalities: Mapping[str, str] | None = None,
+    required_bands: Iterable[str] | None = None,
+    require_mask: bool = True,
+) -> NormalizedItem:
+    """Normalize one STAC item. `policy` checks every asset href (pass it for remote catalogs).
+
+    `required_bands` defaults to the modality's bands minus OPTIONAL_BANDS; a missing
+    required band or mask raises ItemNormalizationError naming the item and the band.
+    `require_mask=False` accepts products that publish no mask band (Major TOM and
+    SSL4EO S2 patches have no SCL): their `mask` is None, and the build uses them
+    only with BuildParams(allow_unmasked=True). A mask that is present is still used.
+    """
+    data, pystac_self = _item_dict(item)
+    item_id = str(data.get("id") or "<no id>")
+    props = data.get("properties") or {}
+    mod = modality(modality_of(data, collection_modalities))
+    platform = _platform(props)
+    if mod.name == "landsat_c2l2" and platform is not None and platform not in LANDSAT_PLATFORMS:
+        raise ItemNormalizationError(
+            f"item {item_id}: platform {platform!r} is not Landsat 8/9; the registry's Landsat "
+            "bands follow OLI numbering. Filter the search with platform in landsat-8/landsat-9."
+        )
+    base = base_href or pystac_self or _self_href(data)
+    assets: Mapping[str, Mapping[str, Any]] = data.get("assets") or {}
+    item_eo = list(props.get("eo:bands") or [])
+    optional = OPTIONAL_BANDS.get(mod.name, frozenset())
+    required = (
+        set(required_bands)
+        if required_bands is not None
+        else {b.name for b in mod.bands if b.name not in optional}
+    )
+
+    refs: list[AssetRef] = []
+    missing: list[str] = []
+    for band in mod.bands:
+        key = _find_asset(band.aliases, assets, item_eo)
+        if key is None:
+            missing.append(band.name)
+            continue
+        conversion = _conversion(mod, band, _raster_band(assets[key]), props, item_id)
+        refs.append(_asset_ref(band.name, key, assets[key], data, base, conversion, policy))
+    lacking = sorted(required & set(missing))
+    if lacking:
+        raise ItemNormalizationError(
+            f"item {item_id} ({data.get('collection')}): no asset for required band(s) "
+            f"{', '.join(lacking)} of {mod.name}; asset keys present: {', '.join(assets) or 'none'}"
+        )
+    mask = (
+        _mask_ref(mod.mask, assets, item_eo, data, base, policy, require_mask) if mod.mask else None
+    )
+
+    epsg = _epsg_from(props)
+    if epsg is None:
+        epsg = next((e for r in refs if (e := _epsg_from(assets[r.asset_key])) is not None), None)
+    geometry = data.get("geometry")
+    if not geometry:
+        raise ItemNormalizationError(f"item {item_id}: has no geometry")
+    cloud = props.get("eo:cloud_cover")
+    return NormalizedItem(
+        id=item_id,
+        collection=str(data.get("collection") or ""),
+        modality=mod.name,
+        datetime=_parse_datetime(props, item_id),
+        geometry=shapely.geometry.shape(geometry),
+        epsg=epsg,
+        assets=tuple(refs),
+        mask=mask,
+        cloud_cover=float(cloud) if cloud is not None else None,
+        platform=platform,
+        missing_bands=tuple(missing),
+    )
+
+
+def _mask_ref(
+    mask: MaskBand,
+    assets: Mapping[str, Mapping[str, Any]],
+    item_eo: list[Any],
+    data: Mapping[str, Any],
+    base: str | None,
+    policy: HrefPolicy | None,
+    required: bool = True,
+) -> AssetRef | None:
+    key = _find_asset(mask.aliases, assets, item_eo)
+    if key is None and not required:
+        return None
+    if key is None:
+        raise ItemNormalizationError(
+            f"item {data.get('id')}: no {mask.name} mask asset (looked for "
+            f"{', '.join(mask.aliases)}); clouds cannot be masked without it. For products "
+            "without one (Major TOM, SSL4EO) pass require_mask=False"
+        )
+    return _asset_ref(mask.name, key, assets[key], data, base, _mask_conversion(), policy)
+
+
+def normalize_items(
+    items: Iterable[pystac.Item | Mapping[str, Any]], **kwargs: Any
+) -> list[NormalizedItem]:
+    """Normalize many items with the same options (see normalize_item, e.g. require_mask)."""
+    return [normalize_item(item, **kwargs) for item in items]
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _asset_record(ref: AssetRef) -> dict[str, Any]:
+    return {
+        "band": ref.band,
+        "href": ref.href,
+        "asset_key": ref.asset_key,
+        "transform": list(ref.transform)[:6] if ref.transform is not None else None,
+        "shape": list(ref.shape) if ref.shape is not None else None,
+        "nodata": None if ref.nodata is None or math.isnan(ref.nodata) else ref.nodata,
+        "nodata_nan": ref.nodata is not None and math.isnan(ref.nodata),
+        "dtype": ref.dtype,
+        "file_size": ref.file_size,
+        "conversion": {
+            "kind": ref.conversion.kind.value,
+            "dn_offset": ref.conversion.dn_offset,
+            "scale": ref.conversion.scale,
+            "offset": ref.conversion.offset,
+            "source": ref.conversion.source,
+        },
+    }
+
+
+def _asset_from_record(rec: Mapping[str, Any]) -> AssetRef:
+    conv = dict(rec["conversion"])
+    nodata = float("nan") if rec.get("nodata_nan") else rec.get("nodata")
+    return AssetRef(
+        band=rec["band"],
+        href=rec["href"],
+        asset_key=rec["asset_key"],
+        transform=affine.Affine(*rec["transform"]) if rec.get("transform") else None,
+        shape=tuple(rec["shape"]) if rec.get("shape") else None,  # type: ignore[arg-type]
+        nodata=nodata,
+        dtype=rec.get("dtype"),
+        conversion=Conversion(RadiometryKind(conv.pop("kind")), **conv),
+        file_size=rec.get("file_size"),
+    )
+
+
+def item_to_record(item: NormalizedItem) -> dict[str, Any]:
+    """JSON-safe dict of a NormalizedItem (the plan stores items this way)."""
+    return {
+        "id": item.id,
+        "collection": item.collection,
+        "modality": item.modality,
+        "datetime": item.datetime.isoformat(),
+        "geometry": shapely.geometry.mapping(item.geometry),
+        "epsg": item.epsg,
+        "assets": [_asset_record(a) for a in item.assets],
+        "mask": _asset_record(item.mask) if item.mask else None,
+        "cloud_cover": item.cloud_cover,
+        "platform": item.platform,
+        "missing_bands": list(item.missing_bands),
+    }
+
+
+def item_from_record(rec: Mapping[str, Any]) -> NormalizedItem:
+    """Inverse of item_to_record."""
+    return NormalizedItem(
+        id=rec["id"],
+        collection=rec["collection"],
+        modality=rec["modality"],
+        datetime=datetime.fromisoformat(rec["datetime"]),
+        geometry=shapely.geometry.shape(rec["geometry"]),
+        epsg=rec.get("epsg"),
+        assets=tuple(_asset_from_record(a) for a in rec["assets"]),
+        mask=_asset_from_record(rec["mask"]) if rec.get("mask") else None,
+        cloud_cover=rec.get("cloud_cover"),
+        platform=rec.get("platform"),
+        missing_bands=tuple(rec.get("missing_bands") or ()),
+    )

@@ -1,0 +1,352 @@
+"""Evaluate a frozen encoder: embeddings -> kNN and linear probes -> results table.
+
+Three feature sets are scored with the same probes on the same split, so any gain
+is visible: the checkpoint's encoder, a randomly initialised encoder of the same
+size (made exactly as pretraining makes its step-0 model: `torch.manual_seed(seed)`
+then `LatentMIM(size)`, with the checkpoint's seed — so it *is* the run's starting
+point), and raw pixels (per-band mean and std of the normalised valid pixels).
+
+Encoders run frozen (eval mode, `torch.no_grad`). Classification uses the pooled
+embedding; segmentation uses one embedding per patch (token grid cell): the mean
+of its encoded tokens over band groups and timesteps, labelled with the majority
+WorldCover class of the patch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from terracube.model.eval.datasets import read_bigearthnet, read_eurosat
+from terracube.model.eval.metrics import (
+    accuracy,
+    confusion_matrix,
+    macro_f1,
+    mean_average_precision,
+    mean_iou,
+    multilabel_f1,
+)
+from terracube.model.eval.probes import (
+    KnnParams,
+    LinearProbeParams,
+    ProbeResult,
+    knn_classify,
+    knn_multilabel,
+    linear_probe,
+)
+from terracube.model.eval.report import write_report
+from terracube.model.eval.tasks import (
+    IGNORE,
+    CropParams,
+    EvalSet,
+    split_by_key,
+    token_labels,
+    worldcover_task,
+)
+from terracube.model.nn.batch import Batch
+from terracube.model.nn.groups import encodable_groups
+from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.model.train.checkpoint import load_checkpoint
+from terracube.model.train.pretrain import CHECKPOINT_FORMAT
+
+TASKS: tuple[str, ...] = (
+    "worldcover-classification",
+    "worldcover-segmentation",
+    "eurosat",
+    "bigearthnet",
+)
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    size: str = "nano"
+    """Model size of the random-init encoder when no checkpoint is given."""
+    seed: int = 0
+    """Split and probe seed; also the init seed when no checkpoint is given."""
+    patch_size: int = 4
+    batch_size: int = 32
+    test_fraction: float = 0.25
+    crop: CropParams = field(default_factory=CropParams)
+    knn: KnnParams = field(default_factory=KnnParams)
+    linear: LinearProbeParams = field(default_factory=LinearProbeParams)
+    max_train_tokens: int = 50_000
+    """Segmentation: seeded subsample of the training tokens handed to the probes."""
+    eurosat_month: int = 0
+    device: str = "cpu"
+    """cpu, cuda, or auto (CUDA when torch sees a device)."""
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device={self.device!r} was asked for but torch sees no CUDA device"
+            )
+        return torch.device(self.device)
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The encoder under test and its same-size, same-seed random initialisation."""
+
+    trained: LatentMIM
+    random_init: LatentMIM
+    label: str
+
+
+def init_model(size: str, seed: int) -> LatentMIM:
+    """Exactly how pretraining builds its step-0 model, without touching the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LatentMIM(LatentMIMConfig(size=size))
+
+
+def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
+    """Encoder from a pretraining checkpoint (weights_only load) or a random init, plus the
+    random-init baseline of the same size and seed; both frozen on `params.device`."""
+    if checkpoint is None:
+        trained = init_model(params.size, params.seed)
+        random_init = init_model(params.size, params.seed)
+        label = f"random-init {params.size} (no checkpoint)"
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; pass a step_*.pt file")
+        state = load_checkpoint(path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"{path} is not a terracube pretraining checkpoint (format "
+                f"{state.get('format') if isinstance(state, dict) else None!r}, expected {CHECKPOINT_FORMAT})"
+            )
+        settings = state.get("settings", {})
+        size, seed = str(settings.get("model_size", "nano")), int(settings.get("seed", 0))
+        trained = init_model(size, seed)
+        trained.load_state_dict(state["model"])
+        random_init = init_model(size, seed)
+        label = f"{path.name} (step {state.get('step')})"
+    for model in (trained, random_init):
+        model.eval().requires_grad_(False).to(params.torch_device())
+    return Encoders(trained, random_init, label)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _encoder_groups(batch: Batch) -> list[str]:
+    return [g for g in batch.groups if g in encodable_groups()]
+
+
+def encoder_features(
+    model: LatentMIM, batch: Batch, per_token: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled (B, D) or per-patch (B, h, w, D) embeddings, and which patches had an encoded token."""
+    with torch.no_grad():
+        pooled, tokens = model.encode(batch)
+    if not per_token:
+        present = torch.stack(
+            [batch.token_valid(g).flatten(1).any(1) for g in _encoder_groups(batch)]
+        ).any(0)
+        return pooled, present
+    total = count = None
+    for g in _encoder_groups(batch):
+        encoded = batch.token_valid(g).to(tokens[g].dtype)  # (B, T, h, w)
+        part = (tokens[g] * encoded[..., None]).sum(1)
+        part_count = encoded.sum(1)
+        total = part if total is None else total + part
+        count = part_count if count is None else count + part_count
+    assert total is not None and count is not None
+    return total / count.clamp(min=1)[..., None], count > 0
+
+
+def raw_pixel_features(batch: Batch, per_token: bool) -> torch.Tensor:
+    """Per-band mean and std of valid normalised pixels over time and the crop (or patch)."""
+    parts = []
+    p = batch.patch_size
+    for g in _encoder_groups(batch):
+        x, v = batch.data[g], batch.valid[g].to(batch.data[g].dtype)  # (B,T,C,H,W), (B,T,H,W)
+        b, t, c, h, w = x.shape
+        if per_token:
+            x = x.reshape(b, t, c, h // p, p, w // p, p).permute(0, 3, 5, 2, 1, 4, 6)
+            v = v.reshape(b, t, 1, h // p, p, w // p, p).permute(0, 3, 5, 2, 1, 4, 6)
+            x, v = x.reshape(b, h // p, w // p, c, -1), v.reshape(b, h // p, w // p, 1, -1)
+        else:
+            x, v = x.permute(0, 2, 1, 3, 4).reshape(b, c, -1), v.reshape(b, 1, -1)
+        n = v.sum(-1).clamp(min=1)
+        mean = (x * v).sum(-1) / n
+        std = (((x - mean[..., None]) ** 2 * v).sum(-1) / n).sqrt()
+        parts += [mean, std]
+    return torch.cat(parts, dim=-1)
+
+
+def extract_features(
+    eval_set: EvalSet, encoders: Encoders, params: EvalParams, per_token: bool
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Features of every sample for each feature set, and the mask of usable rows/patches."""
+    normalizers = eval_set.normalizers()
+    out: dict[str, list[np.ndarray]] = {"checkpoint": [], "random-init": [], "raw-pixels": []}
+    masks = []
+    for start in range(0, len(eval_set), params.batch_size):
+        index = np.arange(start, min(start + params.batch_size, len(eval_set)))
+        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
+        trained, present = encoder_features(encoders.trained, batch, per_token)
+        random_init, _ = encoder_features(encoders.random_init, batch, per_token)
+        out["checkpoint"].append(trained.float().cpu().numpy())
+        out["random-init"].append(random_init.float().cpu().numpy())
+        out["raw-pixels"].append(raw_pixel_features(batch, per_token).cpu().numpy())
+        masks.append(present.cpu().numpy())
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}, np.concatenate(masks)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def score(kind: str, truth: np.ndarray, result: ProbeResult, n_classes: int) -> dict[str, Any]:
+    """Metrics of one probe's test predictions (+ the confusion matrix where defined)."""
+    if kind == "multilabel":
+        return {
+            "micro_f1": multilabel_f1(truth, result.predictions, "micro"),
+            "macro_f1": multilabel_f1(truth, result.predictions, "macro"),
+            "mAP": mean_average_precision(truth, result.scores),
+        }
+    metrics: dict[str, Any] = {"accuracy": accuracy(truth, result.predictions)}
+    if kind == "segmentation":
+        metrics["mIoU"] = mean_iou(truth, result.predictions)
+    else:
+        metrics["macro_f1"] = macro_f1(truth, result.predictions)
+    metrics["confusion"] = confusion_matrix(truth, result.predictions, n_classes).tolist()
+    return metrics
+
+
+def _probe(
+    kind: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    n_classes: int,
+    params: EvalParams,
+) -> dict[str, ProbeResult]:
+    multilabel = kind == "multilabel"
+    knn = (
+        knn_multilabel(train_x, train_y, test_x, params.knn)
+        if multilabel
+        else knn_classify(train_x, train_y, test_x, n_classes, params.knn)
+    )
+    linear = linear_probe(train_x, train_y, test_x, n_classes, params.linear, multilabel=multilabel)
+    return {"knn": knn, "linear": linear}
+
+
+def _rows_of(
+    features: np.ndarray,
+    rows: np.ndarray,
+    per_token: bool,
+    usable: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flatten (rows, h, w, D) to the usable labelled patches; pass pooled rows through."""
+    if not per_token:
+        return features[rows], labels[rows]
+    keep = usable[rows] & (labels[rows] != IGNORE)
+    return features[rows][keep], labels[rows][keep]
+
+
+def load_task(
+    task: str,
+    data: str | os.PathLike[str],
+    params: EvalParams,
+    groups: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> EvalSet:
+    """The labelled set of `task`: corpus crops (WorldCover tasks) or a dataset folder."""
+    if task in ("worldcover-classification", "worldcover-segmentation"):
+        kind = "classification" if task.endswith("classification") else "segmentation"
+        return worldcover_task(data, kind, params.crop, groups, storage_options)
+    if task == "eurosat":
+        return read_eurosat(Path(data), month=params.eurosat_month)
+    if task == "bigearthnet":
+        return read_bigearthnet(Path(data))
+    raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+
+
+def evaluate(
+    checkpoint: Path | None,
+    task: str,
+    data: str | os.PathLike[str],
+    out_dir: Path,
+    params: EvalParams | None = None,
+    groups: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Probe the frozen encoder on `task` (data = corpus store or dataset folder); write
+    results.json, results.md and confusion_matrix.png to `out_dir` and return the results.
+
+    `groups` restricts the encoder input of corpus tasks (default: every encodable group);
+    `storage_options` open a remote corpus (fsspec)."""
+    params = params or EvalParams()
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    eval_set = load_task(task, data, params, groups, storage_options)
+    encoders = load_encoders(checkpoint, params)
+    per_token = eval_set.kind == "segmentation"
+    features, usable = extract_features(eval_set, encoders, params, per_token)
+    labels = (
+        token_labels(eval_set.labels, params.patch_size, len(eval_set.class_names))
+        if per_token
+        else eval_set.labels
+    )
+    train_rows, test_rows = split_by_key(eval_set.split_keys, params.test_fraction, params.seed)
+    n_classes = len(eval_set.class_names)
+    rows: list[dict[str, Any]] = []
+    sizes: dict[str, int] = {}
+    for name, feats in features.items():
+        train_x, train_y = _rows_of(feats, train_rows, per_token, usable, labels)
+        test_x, test_y = _rows_of(feats, test_rows, per_token, usable, labels)
+        if per_token and len(train_y) > params.max_train_tokens:
+            pick = np.sort(
+                np.random.default_rng(params.seed).choice(
+                    len(train_y), params.max_train_tokens, replace=False
+                )
+            )
+            train_x, train_y = train_x[pick], train_y[pick]
+        sizes = {"train": len(train_y), "test": len(test_y)}
+        for probe, result in _probe(
+            eval_set.kind, train_x, train_y, test_x, n_classes, params
+        ).items():
+            row: dict[str, Any] = {"features": name, "probe": probe}
+            row.update(score(eval_set.kind, test_y, result, n_classes))
+            if result.learning_rate is not None:
+                row["learning_rate"], row["epochs"] = result.learning_rate, result.epochs
+            rows.append(row)
+    results: dict[str, Any] = {
+        "task": task,
+        "kind": eval_set.kind,
+        "data": os.fspath(data),
+        "encoder": encoders.label,
+        "checkpoint": None if checkpoint is None else os.fspath(checkpoint),
+        "classes": list(eval_set.class_names),
+        "n_train": sizes["train"],
+        "n_test": sizes["test"],
+        "unit": "patch" if per_token else "sample",
+        "split": {
+            "by": "tile" if task.startswith("worldcover") else "sample",
+            "seed": params.seed,
+            "test_fraction": params.test_fraction,
+            "train_samples": len(np.unique(eval_set.split_keys[train_rows])),
+            "test_samples": len(np.unique(eval_set.split_keys[test_rows])),
+        },
+        "knn": {"k": params.knn.k, "temperature": params.knn.temperature, "similarity": "cosine"},
+        "linear": {
+            "learning_rates": list(params.linear.learning_rates),
+            "max_epochs": params.linear.max_epochs,
+            "patience": params.linear.patience,
+            "val_fraction": params.linear.val_fraction,
+        },
+        "patch_size": params.patch_size,
+        "rows": rows,
+    }
+    write_report(results, Path(out_dir))
+    return results

@@ -1,0 +1,1 @@
+"""Training: masking of views, the pretraining loop, schedules, checkpoints and embedding diagnostics."""

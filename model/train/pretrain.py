@@ -1,0 +1,384 @@
+"""Latent MIM Lite pretraining from a built corpus, on one process or under torchrun DDP.
+
+AdamW (no decay on biases and norms) with warmup + cosine decay, gradient
+clipping and accumulation; bf16 autocast (and optionally torch.compile) on GPU,
+fp32 on CPU; the losses are fp32 always (model/nn/losses.py). Every
+`checkpoint_interval` steps rank 0 writes model, optimizer, scheduler, loader
+position and RNG states atomically; a run started with an existing checkpoint in
+`checkpoint_dir` resumes from the newest one and continues bit-for-bit (on the
+same device kind, world size and worker count). Rank 0 writes metrics as JSON
+lines and a loss-curve PNG into `out_dir`.
+
+DDP needs no code change: under torchrun (WORLD_SIZE > 1 in the environment) the
+process group is initialised from the environment (gloo on CPU, NCCL on GPU),
+each rank reads its own shards, and the loader equalises per-rank batch counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.plan import LoaderParams
+from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.model.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_states,
+    rng_states,
+    save_checkpoint,
+)
+from terracube.model.train.diagnostics import collapse_report
+from terracube.model.train.schedule import WarmupCosine, warmup_cosine
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Everything a run needs; `workflows.pretrain_config` builds it from YAML."""
+
+    store: str
+    checkpoint_dir: Path
+    out_dir: Path
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    model_size: str = "nano"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    accumulation: int = 1
+    crop_sizes: tuple[int, ...] = (32, 64, 128)
+    patch_sizes: tuple[int, ...] = (4, 8)
+    token_budget: int = 4096
+    shuffle_buffer: int = 64
+    workers: int = 2
+    seed: int = 0
+    checkpoint_interval: int = 500
+    keep_checkpoints: int = 2
+    compile: bool = False
+    device: str = "auto"
+    """auto (CUDA when available), cpu or cuda."""
+
+    def loader_params(self, distributed: bool) -> LoaderParams:
+        return LoaderParams(
+            batch_size=self.batch_size,
+            crop_sizes=tuple(self.crop_sizes),
+            patch_sizes=tuple(self.patch_sizes),
+            token_budget=self.token_budget,
+            shuffle_buffer=self.shuffle_buffer,
+            seed=self.seed,
+            drop_last=True,  # equal batch sizes keep the contrastive loss comparable
+            equalize=distributed,  # DDP needs every rank to take the same number of steps
+        )
+
+
+@dataclass
+class _Runtime:
+    device: torch.device
+    rank: int
+    world_size: int
+    distributed: bool
+    autocast: bool
+
+
+def _setup(settings: PretrainSettings) -> _Runtime:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    want_cuda = settings.device == "cuda" or (
+        settings.device == "auto" and torch.cuda.is_available()
+    )
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was asked for but torch sees no CUDA device")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if want_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return _Runtime(device, rank, world_size, world_size > 1, autocast=want_cuda)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms and other vectors (the usual ViT recipe)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def parameter_fingerprint(model: nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal across DDP ranks iff replicas agree."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _primitive(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop lines a crashed run wrote after its last checkpoint, so steps never repeat."""
+    if not path.exists():
+        return
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= last_step
+    ]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def plot_loss_curve(metrics_path: Path, out_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in rows]
+    for key in ("loss", "patch_discrimination", "contrastive"):
+        ax.plot(steps, [r[key] for r in rows], label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title("terracube Latent MIM pretraining")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+
+
+class _Trainer:
+    def __init__(self, settings: PretrainSettings) -> None:
+        self.settings = settings
+        self.rt = _setup(settings)
+        torch.manual_seed(settings.seed)
+        self.model = LatentMIM(LatentMIMConfig(size=settings.model_size)).to(self.rt.device)
+        self.forward_model: nn.Module = self.model
+        if settings.compile and self.rt.device.type == "cuda":
+            self.forward_model = torch.compile(self.model)
+        if self.rt.distributed:
+            self.forward_model = DistributedDataParallel(
+                self.forward_model,
+                device_ids=[self.rt.device.index] if self.rt.device.type == "cuda" else None,
+                # modality-aware masking leaves some groups' patch embeddings unused in a step
+                find_unused_parameters=True,
+            )
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(self.model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
+        )
+        self.scheduler = warmup_cosine(
+            self.optimizer,
+            WarmupCosine(settings.warmup_steps, settings.steps, settings.min_lr_ratio),
+        )
+        dataset = CorpusStream(
+            settings.store,
+            settings.loader_params(self.rt.distributed),
+            storage_options=settings.storage_options or None,
+        )
+        self.loader = StreamingLoader(dataset, num_workers=settings.workers)
+        self.step = 0
+        self.metrics_path = settings.out_dir / METRICS_FILE
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "loader": self.loader.state_dict(),
+            "rng": rng_states(),
+            "settings": {k: _primitive(v) for k, v in asdict(self.settings).items()},
+        }
+
+    def save(self) -> Path | None:
+        path = None
+        if self.rt.rank == 0:
+            path = save_checkpoint(
+                self.settings.checkpoint_dir,
+                self.step,
+                self.state(),
+                keep=self.settings.keep_checkpoints,
+            )
+        if self.rt.distributed:
+            dist.barrier()
+        return path
+
+    def resume(self) -> None:
+        path = latest_checkpoint(self.settings.checkpoint_dir)
+        if path is None:
+            return
+        state = load_checkpoint(path)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} has checkpoint format {state.get('format')!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["loader"])
+        restore_rng_states(state["rng"])
+        self.step = int(state["step"])
+        if self.rt.rank == 0:
+            _truncate_metrics(self.metrics_path, self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ steps
+    def _micro_step(self, item: LoaderItem, last: bool) -> dict[str, Any]:
+        batch = item.to(self.rt.device)
+        views = [v.to(self.rt.device) for v in item.views]
+        sync = self.forward_model.no_sync() if self.rt.distributed and not last else _nullcontext()
+        with sync:
+            with torch.autocast(
+                self.rt.device.type, dtype=torch.bfloat16, enabled=self.rt.autocast
+            ):
+                out = self.forward_model(batch, views)
+            loss = out["loss"].float()
+            (loss / self.settings.accumulation).backward()
+        return out
+
+    def train_step(self, items: Iterator[LoaderItem]) -> dict[str, Any]:
+        s = self.settings
+        started = time.perf_counter()
+        wait = 0.0
+        totals = {"loss": 0.0, "patch_discrimination": 0.0, "contrastive": 0.0}
+        tokens = samples = errors = 0
+        pooled = []
+        for micro in range(s.accumulation):
+            t0 = time.perf_counter()
+            item = next(items)
+            wait += time.perf_counter() - t0
+            out = self._micro_step(item, last=micro == s.accumulation - 1)
+            for key in totals:
+                totals[key] += float(out[key].detach()) / s.accumulation
+            tokens += int(out["encoded_tokens"]) + int(out["decoded_tokens"])
+            samples += item.batch_size
+            errors += item.decode_errors
+            pooled.append(out["pooled"].detach().float().cpu())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.rt.distributed:
+            mean = torch.tensor([totals["loss"]], dtype=torch.float64)
+            dist.all_reduce(mean)
+            totals["loss_mean_ranks"] = float(mean) / self.rt.world_size
+        elapsed = time.perf_counter() - started
+        embeddings = torch.cat(pooled)
+        row: dict[str, Any] = {
+            "step": self.step,
+            "epoch": self.loader.epoch,
+            **totals,
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "tokens": tokens,
+            "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
+            "samples": samples,
+            "data_wait_s": wait,
+            "step_s": elapsed,
+            "decode_errors": errors,
+        }
+        if embeddings.shape[0] >= 2:
+            row.update(collapse_report(embeddings))
+        return row
+
+    def run(self, stop_after: int | None = None) -> Path:
+        s = self.settings
+        self.resume()
+        if self.rt.rank == 0:
+            s.out_dir.mkdir(parents=True, exist_ok=True)
+        items = iter(self.loader)
+        self.model.train()
+        last_saved: Path | None = None
+        target = s.steps if stop_after is None else min(s.steps, stop_after)
+        while self.step < target:
+            row = self.train_step(items)
+            if self.rt.rank == 0:
+                with self.metrics_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            if self.step % s.checkpoint_interval == 0 or self.step == target:
+                last_saved = self.save()
+        if last_saved is None:
+            last_saved = latest_checkpoint(s.checkpoint_dir)
+        self._summarise(last_saved)
+        assert last_saved is not None or self.rt.rank != 0
+        return last_saved if last_saved is not None else s.checkpoint_dir
+
+    def _summarise(self, checkpoint: Path | None) -> None:
+        fingerprint = parameter_fingerprint(self.model)
+        fingerprints = [fingerprint]
+        if self.rt.distributed:
+            fingerprints = [None] * self.rt.world_size
+            dist.all_gather_object(fingerprints, fingerprint)
+        if self.rt.rank != 0:
+            return
+        if self.metrics_path.exists():
+            plot_loss_curve(self.metrics_path, self.settings.out_dir / LOSS_CURVE_FILE)
+        summary = {
+            "step": self.step,
+            "world_size": self.rt.world_size,
+            "device": str(self.rt.device),
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "parameter_fingerprints": fingerprints,
+            "replicas_identical": len(set(fingerprints)) == 1,
+            "decode_errors": self.loader.decode_errors,
+        }
+        (self.settings.out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def train(settings: PretrainSettings, stop_after: int | None = None) -> Path:
+    """Run (or resume) pretraining; returns the newest checkpoint's path.
+
+    `stop_after` ends this process at that step (with a checkpoint) as if it had
+    been stopped there; the next call with the same settings resumes from it.
+    """
+    trainer = _Trainer(settings)
+    try:
+        return trainer.run(stop_after)
+    finally:
+        if trainer.rt.distributed and dist.is_initialized():
+            dist.destroy_process_group()

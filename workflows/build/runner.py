@@ -1,0 +1,325 @@
+"""`terracube build`: config -> plan -> corpus, one task per shard, resumable.
+
+The plan is made once and kept in the run folder (re-used while the config is
+unchanged, so a resumed build sees the same samples in the same order). The store
+is created (or re-opened with equal parameters), its states say what is left, and
+only shards with work are submitted. Each finished shard is logged (JSON lines) and
+folded into the failure table before the next is awaited.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from rich.console import Console
+from terracube.catalog.osm import OsmFeatures, fetch_overpass
+from terracube.catalog.plan import Plan
+from terracube.pipeline.corpus.store import Corpus, CorpusCodecs, CorpusError, create_corpus, local_root
+from terracube.workflows.cluster import open_executor
+from terracube.workflows.config import BuildConfig, OsmFileSource, redacted
+from terracube.workflows.build.failures import FailureTable
+from terracube.workflows.planning import (
+    corpus_groups,
+    href_signers,
+    period_duration,
+    plan_build,
+)
+from terracube.workflows.build.progress import BuildProgress, tally
+from terracube.workflows.build.runlog import RunLog, scrub, utc_now
+from terracube.workflows.build.shards import PlanIndex, ShardWork, plan_shard_work
+from terracube.workflows.build.tasks import (
+    PipelineTileBuilder,
+    ShardOutcome,
+    ShardTask,
+    TileBuilder,
+)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to run a build (the config says what to build)."""
+
+    scheduler: str | None = None
+    workers: int | None = None
+    retry_failed: bool = False
+    synchronous: bool = False
+    """Run every task in this process, no Dask (the single-process reference path)."""
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    store: str
+    run_dir: Path
+    log: Path
+    samples: int
+    shards: int
+    shards_submitted: int
+    tiles: dict[str, int]
+    """Tiles built by this run: done / empty / failed."""
+    shard_errors: int
+    failures: int
+    """Rows in the failure table after the run."""
+    seconds: float
+    """Wall time of the whole run (planning, cluster start, building)."""
+    run_seconds: float
+    """Wall time of the task phase alone (cluster already up): what throughput is measured on."""
+    dashboard: str | None = None
+    shard_build_seconds: tuple[float, ...] = field(default=(), repr=False)
+    """Builder time of every finished shard (not the outcomes: a client building millions
+    of tiles keeps counts, not per-sample records)."""
+
+    @property
+    def tiles_per_minute(self) -> float:
+        """Tiles built per minute of the task phase."""
+        built = sum(self.tiles.values())
+        return 60.0 * built / self.run_seconds if self.run_seconds > 0 else 0.0
+
+
+# --------------------------------------------------------------------------- run folder + plan
+
+
+def run_dir(config: BuildConfig) -> Path:
+    """Where plan, run logs and the failure table live: beside a local store, else by the config."""
+    root = local_root(config.store_url)
+    if root is not None:
+        return root.with_name(root.name + ".run")
+    return config.base_dir / f"{config.name}.run"
+
+
+def _fingerprint(config: BuildConfig) -> dict[str, Any]:
+    """What decides the plan: the config without cluster settings."""
+    shown = redacted(config)
+    shown.pop("cluster", None)
+    return shown
+
+
+def plan_dir(config: BuildConfig) -> Path:
+    return run_dir(config) / "plan"
+
+
+def make_and_save_plan(config: BuildConfig) -> Plan:
+    """Search and plan now, and keep the plan (GeoParquet) and the config it came from."""
+    directory = plan_dir(config)
+    plan = plan_build(config, cache_dir=run_dir(config) / "search-cache")
+    if directory.exists():
+        shutil.rmtree(directory)
+    plan.to_parquet(directory)
+    (directory / "config.json").write_text(json.dumps(_fingerprint(config), indent=1))
+    return plan
+
+
+def load_or_make_plan(config: BuildConfig) -> Plan:
+    """The saved plan when it was made from this same config, else a new one."""
+    directory = plan_dir(config)
+    saved = directory / "config.json"
+    if saved.is_file() and json.loads(saved.read_text()) == _fingerprint(config):
+        return Plan.read_parquet(directory)
+    return make_and_save_plan(config)
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def open_build_corpus(config: BuildConfig, plan: Plan) -> Corpus:
+    """Create the store (or re-open it with the same parameters) and check it holds this plan."""
+    corpus = create_corpus(
+        config.store_url,
+        n_samples=len(plan.samples),
+        n_periods=plan.scheme.periods,
+        samples_per_shard=config.output.samples_per_shard,
+        groups=corpus_groups(config),
+        period=period_duration(config),
+        codecs=CorpusCodecs(config.output.zstd_level),
+        storage_options=config.output.storage_options or None,
+    )
+    stored = np.array([str(v) for v in np.asarray(corpus.array("tile_id")[:])], dtype=object)
+    planned = np.array([str(v) for v in plan.samples.tile_id], dtype=object)
+    clash = np.flatnonzero((stored != "") & (stored != planned))
+    if clash.size:
+        i = int(clash[0])
+        raise CorpusError(
+            f"{config.store_url} sample {i} holds tile {stored[i]} but the plan puts "
+            f"{planned[i]} there ({clash.size} such samples): the AOI or sampling changed; "
+            "build into a new store"
+        )
+    return corpus
+
+
+def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
+    source = config.modalities.get("openstreetmap")
+    if source is None:
+        return None
+    region = shapely.union_all(list(plan.samples.geometry))
+    if isinstance(source, OsmFileSource):
+        return OsmFeatures.from_extract(config.resolve(source.path), polygon=region)
+    return OsmFeatures(fetch_overpass(region))
+
+
+def shard_tasks(
+    works: list[ShardWork],
+    index: PlanIndex,
+    config: BuildConfig,
+    builder: TileBuilder,
+    osm: OsmFeatures | None,
+) -> Iterator[ShardTask]:
+    """Tasks made lazily, one per shard: only the wave in flight is ever in memory."""
+    signers = href_signers(config)
+    for work in works:
+        inputs = {}
+        for sample, modalities in work.todo.items():
+            features: gpd.GeoDataFrame | None = None
+            if osm is not None and "openstreetmap" in modalities:
+                features = osm.features_for_tile(index.tile(sample))
+            inputs[sample] = index.tile_inputs(sample, modalities, features)
+        yield ShardTask(
+            store=config.store_url,
+            storage_options=dict(config.output.storage_options),
+            shard=work.shard,
+            start=work.start,
+            stop=work.stop,
+            inputs=inputs,
+            todo=dict(work.todo),
+            builder=builder,
+            signers=signers,
+        )
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build_corpus(
+    config: BuildConfig,
+    options: BuildOptions = BuildOptions(),
+    builder: TileBuilder | None = None,
+    console: Console | None = None,
+) -> BuildReport:
+    """Build (or resume) the corpus of `config`; returns what this run did."""
+    started = time.monotonic()
+    plan = load_or_make_plan(config)
+    return run_build(config, plan, options, builder, console, started)
+
+
+def run_build(
+    config: BuildConfig,
+    plan: Plan,
+    options: BuildOptions = BuildOptions(),
+    builder: TileBuilder | None = None,
+    console: Console | None = None,
+    started: float | None = None,
+) -> BuildReport:
+    """Build (or resume) `plan` into the config's store (the plan's samples, in order)."""
+    started = time.monotonic() if started is None else started
+    console = console or Console(stderr=True)
+    builder = builder or PipelineTileBuilder()
+    folder = run_dir(config)
+    corpus = open_build_corpus(config, plan)
+    states = {m: corpus.states(m) for m in corpus.params.modalities}
+    works = plan_shard_work(states, corpus.params.samples_per_shard, options.retry_failed)
+    todo_tiles = sum(len(w.todo) for w in works)
+    needs_osm = any("openstreetmap" in m for w in works for m in w.todo.values())
+    osm = load_osm(config, plan) if needs_osm else None
+    failures = FailureTable(folder / "failures.json", config.secret_values)
+    log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"
+    counts: Counter[str] = Counter()
+    build_seconds: list[float] = []
+    shard_errors = 0
+    secrets = config.secret_values
+    with RunLog(log_path, secrets) as log:
+        log.write(
+            "start",
+            config=redacted(config),
+            samples=len(plan.samples),
+            shards=len(corpus.shards),
+            shards_to_build=len(works),
+            tiles_to_build=todo_tiles,
+            retry_failed=options.retry_failed,
+            scheduler="synchronous" if options.synchronous else (options.scheduler or "local"),
+        )
+        with open_executor(
+            scheduler=options.scheduler,
+            workers=options.workers,
+            memory_limit=config.cluster.memory_limit,
+            max_in_flight=config.cluster.wave,
+            synchronous=options.synchronous,
+        ) as executor:
+            if executor.dashboard:
+                log.write("dashboard", link=executor.dashboard)
+                console.print(f"Dask dashboard: {executor.dashboard}")
+            tasks = shard_tasks(works, PlanIndex(plan), config, builder, osm)
+            with BuildProgress(todo_tiles, console, options.show_progress) as progress:
+
+                def on_done(task: ShardTask, outcome: ShardOutcome | BaseException) -> None:
+                    nonlocal shard_errors
+                    if isinstance(outcome, BaseException):
+                        shard_errors += 1
+                        message = scrub(f"{type(outcome).__name__}: {outcome}", secrets)[:2000]
+                        log.write("shard_error", shard=task.shard, error=message)
+                        progress.note(f"[red]shard {task.shard} failed: {message[:300]}")
+                        return
+                    counts.update(tally([outcome]))
+                    build_seconds.append(outcome.build_seconds)
+                    if failures.record(outcome):
+                        failures.save()
+                    log.write("shard", **_shard_event(outcome))
+                    progress.update(outcome)
+
+                run_started = time.monotonic()
+                try:
+                    executor.run(tasks, on_done)
+                except KeyboardInterrupt:
+                    log.write("interrupted", tiles=dict(counts), shard_errors=shard_errors)
+                    raise
+                run_seconds = time.monotonic() - run_started
+            peak_in_flight = executor.peak_in_flight
+            dashboard = executor.dashboard
+        seconds = time.monotonic() - started
+        report = BuildReport(
+            store=config.store_url,
+            run_dir=folder,
+            log=log_path,
+            samples=len(plan.samples),
+            shards=len(corpus.shards),
+            shards_submitted=len(works),
+            tiles={k: int(counts[k]) for k in ("done", "empty", "failed")},
+            shard_errors=shard_errors,
+            failures=len(failures),
+            seconds=seconds,
+            run_seconds=run_seconds,
+            dashboard=dashboard,
+            shard_build_seconds=tuple(build_seconds),
+        )
+        log.write(
+            "end",
+            tiles=report.tiles,
+            shard_errors=shard_errors,
+            failures=len(failures),
+            seconds=round(seconds, 3),
+            peak_in_flight=peak_in_flight,
+            tiles_per_minute=round(report.tiles_per_minute, 2),
+        )
+    return report
+
+
+def _shard_event(outcome: ShardOutcome) -> Mapping[str, Any]:
+    return {
+        "shard": outcome.shard,
+        "tiles": dict(tally([outcome])),
+        "samples": [
+            {"sample": s.sample, "tile_id": s.tile_id, "states": s.states, "rebuilt": s.rebuilt}
+            for s in outcome.samples
+        ],
+        "seconds": round(outcome.seconds, 3),
+        "build_seconds": round(outcome.build_seconds, 3),
+        "worker": outcome.worker,
+    }

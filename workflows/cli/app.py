@@ -1,0 +1,225 @@
+"""The `terracube` command line: world -> plan -> build -> status / validate.
+
+Every command states what it reads and what it writes. Errors a user can fix (a bad
+config, an unreadable store, a catalog that cannot be searched) print one message
+and exit non-zero, without a traceback. Heavy imports happen inside the commands so
+that `terracube --help` is instant. Later stages add their commands (stats,
+pretrain, evaluate, demo) live in `model_commands.py` on a sub-app merged in at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from terracube.workflows.cli.common import EXIT_USER_ERROR, StoreArg, store_and_options, user_errors
+from terracube.workflows.cli.model_commands import model_app
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help=(
+        "terracube: Earth-observation corpora and pretraining.\n\n"
+        "Typical run: `terracube world --out w` (synthetic data), "
+        "`terracube plan w/build.yaml --dry-run`, `terracube build w/build.yaml`, "
+        "`terracube status w/corpus.zarr`, `terracube quicklook w/corpus.zarr 0 --out s0.png`."
+    ),
+)
+
+ConfigArg = Annotated[
+    Path, typer.Argument(help="Build config (YAML; see workflows/examples/).", show_default=False)
+]
+
+
+@app.command()
+def version() -> None:
+    """Print the installed terracube version."""
+    from importlib.metadata import version as _v
+
+    typer.echo(_v("terracube"))
+
+
+@app.command()
+def world(
+    out: Annotated[Path, typer.Option(help="New or empty folder to write the world into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same world.")] = 0,
+    size: Annotated[str, typer.Option(help="'test' (4 tiles, 3 months) or 'demo'.")] = "test",
+) -> None:
+    """Write the synthetic world (COGs, STAC, OSM, truth, build.yaml) into OUT.
+
+    Then build it: `terracube build OUT/build.yaml`.
+    """
+    from terracube.workflows.world import generate_world
+
+    with user_errors():
+        try:
+            manifest = generate_world(out, seed=seed, size=size)  # type: ignore[arg-type]
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+    typer.echo(
+        f"world ({manifest.size}, seed {manifest.seed}): {len(manifest.tile_ids)} tiles in "
+        f"{manifest.root}\nnext: terracube build {manifest.build_yaml}"
+    )
+
+
+@app.command()
+def plan(
+    config: ConfigArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Search and summarise only; write nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Search the catalogs and plan which items feed which tile and period.
+
+    Prints tiles, items, estimated bytes and requests, and the tiles without data per
+    modality. Without --dry-run the plan tables (GeoParquet) are written to
+    `<store>.run/plan/` beside a local store (else `<config dir>/<name>.run/plan/`),
+    where `terracube build` picks them up.
+    """
+    from terracube.catalog.plan_summary import print_summary
+    from terracube.workflows.build.runner import make_and_save_plan, plan_dir
+    from terracube.workflows.config import load_config
+    from terracube.workflows.planning import plan_build
+
+    with user_errors():
+        cfg = load_config(config)
+        result = plan_build(cfg) if dry_run else make_and_save_plan(cfg)
+    print_summary(result, as_json=as_json, stream=sys.stdout)
+    if not dry_run and not as_json:
+        typer.echo(f"plan written to {plan_dir(cfg)}")
+
+
+@app.command()
+def build(
+    config: ConfigArg,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Address of a running Dask scheduler (tcp://host:8786) to build on."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Workers of the LocalCluster started for this build (default: cores)."),
+    ] = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Also rebuild tiles whose modality failed.")
+    ] = False,
+    synchronous: Annotated[
+        bool,
+        typer.Option("--synchronous", help="Build in this process without Dask (reference path)."),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Build (or resume) the corpus of CONFIG: one Dask task per corpus shard.
+
+    Re-running the same command skips finished samples and never rewrites a
+    finished shard. Writes the store named in the config, plus `<store>.run/` with the plan,
+    a JSON-lines run log and failures.json (tile, modality, error, attempts).
+    Exit status 0 when every tile is done or empty, 3 when some failed.
+    """
+    from terracube.workflows.build.runner import BuildOptions, build_corpus
+    from terracube.workflows.config import ConfigError, load_config
+
+    with user_errors():
+        cfg = load_config(config)
+        options = BuildOptions(
+            scheduler=scheduler or cfg.cluster.scheduler or None,
+            workers=workers if workers is not None else cfg.cluster.workers,
+            retry_failed=retry_failed,
+            synchronous=synchronous,
+            show_progress=progress,
+        )
+        if options.scheduler and (options.workers is not None or synchronous):
+            raise ConfigError(
+                "--workers/--synchronous choose a local executor; a --scheduler (or "
+                "cluster.scheduler) cluster has its own workers: give one or the other"
+            )
+        report = build_corpus(cfg, options)
+    tiles = report.tiles
+    typer.echo(
+        f"built {sum(tiles.values())} tiles in {report.seconds:.1f} s "
+        f"({report.tiles_per_minute:.1f}/min): {tiles['done']} done, {tiles['empty']} empty, "
+        f"{tiles['failed']} failed; {report.shards_submitted} of {report.shards} shards "
+        f"submitted\nrun log: {report.log}"
+    )
+    if report.failures or report.shard_errors:
+        typer.echo(
+            f"{report.failures} failed (tile, modality) in {report.run_dir / 'failures.json'}"
+            f"{f', {report.shard_errors} shard task(s) raised' if report.shard_errors else ''}; "
+            "retry with --retry-failed",
+            err=True,
+        )
+        raise typer.Exit(3)
+
+
+@app.command()
+def status(
+    store: StoreArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show what a corpus holds: per-modality states, coverage per period, failures.
+
+    Counts samples done / empty / failed / pending per modality, the share of done
+    samples with valid data in each period, and the most frequent failure reasons.
+    Reads only the store.
+    """
+    from terracube.workflows.build.status import corpus_status, print_status
+
+    with user_errors():
+        url, options = store_and_options(store)
+        result = corpus_status(url, options or None)
+    print_status(result, sys.stdout, as_json)
+
+
+@app.command()
+def validate(
+    store: StoreArg,
+    skip_data: Annotated[
+        bool, typer.Option("--skip-data", help="Do not decode the band-group shards.")
+    ] = False,
+) -> None:
+    """Check a corpus against its format: every problem in plain words; exit 1 on any."""
+    from terracube.pipeline.corpus.validate import validate as validate_store
+
+    with user_errors():
+        url, options = store_and_options(store)
+        problems = validate_store(url, options or None, read_data=not skip_data)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        typer.echo(f"{len(problems)} problem(s) in {url}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{url}: valid")
+
+
+@app.command()
+def quicklook(
+    store: StoreArg,
+    sample: Annotated[int, typer.Argument(help="Sample index (0-based).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="PNG file to write.")],
+) -> None:
+    """Draw one sample as a PNG: S2 true colour per period, S1 VV, WorldCover, OSM.
+
+    Reads only the store; the image carries the data sources' attribution.
+    """
+    from terracube.pipeline.quicklook import quicklook as draw
+
+    with user_errors():
+        url, _ = store_and_options(store)
+        try:
+            written = draw(url, sample, out)
+        except (ValueError, IndexError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+    typer.echo(f"wrote {written}")
+
+
+app.add_typer(model_app)  # stats, pretrain, evaluate, demo: top-level commands too
+
+
+def main() -> None:  # pragma: no cover (console entry point)
+    app()

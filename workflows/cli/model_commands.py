@@ -1,0 +1,182 @@
+"""The model-side `terracube` commands: stats, pretrain, evaluate, demo.
+
+A sub-app the main app merges in (`app.add_typer(model_app)` in app.py), so this module never imports app.py.
+Like the data commands, a problem the user can fix prints one `error:` line and
+exits with status 2, without a traceback; heavy imports stay inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from terracube.workflows.cli.common import (
+    EXIT_USER_ERROR,
+    StoreArg,
+    store_and_options,
+    user_errors,
+)
+
+model_app = typer.Typer()
+
+
+@contextlib.contextmanager
+def model_errors(*fixable: type[Exception]) -> Iterator[None]:
+    """The data commands' user errors plus `fixable`: one line on stderr, exit status 2.
+
+    Each command names the exceptions that mean bad input for it, so an internal
+    error elsewhere still shows its traceback."""
+    with user_errors():
+        try:
+            yield
+        except fixable as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            typer.echo(f"error: {message}", err=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+@model_app.command()
+def stats(store: StoreArg) -> None:
+    """Compute the corpus' normalisation statistics and store them in it.
+
+    Per band group and band: count, mean and std of the valid pixels (done samples,
+    present timesteps, not nodata) in storage units, written to the store's root
+    attributes (`terracube:stats`); the loader and the probes prefer them over the
+    registry defaults. Run it after `terracube build`, before `terracube pretrain`.
+    """
+    from terracube.model.data.pixel_stats import stats_command
+
+    with model_errors(ValueError):
+        url, options = store_and_options(store)
+        result = stats_command(url, options or None)
+    typer.echo(f"statistics stored in {url}")
+    typer.echo(f"{'group':<11}{'band':<7}{'valid pixels':>14}{'mean':>12}{'std':>12}")
+    for name, group in result["groups"].items():
+        for band, count, mean, std in zip(
+            group["bands"], group["count"], group["mean"], group["std"], strict=True
+        ):
+            typer.echo(f"{name:<11}{band:<7}{count:>14}{mean:>12.2f}{std:>12.2f}")
+
+
+@model_app.command()
+def pretrain(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Pretraining config (YAML: data, model_size, steps, optim, ...).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Pretrain (or resume) an encoder on a built corpus with Latent MIM.
+
+    Resumes from the newest checkpoint in the config's checkpoint.dir. Writes
+    checkpoints there and metrics.jsonl, loss_curve.png and summary.json into
+    out_dir. On several processes: `torchrun --nproc_per_node N $(which terracube)
+    pretrain CONFIG`.
+    """
+    from terracube.workflows.pretrain_config import (
+        PretrainConfigError,
+        load_pretrain_config,
+        run_pretrain,
+    )
+
+    with model_errors(PretrainConfigError, RuntimeError):
+        settings = load_pretrain_config(config)
+        checkpoint = run_pretrain(settings)
+    out = settings.out_dir
+    typer.echo(
+        f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\n"
+        f"loss curve: {out / 'loss_curve.png'}\n"
+        f"next: terracube evaluate {checkpoint} --task worldcover-classification "
+        f"--data {settings.data.store} --out EVAL_DIR"
+    )
+
+
+@model_app.command()
+def evaluate(
+    checkpoint: Annotated[
+        str,
+        typer.Argument(
+            help="Pretraining checkpoint (step_*.pt), or 'none' to score a random-init encoder.",
+            show_default=False,
+        ),
+    ],
+    task: Annotated[
+        str,
+        typer.Option(
+            help="worldcover-classification, worldcover-segmentation, eurosat or bigearthnet."
+        ),
+    ],
+    data: Annotated[str, typer.Option(help="Corpus store (WorldCover tasks) or dataset folder.")],
+    out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and PNGs.")],
+    patch_size: Annotated[int, typer.Option(help="Encoder patch size (1-8).")] = 4,
+    crop: Annotated[int, typer.Option(help="WorldCover tasks: crop edge in 10 m pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Split and probe seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+) -> None:
+    """Probe a frozen encoder (kNN and linear) next to random-init and raw-pixel baselines.
+
+    Writes results.json, results.md and (single-label tasks) confusion_matrix.png
+    into OUT and prints the results table.
+    """
+    from terracube.catalog.registry import band_group
+    from terracube.model.eval.evaluate import TASKS, EvalParams
+    from terracube.model.eval.evaluate import evaluate as run_evaluation
+    from terracube.model.eval.report import markdown_table
+    from terracube.model.eval.tasks import CropParams, crop_windows
+
+    with model_errors(ValueError, KeyError, RuntimeError):
+        if task not in TASKS:
+            raise ValueError(f"--task {task!r} is unknown; choose one of: {', '.join(TASKS)}")
+        if not 1 <= patch_size <= 8:
+            raise ValueError(f"--patch-size {patch_size}: FlexiViT patch sizes are 1..8")
+        if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+            raise ValueError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
+        path = None if checkpoint.lower() == "none" else Path(checkpoint)
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {path} does not exist; pass a step_*.pt file or 'none'"
+            )
+        if "://" not in data and not Path(data).exists():
+            raise FileNotFoundError(f"--data {data} does not exist; pass a corpus store or folder")
+        crop_params = CropParams(crop=crop, seed=seed)
+        if task.startswith("worldcover"):
+            crop_windows(band_group("worldcover").pixels, crop_params)  # checks --crop first
+        params = EvalParams(patch_size=patch_size, seed=seed, device=device, crop=crop_params)
+        results = run_evaluation(path, task, data, out, params)
+    sys.stdout.write(markdown_table(results))
+    typer.echo(f"results: {out / 'results.json'}")
+
+
+@model_app.command()
+def demo(
+    out: Annotated[
+        Path, typer.Option(help="Folder for the world, corpus, runs and report.")
+    ] = Path("terracube-demo"),
+    size: Annotated[
+        str, typer.Option(help="'demo' (20 tiles x 12 months) or 'test' (tiny).")
+    ] = "demo",
+    progress: Annotated[bool, typer.Option(help="Show the build progress bar.")] = True,
+) -> None:
+    """Run the whole pipeline on the synthetic world and write a report.
+
+    Stages: world -> plan -> build (Dask LocalCluster) -> stats -> pretrain (nano)
+    -> evaluate (WorldCover probes) -> report.
+
+    Re-running the same command skips finished stages and resumes unfinished ones
+    (state in OUT/demo_state.json). The report is OUT/report/index.html (and index.md).
+    """
+    from terracube.workflows.demo.run import DemoError, demo_params, run_demo
+
+    with model_errors(DemoError):
+        try:
+            params = demo_params(size)
+        except ValueError as exc:
+            raise DemoError(str(exc)) from None
+        result = run_demo(out, params=params, echo=typer.echo, progress=progress)
+    typer.echo(f"report: {result.report}\n        {result.report.with_suffix('.md')}")

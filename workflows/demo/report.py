@@ -1,0 +1,300 @@
+"""The demo's report folder: one document model rendered as index.md and index.html.
+
+Both files come from the same sections, so they always say the same thing. Every
+figure is copied into the report folder and referenced by a relative name, so the
+folder can be zipped or served as it is. Numbers are read from the files the stages
+wrote (plan summary, store, metrics, results.json), never recomputed here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import StringIO
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from terracube.workflows.demo.run import DemoParams, DemoPaths
+
+INDEX_MD = "index.md"
+INDEX_HTML = "index.html"
+FEATURE_LABELS = {
+    "checkpoint": "pretrained (checkpoint)",
+    "random-init": "random-init encoder",
+    "raw-pixels": "raw pixels",
+}
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class Pre:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class Image:
+    src: str
+    """File name inside the report folder."""
+    alt: str
+
+
+Block = Text | Pre | Table | Image
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: tuple[Block, ...]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _md_cell(value: str) -> str:
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(title: str, sections: Sequence[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Text):
+                lines += [block.text, ""]
+            elif isinstance(block, Pre):
+                lines += ["```", block.text.rstrip("\n"), "```", ""]
+            elif isinstance(block, Table):
+                lines.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+                lines.append("|" + "|".join("---" for _ in block.header) + "|")
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                lines.append("")
+            else:
+                lines += [f"![{block.alt}]({block.src})", ""]
+    return "\n".join(lines)
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+    "td{text-align:right}td:first-child,td:nth-child(2){text-align:left}"
+    "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.5em;overflow:auto}"
+)
+
+
+def render_html(title: str, sections: Sequence[Section]) -> str:
+    out = StringIO()
+    e = html.escape
+    out.write(f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{e(title)}</title>")
+    out.write(f"<style>{_STYLE}</style></head><body>\n<h1>{e(title)}</h1>\n")
+    for section in sections:
+        out.write(f"<h2>{e(section.title)}</h2>\n")
+        for block in section.blocks:
+            if isinstance(block, Text):
+                out.write(f"<p>{e(block.text)}</p>\n")
+            elif isinstance(block, Pre):
+                out.write(f"<pre>{e(block.text)}</pre>\n")
+            elif isinstance(block, Table):
+                out.write("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in block.header))
+                out.write("</tr>\n")
+                for row in block.rows:
+                    out.write("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>\n")
+                out.write("</table>\n")
+            else:
+                out.write(f"<p><img src='{e(block.src)}' alt='{e(block.alt)}'></p>\n")
+    out.write("</body></html>\n")
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------- content
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """The probe table of one evaluation, straight from its rows (4 decimals)."""
+    from terracube.model.eval.report import METRIC_COLUMNS
+
+    metrics = METRIC_COLUMNS[results["kind"]]
+    rows = tuple(
+        (row["features"], row["probe"], *(f"{row[m]:.4f}" for m in metrics))
+        for row in results["rows"]
+    )
+    return Table(("features", "probe", *metrics), rows)
+
+
+def pretraining_verdict(results: dict[str, Any]) -> list[str]:
+    """Per probe: does the pretrained encoder beat the random-init one (every metric)?"""
+    from terracube.model.eval.report import METRIC_COLUMNS
+
+    metrics = METRIC_COLUMNS[results["kind"]]
+    by_key = {(r["features"], r["probe"]): r for r in results["rows"]}
+    lines = []
+    for probe in dict.fromkeys(r["probe"] for r in results["rows"]):
+        trained, random = by_key[("checkpoint", probe)], by_key[("random-init", probe)]
+        deltas = ", ".join(f"{m} {trained[m]:.4f} vs {random[m]:.4f}" for m in metrics)
+        beats = all(trained[m] > random[m] for m in metrics)
+        word = "beats" if beats else "does NOT beat"
+        lines.append(f"{probe}: pretrained {word} random-init ({deltas})")
+    return lines
+
+
+def _timings(state: dict[str, Any]) -> Table:
+    rows = []
+    for name, entry in state["stages"].items():
+        rows.append(
+            (
+                name,
+                "skipped (done before)" if entry["skipped"] else "ran",
+                f"{entry['seconds']:.1f}",
+                f"{entry.get('cpu_seconds', 0.0):.1f}",
+                f"{entry['last_run_seconds']:.1f}",
+            )
+        )
+    header = ("stage", "this run", "wall s when it ran", "CPU s when it ran", "wall s this run")
+    return Table(header, tuple(rows))
+
+
+def _plan_section(summary: dict[str, Any]) -> Section:
+    rows = tuple(
+        (
+            name,
+            str(summary["items"].get(name, 0)),
+            f"{summary['estimated_bytes'].get(name, 0) / 2**20:.1f}",
+            str(summary["requests"]["asset_reads"].get(name, 0)),
+            str(len(summary["tiles_without_data"].get(name, []))),
+            str(summary["empty_periods"].get(name, 0)),
+        )
+        for name in summary["items"]
+    )
+    text = (
+        f"{summary['tiles']} tiles x {summary['periods']} periods, {summary['items_total']} "
+        f"items, {summary['assignments']} (tile, period, item) assignments, "
+        f"{summary['requests']['search']} search request(s) "
+        f"({summary['requests']['search_calls']} search call(s))."
+    )
+    header = (
+        "modality",
+        "items",
+        "MiB to read",
+        "asset requests",
+        "tiles w/o data",
+        "empty periods",
+    )
+    return Section("Plan (dry-run summary)", (Text(text), Table(header, rows)))
+
+
+def _status_section(store: Path) -> Section:
+    from terracube.workflows.build.status import corpus_status, print_status
+
+    status = corpus_status(str(store))
+    text = StringIO()
+    print_status(status, text)
+    return Section("Corpus status", (Text(f"Store: {store}"), Pre(text.getvalue())))
+
+
+def _quicklooks(store: Path, report: Path, count: int) -> list[Image]:
+    """PNGs of `count` evenly spaced built samples (kept from earlier runs when present)."""
+    import numpy as np
+    from terracube.pipeline.corpus.store import Corpus, SampleState
+    from terracube.pipeline.quicklook import quicklook
+
+    corpus = Corpus.open(store)
+    done = np.flatnonzero(corpus.states("sentinel2_l2a") == SampleState.DONE)
+    if not done.size or count < 1:
+        return []
+    picks = sorted({int(done[i]) for i in np.linspace(0, done.size - 1, count).round().astype(int)})
+    tile_ids = corpus.array("tile_id")
+    images = []
+    for sample in picks:
+        png = report / f"quicklook_sample{sample:04d}.png"
+        if not png.is_file():
+            quicklook(store, sample, png)
+        images.append(Image(png.name, f"sample {sample}: tile {tile_ids[sample]}"))
+    return images
+
+
+def _copy(src: Path, report: Path, name: str) -> str:
+    shutil.copyfile(src, report / name)
+    return name
+
+
+def _pretrain_section(paths: DemoPaths, report: Path, state: dict[str, Any]) -> Section:
+    from terracube.model.train.pretrain import LOSS_CURVE_FILE, SUMMARY_FILE
+
+    summary = json.loads((paths.pretrain_out / SUMMARY_FILE).read_text())
+    rows = [
+        json.loads(line)
+        for line in (paths.pretrain_out / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    text = (
+        f"Nano encoder, {summary['step']} optimizer steps on {summary['device']}; "
+        f"loss {rows[0]['loss']:.4f} at step 1 -> {rows[-1]['loss']:.4f} at step "
+        f"{rows[-1]['step']}. Checkpoint: {summary['checkpoint']}. Config: {paths.pretrain_yaml}."
+    )
+    curve = _copy(paths.pretrain_out / LOSS_CURVE_FILE, report, "loss_curve.png")
+    return Section("Pretraining", (Text(text), Image(curve, "pretraining loss curve")))
+
+
+def _eval_section(paths: DemoPaths, report: Path, task: str) -> Section:
+    from terracube.model.eval.report import CONFUSION_PNG, RESULTS_JSON
+
+    folder = paths.eval_dir(task)
+    results = json.loads((folder / RESULTS_JSON).read_text())
+    intro = (
+        f"{results['n_train']} train / {results['n_test']} test {results['unit']}s, split by "
+        f"{results['split']['by']} ({results['split']['train_samples']} / "
+        f"{results['split']['test_samples']} tiles), patch size {results['patch_size']}. "
+        f"kNN: k={results['knn']['k']}, T={results['knn']['temperature']}; linear probe: "
+        "logistic regression with early stopping. Encoder: "
+        f"{results['encoder']}. Full results: {folder / RESULTS_JSON}."
+    )
+    blocks: list[Block] = [Text(intro), results_table(results)]
+    blocks += [Text(line) for line in pretraining_verdict(results)]
+    if (folder / CONFUSION_PNG).is_file():
+        name = _copy(folder / CONFUSION_PNG, report, f"confusion_{task}.png")
+        blocks.append(Image(name, f"confusion matrix, {task}"))
+    return Section(f"Evaluation: {task}", tuple(blocks))
+
+
+def write_demo_report(
+    paths: DemoPaths, state: dict[str, Any], tasks: Sequence[str], params: DemoParams
+) -> Path:
+    """Write report/index.md and report/index.html; returns the HTML path."""
+    from terracube.pipeline.quicklook import ATTRIBUTION
+
+    report = paths.report
+    report.mkdir(parents=True, exist_ok=True)
+    total = state.get("last_run", {}).get("seconds")
+    intro = (
+        f"The terracube pipeline on the synthetic '{params.size}' world: world -> plan -> build "
+        f"(Dask LocalCluster, {params.build_workers} workers) -> stats -> pretrain -> evaluate. "
+        + (f"This run took {total:.1f} s. " if total is not None else "")
+        + f"Demo folder: {paths.root}."
+    )
+    sections = [
+        Section("Run", (Text(intro), _timings(state))),
+        _plan_section(json.loads(paths.plan_summary.read_text())),
+        _status_section(paths.store),
+        Section("Samples", tuple(_quicklooks(paths.store, report, params.quicklooks))),
+        _pretrain_section(paths, report, state),
+        *(_eval_section(paths, report, task) for task in tasks),
+        Section("Attribution", (Text(ATTRIBUTION + " (here: synthetic data in their formats)."),)),
+    ]
+    title = f"terracube demo ({params.size})"
+    (report / INDEX_MD).write_text(render_markdown(title, sections))
+    index = report / INDEX_HTML
+    index.write_text(render_html(title, sections))
+    return index

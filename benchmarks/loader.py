@@ -54,8 +54,9 @@ import numcodecs
 import numpy as np
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
-from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.loader import CorpusStream, LoaderItem
 from terracube.model.data.plan import BatchPlan, LoaderParams, sample_window
+from terracube.model.data.stream import StreamingLoader
 from terracube.model.nn.encoder import count_parameters
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.pipeline.corpus.shard_geometry import ShardLayout, window_chunks

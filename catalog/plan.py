@@ -218,11 +218,6 @@ class Plan:
             search=meta.get("search", {}),
         )
 
-    def summary(self) -> dict[str, Any]:
-        from terracube.catalog.plan_summary import summarize
-
-        return summarize(self)
-
 
 def _samples_table(
     tiles: Sequence[Tile], scheme: TimeScheme, anchors: Sequence[date]

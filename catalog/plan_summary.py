@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import numpy as np
+from terracube.catalog.plan import Plan
 from terracube.catalog.registry import TILE_SIZE_M, modality
 from terracube.catalog.stac.items import AssetRef
-
-if TYPE_CHECKING:
-    from terracube.catalog.plan import Plan
 
 REQUESTS_PER_ASSET_READ = 2
 """COG header + one windowed range request."""

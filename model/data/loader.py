@@ -57,7 +57,6 @@ from terracube.model.data.plan import (
     sample_window,
 )
 from terracube.model.data.remote import PREFETCH_SHARDS, ShardPrefetcher
-from terracube.model.data.stream import StreamingLoader
 from terracube.model.data.transport import (
     ArenaRing,
     Packed,
@@ -72,7 +71,7 @@ from terracube.pipeline.corpus.store import Corpus
 from terracube.pipeline.corpus.zstd_into import ZstdInto
 from torch.utils.data import IterableDataset, get_worker_info
 
-__all__ = ["CorpusStream", "LoaderItem", "StreamingLoader", "dist_rank_world"]
+__all__ = ["CorpusStream", "LoaderItem", "dist_rank_world"]
 
 log = logging.getLogger(__name__)
 
@@ -443,7 +442,15 @@ class CorpusStream(IterableDataset):
         wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
         order = list(dict.fromkeys(shard_of[s] for p in plans for s in p.samples))
         remote = any(not r.local for r in self._readers.values())
-        ahead = ShardPrefetcher(self, order, wanted) if remote and self.prefetch_shards else None
+        ahead = (
+            ShardPrefetcher(
+                self._fetch_remote_shard,
+                {k: self._shard_windows(k, wanted) for k in order},
+                self.prefetch_shards,
+            )
+            if remote and self.prefetch_shards
+            else None
+        )
         ready: dict[int, _SampleCrop] = {}
         pending_errors = 0
         for plan in plans:

@@ -13,16 +13,13 @@ import gc
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
 
 import torch
 from terracube.model.data.assemble import LoaderItem
 from terracube.model.data.kernels import compile_kernels
+from terracube.model.data.loader import CorpusStream
 from terracube.model.data.transport import ArenaRing, Packed, unpack
 from torch.utils.data import DataLoader
-
-if TYPE_CHECKING:
-    from terracube.model.data.loader import CorpusStream
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.loader import CorpusStream, LoaderItem
 from terracube.model.data.plan import LoaderParams
+from terracube.model.data.stream import StreamingLoader
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.train.checkpoint import (
     latest_checkpoint,

@@ -54,12 +54,15 @@ from terracube.pipeline.corpus.shard_kernel import (
     locate_chunks,
     read_lone_chunk,
 )
+from terracube.pipeline.corpus.zarr_adapter import (
+    RangeByteRequest,
+    SuffixByteRequest,
+    codec_name,
+    default_buffer_prototype,
+    run_sync,
+)
 from terracube.pipeline.corpus.zstd_into import ZstdFrameError, ZstdInto
-from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.codecs.sharding import ShardingCodecIndexLocation
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 _EMPTY = 2**64 - 1
@@ -80,9 +83,7 @@ class ShardDecodeError(ValueError):
 
 def _little(codec: object) -> bool:
     """Little-endian bytes (endian None: single-byte dtypes, where order does not apply)."""
-    return isinstance(codec, BytesCodec) and (
-        codec.endian is None or codec.endian.value == "little"
-    )
+    return isinstance(codec, BytesCodec) and codec_name(codec.endian) in (None, "little")
 
 
 def fast_path_supported(arr: zarr.Array) -> bool:
@@ -92,7 +93,7 @@ def fast_path_supported(arr: zarr.Array) -> bool:
     shard = codecs[0]
     inner, index = shard.codecs, shard.index_codecs
     return (
-        shard.index_location == ShardingCodecIndexLocation.end
+        codec_name(shard.index_location) == "end"
         and len(inner) == 2
         and _little(inner[0])
         and isinstance(inner[1], ZstdCodec)
@@ -379,7 +380,7 @@ class ShardReader:
         buffer is an `OpenShard` holding the file open, or None past MAX_OPEN_SHARDS;
         positions are file offsets), else the chunks are read into the reused buffer."""
         if self._root is None:
-            return sync(self._fetch_store(path, flats))
+            return run_sync(self._fetch_store(path, flats))
         file = self._root_prefix + path
         try:
             fd = os.open(file, os.O_RDONLY)
@@ -644,7 +645,7 @@ class ShardReader:
         layout = self.layout
         path = self._path(shard)
         if self._root is None:
-            return self._whole_from(shard, path, sync(self.fetch_whole_async(shard)))
+            return self._whole_from(shard, path, run_sync(self.fetch_whole_async(shard)))
         if layout.n_chunks == 1:
             single = self._read_single_chunk_local(path)
             if single is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
-from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.loader import CorpusStream, LoaderItem
 from terracube.model.data.pixel_stats import (
     STATS_ATTR,
     GroupNormalizer,
@@ -30,6 +30,7 @@ from terracube.model.data.plan import (
     draw_geometry,
     round_robin,
 )
+from terracube.model.data.stream import StreamingLoader
 from terracube.model.data.transport import pack, unpack
 from terracube.model.nn.batch import validate_batch
 from terracube.model.nn.groups import decode_only_groups

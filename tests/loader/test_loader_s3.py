@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import s3fs
 import torch
-from terracube.model.data.loader import CorpusStream, LoaderItem, StreamingLoader
+from terracube.model.data.loader import CorpusStream, LoaderItem
 from terracube.model.data.plan import LoaderParams
+from terracube.model.data.stream import StreamingLoader
 
 from tests.loader.corpus_fixture import write_loader_corpus
 from tests.services.s3 import S3Store

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from terracube.workflows.demo.run import DemoParams, DemoPaths
+from terracube.workflows.demo.params import DemoParams, DemoPaths
 
 INDEX_MD = "index.md"
 INDEX_HTML = "index.html"

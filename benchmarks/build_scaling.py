@@ -26,14 +26,12 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from terracube.catalog.plan import Plan, make_plan
-from terracube.catalog.registry import modality
-from terracube.catalog.stac.search import search_tiles
+from terracube.catalog.plan import Plan
+from terracube.catalog.stac.search import search_and_plan
 from terracube.workflows.build.runner import BuildOptions, BuildReport, run_build
 from terracube.workflows.build.tasks import PipelineTileBuilder
 from terracube.workflows.config import load_config
 from terracube.workflows.planning import (
-    STATIC_SEARCH_START,
     make_source,
     select_tiles,
     stac_modalities,
@@ -63,15 +61,8 @@ def write_config(world: Path, out: Path, modalities: tuple[str, ...], store: str
 def repeated_plan(config_path: Path, copies: int) -> Plan:
     """The world's plan with every tile repeated `copies` times (one sample per copy)."""
     config = load_config(config_path)
-    tiles = select_tiles(config)
-    scheme = time_scheme(config)
-    start, end = scheme.span()
-    items = {}
-    for name in stac_modalities(config):
-        first = start if modality(name).temporal else STATIC_SEARCH_START
-        found = search_tiles(make_source(config, name), tiles, first, end, [name])
-        items.update(found.items)
-    return make_plan(tiles * copies, scheme, items)
+    sources = {name: make_source(config, name) for name in stac_modalities(config)}
+    return search_and_plan(sources, select_tiles(config) * copies, time_scheme(config))
 
 
 def build_once(config_path: Path, plan: Plan, workers: int, read_scheduler: str) -> BuildReport:

@@ -84,6 +84,33 @@ class BandGroup:
     resolution: float
     bands: tuple[Band, ...]
 
+    def __post_init__(self) -> None:
+        """A group is stored as one array, so its bands must agree on what one array has
+        once: dtype, nodata and normalisation kind; and its grid must tile the 2560 m cell."""
+        if not self.bands:
+            raise ValueError(f"band group {self.name!r} has no bands")
+        if TILE_SIZE_M % self.resolution:
+            raise ValueError(
+                f"band group {self.name!r}: resolution {self.resolution} m does not divide "
+                f"the {TILE_SIZE_M} m tile"
+            )
+        for what, values in (
+            ("dtype", {b.dtype for b in self.bands}),
+            ("nodata", {"nan" if b.nodata != b.nodata else b.nodata for b in self.bands}),
+            ("normalization kind", {b.normalization.kind for b in self.bands}),
+        ):
+            if len(values) > 1:
+                per_band = ", ".join(f"{b.name}" for b in self.bands)
+                raise ValueError(
+                    f"band group {self.name!r} ({per_band}) mixes {what}s {sorted(map(str, values))}; "
+                    "a group is one array, so split it or make its bands agree"
+                )
+
+    @property
+    def temporal(self) -> bool:
+        """One timestep per period (imagery) or a single map (WorldCover, OSM)."""
+        return MODALITIES[self.modality].temporal
+
     @property
     def band_names(self) -> tuple[str, ...]:
         return tuple(b.name for b in self.bands)
@@ -95,10 +122,12 @@ class BandGroup:
 
     @property
     def dtype(self) -> str:
+        """The group's storage dtype (every band's: checked when the group is made)."""
         return self.bands[0].dtype
 
     @property
     def nodata(self) -> float:
+        """The group's nodata value (every band's: checked when the group is made)."""
         return self.bands[0].nodata
 
 
@@ -154,6 +183,16 @@ class Modality:
     encodable: bool = True
     """Maps (WorldCover, OSM) are decode-only targets: never encoder input."""
     classes: dict[int, str] = field(default_factory=dict)
+    source: Literal["stac", "osm"] = "stac"
+    """Where its data comes from: STAC items (rasters) or OSM features (osm_file/overpass)."""
+    platforms: frozenset[str] = frozenset()
+    """STAC `platform` values whose items it accepts (empty: any); the registry's band
+    numbering may hold for some platforms only (Landsat OLI: 8 and 9)."""
+
+    def __post_init__(self) -> None:
+        strays = [g.name for g in self.groups if g.modality != self.name]
+        if strays:
+            raise ValueError(f"modality {self.name!r}: groups {strays} name another modality")
 
     @property
     def bands(self) -> tuple[Band, ...]:
@@ -408,6 +447,7 @@ MODALITIES: dict[str, Modality] = {
             "Landsat 8/9 Collection 2 Level-2",
             temporal=True,
             groups=LANDSAT_GROUPS,
+            platforms=frozenset({"landsat-8", "landsat-9"}),
             mask=MaskBand(
                 "QA_PIXEL",
                 ("QA_PIXEL", "qa_pixel"),
@@ -432,11 +472,17 @@ MODALITIES: dict[str, Modality] = {
             temporal=False,
             groups=OSM_GROUPS,
             encodable=False,
+            source="osm",
         ),
     )
 }
 
 BAND_GROUPS: dict[str, BandGroup] = {g.name: g for m in MODALITIES.values() for g in m.groups}
+
+
+def is_osm(name: str) -> bool:
+    """Whether modality `name` is built from OSM features (osm_file/overpass), not STAC items."""
+    return name in MODALITIES and MODALITIES[name].source == "osm"
 
 
 def modality(name: str) -> Modality:

@@ -13,7 +13,7 @@ sliver on the tile edge is never lost.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import geopandas as gpd
@@ -22,7 +22,7 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.features import rasterize
 from terracube.catalog.grid import Tile
-from terracube.catalog.registry import OSM_CATEGORIES, band_group, modality
+from terracube.catalog.registry import OSM_CATEGORIES, OSM_GROUPS, BandGroup
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.read.reader import Reader, ReadRequest
 
@@ -33,17 +33,17 @@ class OsmRasterParams:
     """Fine raster pixel; must divide the OSM group resolution."""
 
     def __post_init__(self) -> None:
-        res = band_group("osm").resolution
+        res = OSM_GROUPS[0].resolution
         if self.fine_m <= 0 or (res / self.fine_m) % 1:
             raise ValueError(
                 f"OsmRasterParams.fine_m={self.fine_m} must divide the {res} m OSM grid (e.g. 1 or 2)"
             )
 
 
-def worldcover_resampling(item: NormalizedItem, tile: Tile) -> Resampling:
-    """Nearest for a 10 m source on the tile CRS, mode otherwise."""
-    ref = item.asset("map")
-    res = band_group("worldcover").resolution
+def class_map_resampling(item: NormalizedItem, tile: Tile, group: BandGroup) -> Resampling:
+    """Nearest for a source on the tile CRS at the group's resolution, mode otherwise."""
+    ref = item.asset(group.bands[0].name)
+    res = group.resolution
     same_grid = (
         item.epsg == tile.epsg
         and ref.transform is not None
@@ -53,16 +53,20 @@ def worldcover_resampling(item: NormalizedItem, tile: Tile) -> Resampling:
     return Resampling.nearest if same_grid else Resampling.mode
 
 
-def worldcover_map(
-    items: Sequence[NormalizedItem], tile: Tile, reader: Reader
+def class_map(
+    items: Sequence[NormalizedItem],
+    tile: Tile,
+    reader: Reader,
+    group: BandGroup,
+    classes: Mapping[int, str],
 ) -> tuple[np.ndarray, list[str]]:
-    """(1, rows, cols) uint8 classes and the ids of the items that gave pixels.
+    """(1, rows, cols) classes of a map group (WorldCover) and the ids of the items that
+    gave pixels; codes outside `classes` become nodata.
 
     Items are in plan order (most coverage first); later items fill only pixels
     earlier ones left as nodata (tiles straddling two WorldCover 3x3 degree tiles).
     """
-    group = band_group("worldcover")
-    valid_codes = np.array(sorted(modality("worldcover").classes), dtype=np.uint8)
+    valid_codes = np.array(sorted(classes), dtype=group.dtype)
     out = np.full((1, group.pixels, group.pixels), group.nodata, dtype=group.dtype)
     used: list[str] = []
     for item in items:
@@ -73,7 +77,7 @@ def worldcover_map(
             resolution=group.resolution,
             dtype=group.dtype,
             fill_value=group.nodata,
-            resampling=worldcover_resampling(item, tile),
+            resampling=class_map_resampling(item, tile, group),
         )
         values = reader.read(request)[0]
         values = np.where(np.isin(values, valid_codes), values, group.nodata).astype(group.dtype)
@@ -85,14 +89,16 @@ def worldcover_map(
 
 
 def osm_raster(
-    features: gpd.GeoDataFrame, tile: Tile, params: OsmRasterParams = OsmRasterParams()
+    features: gpd.GeoDataFrame,
+    tile: Tile,
+    params: OsmRasterParams = OsmRasterParams(),
+    group: BandGroup = OSM_GROUPS[0],
 ) -> np.ndarray:
     """(categories, rows, cols) uint8 percent cover per registry OSM category.
 
     `features` are in the tile CRS with a `category` column (catalog.osm
     `OsmFeatures.features_for_tile`); unknown categories raise.
     """
-    group = band_group("osm")
     n = group.pixels
     factor = round(group.resolution / params.fine_m)
     fine = n * factor

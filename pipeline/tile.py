@@ -23,7 +23,7 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 from terracube.catalog.grid import Tile
-from terracube.catalog.registry import MODALITIES, BandGroup, band_group, modality
+from terracube.catalog.registry import MODALITIES, BandGroup, band_group, is_osm, modality
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.cloudmask import observation_valid
 from terracube.pipeline.composite import CompositeMethod, composite, split_periods
@@ -31,7 +31,7 @@ from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.mask_grid import mask_on_grid, scale_factor, shared_mask_resolution
 from terracube.pipeline.radiometry import item_conversions, to_stored
 from terracube.pipeline.read.reader import Reader, ReadRequest, StackstacReader, group_request
-from terracube.pipeline.static_maps import OsmRasterParams, osm_raster, worldcover_map
+from terracube.pipeline.static_maps import OsmRasterParams, class_map, osm_raster
 
 
 @dataclass(frozen=True)
@@ -192,29 +192,38 @@ def build_temporal(
     return result
 
 
-def build_worldcover(
-    items: Sequence[NormalizedItem], tile: Tile, reader: Reader, params: BuildParams
+def build_static_map(
+    name: str,
+    items: Sequence[NormalizedItem],
+    tile: Tile,
+    reader: Reader,
+    params: BuildParams,
 ) -> ModalityResult:
+    """A static class map (WorldCover): one layer from the items meeting the tile."""
+    mod = MODALITIES[name]
+    group = mod.groups[0]
     meeting = select_items(items, tile, own_zone_first=False)
     # Own-CRS items first (pixels copied exactly); others only fill what they leave.
     chosen = sorted(meeting, key=lambda i: i.epsg != tile.epsg)
     if not chosen:
-        return ModalityResult(SampleState.EMPTY, f"no WorldCover item meets tile {tile.id}")
-    values, used = worldcover_map(chosen, tile, reader)
-    fraction = float((values != band_group("worldcover").nodata).mean())
+        return ModalityResult(SampleState.EMPTY, f"no {mod.title} item meets tile {tile.id}")
+    values, used = class_map(chosen, tile, reader, group, mod.classes)
+    fraction = float((values != group.nodata).mean())
     if fraction == 0:
-        return ModalityResult(SampleState.EMPTY, "no valid WorldCover class pixel on the tile")
+        return ModalityResult(SampleState.EMPTY, f"no valid {mod.title} class pixel on the tile")
     return ModalityResult(
         SampleState.DONE,
-        groups={"worldcover": values},
-        valid_fraction={"worldcover": np.float64(fraction)},
-        provenance={"worldcover": used},
+        groups={group.name: values},
+        valid_fraction={group.name: np.float64(fraction)},
+        provenance={group.name: used},
     )
 
 
-def build_osm(features: gpd.GeoDataFrame, tile: Tile, params: BuildParams) -> ModalityResult:
+def build_osm(
+    features: gpd.GeoDataFrame, tile: Tile, params: BuildParams, group: BandGroup
+) -> ModalityResult:
     """An OSM tile with no feature is data (0 % everywhere), so it is DONE, not EMPTY."""
-    values = osm_raster(features, tile, params.osm)
+    values = osm_raster(features, tile, params.osm, group)
     ids = (
         sorted({f"{t}/{i}" for t, i in zip(features["osm_type"], features["osm_id"], strict=True)})
         if len(features) and "osm_id" in features.columns
@@ -222,9 +231,9 @@ def build_osm(features: gpd.GeoDataFrame, tile: Tile, params: BuildParams) -> Mo
     )
     return ModalityResult(
         SampleState.DONE,
-        groups={"osm": values},
-        valid_fraction={"osm": np.float64(1.0)},
-        provenance={"osm": ids},
+        groups={group.name: values},
+        valid_fraction={group.name: np.float64(1.0)},
+        provenance={group.name: ids},
     )
 
 
@@ -265,13 +274,15 @@ def build_tile(
                 name,
                 lambda n=name, p=per_period, m=mine: build_temporal(n, p, m, tile, reader, params),
             )
-        elif name == "worldcover":
+        elif is_osm(name):
+            if inputs.osm is None:
+                continue
+            results[name] = _run(name, lambda g=mine[0]: build_osm(inputs.osm, tile, params, g))
+        else:
+            items = inputs.static.get(name, ())
             results[name] = _run(
-                name,
-                lambda: build_worldcover(inputs.static.get("worldcover", ()), tile, reader, params),
+                name, lambda n=name, i=items: build_static_map(n, i, tile, reader, params)
             )
-        elif name == "openstreetmap" and inputs.osm is not None:
-            results[name] = _run(name, lambda: build_osm(inputs.osm, tile, params))
         seconds[name] = time.perf_counter() - started
     return TileResult(_sample(inputs, results), _conversions(results), seconds)
 

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from terracube.catalog.registry import MODALITIES, modality
+from terracube.catalog.registry import is_osm as modality_is_osm
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -163,11 +164,12 @@ class BuildConfig(_Strict):
                 modality(name)
             except KeyError as exc:
                 raise ValueError(exc.args[0]) from None
-            is_osm = isinstance(source, OsmFileSource | OverpassSource)
-            if (name == "openstreetmap") != is_osm:
+            takes_osm = isinstance(source, OsmFileSource | OverpassSource)
+            if modality_is_osm(name) != takes_osm:
+                osm = [m for m in MODALITIES if modality_is_osm(m)]
                 raise ValueError(
-                    f"modality {name!r} cannot use source {source.source!r}: openstreetmap takes "
-                    "osm_file/overpass, every other modality takes static/stac_api"
+                    f"modality {name!r} cannot use source {source.source!r}: {', '.join(osm)} "
+                    "takes osm_file/overpass, every other modality takes static/stac_api"
                 )
         return value
 

@@ -15,14 +15,15 @@ from typing import Any
 
 import numpy as np
 from terracube.catalog.grid import Tile, cover
-from terracube.catalog.plan import Plan, PlanParams, make_plan
+from terracube.catalog.plan import Plan, PlanParams
 from terracube.catalog.registry import MODALITIES, modality
 from terracube.catalog.stac.http import RetryPolicy
-from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.stac.search import (
     STATIC_SEARCH_START,
     RegionParams,
     SearchCache,
+    SearchError,
+    search_and_plan,
     search_tiles,
 )
 from terracube.catalog.stac.sources import (
@@ -42,8 +43,6 @@ from terracube.workflows.config import (
     StacApiSourceConfig,
     StaticSource,
 )
-
-"""Static maps are searched from here to the end of the time span."""
 
 PREFLIGHT_RETRY = RetryPolicy(attempts=2, backoff_s=0.2, connect_timeout_s=5.0, read_timeout_s=20.0)
 """A landing-page probe should fail fast: a dead URL is a config error, not a transient one."""
@@ -123,21 +122,32 @@ def _draw(tiles: Sequence[Tile], n: int, seed: int) -> list[Tile]:
 
 def make_source(config: BuildConfig, name: str, retry: RetryPolicy | None = None) -> ItemSource:
     """The catalog source of one modality, as configured."""
-    source = config.modalities[name]
-    where = f"modalities.{name}"
+    return make_group_source(config, [name], retry)
+
+
+def make_group_source(
+    config: BuildConfig, names: Sequence[str], retry: RetryPolicy | None = None
+) -> ItemSource:
+    """One source for modalities with the same source settings (`_source_key`), knowing
+    every one's configured collection."""
+    source = config.modalities[names[0]]
+    where = f"modalities.{names[0]}"
+    collections = {n: getattr(config.modalities[n], "collection", None) for n in names}
     if isinstance(source, StaticSource):
         path = config.resolve(source.catalog)
         if not path.is_file():
             raise ConfigError(f"{where}.catalog: {path} does not exist")
         try:
-            return StaticCatalogSource(path, collection_modalities={source.collection: name})
+            return StaticCatalogSource(
+                path, collection_modalities={c: n for n, c in collections.items() if c}
+            )
         except SourceError as exc:
             raise ConfigError(f"{where}.catalog: {exc}") from None
     if isinstance(source, StacApiSourceConfig):
         kwargs: dict[str, Any] = {"retry": retry} if retry is not None else {}
         if source.profile == "generic":
-            assert source.url and source.collection
-            profile = generic_profile(source.url, {name: source.collection})
+            assert source.url and all(collections.values())
+            profile = generic_profile(source.url, {n: c for n, c in collections.items() if c})
             return StacApiSource(profile, **kwargs)
         return StacApiSource(source.profile, **kwargs)
     raise ConfigError(f"{where}: source {source.source!r} is not a STAC catalog")
@@ -204,49 +214,25 @@ def plan_build(
     if config.sampling.mode == "stratified":
         tiles = stratified_tiles(config, tiles, region_params or RegionParams(), cache)
     scheme = time_scheme(config)
-    start, end = scheme.span()
     by_source: dict[str, list[str]] = defaultdict(list)
     for name in stac_modalities(config):
         by_source[_source_key(config, name)].append(name)
-    items: dict[str, list[NormalizedItem]] = {}
-    search: dict[str, Any] = {
-        "source": [],
-        "search_calls": 0,
-        "http_requests": 0,
-        "cache_hits": 0,
-        "rejected": [],
-    }
+    sources = {}
     for names in by_source.values():
-        source = make_source(config, names[0])
-        search["source"].append(source.name)
-        temporal = [n for n in names if modality(n).temporal]
-        static = [n for n in names if not modality(n).temporal]
-        # A static map (WorldCover 2021) is dated before the periods it describes:
-        # search it over all time up to the end of the span, not over the span only.
-        for group, group_start in ((temporal, start), (static, STATIC_SEARCH_START)):
-            if not group:
-                continue
-            try:
-                result = search_tiles(
-                    source,
-                    tiles,
-                    group_start,
-                    end,
-                    group,
-                    params=region_params or RegionParams(),
-                    query=_queries(config, group),
-                    cache=cache,
-                )
-            except SourceError as exc:
-                raise ConfigError(f"modalities.{group[0]}: {exc}") from None
-            items.update(result.items)
-            search["search_calls"] += len(result.requests)
-            search["http_requests"] += result.http_requests
-            search["cache_hits"] += result.cache_hits
-            search["rejected"] += result.rejected
-    plan = make_plan(tiles, scheme, items, params=plan_params or PlanParams())
-    plan.search = search
-    return plan
+        shared = make_group_source(config, names)
+        sources.update(dict.fromkeys(names, shared))
+    try:
+        return search_and_plan(
+            sources,
+            tiles,
+            scheme,
+            region_params=region_params or RegionParams(),
+            plan_params=plan_params,
+            query=_queries(config, list(sources)),
+            cache=cache,
+        )
+    except SearchError as exc:
+        raise ConfigError(f"modalities.{exc.modality}: {exc}") from None
 
 
 def stratified_tiles(

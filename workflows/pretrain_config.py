@@ -11,6 +11,7 @@ pretrain CONFIG`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,8 +20,10 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from terracube.model.data.plan import LoaderParams
 from terracube.model.nn.encoder import SIZES
 from terracube.model.train.pretrain import PretrainSettings, train
+from terracube.model.train.schedule import OptimParams
 
 
 class PretrainConfigError(ValueError):
@@ -31,42 +34,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_LOADER = LoaderParams()
+_OPTIM = OptimParams()
+_RUN = PretrainSettings(store="", checkpoint_dir=Path(), out_dir=Path())
+"""The defaults, read from the dataclasses that define them (model/data/plan.py,
+model/train/schedule.py, model/train/pretrain.py); this file adds only bounds and the
+YAML's section names. `tests/model/test_pretrain.py` checks that every field is here."""
+
+RUN_SET_LOADER_FIELDS = frozenset({"seed", "drop_last", "equalize", "num_views"})
+"""LoaderParams fields the run sets (seed from the top level), not the `data:` section."""
+
+
 class DataConfig(_Strict):
     store: str
     storage_options: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(default=8, gt=0)
-    crop_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=1)
-    patch_sizes: list[int] = Field(default_factory=lambda: [4, 8], min_length=1)
-    token_budget: int = Field(default=4096, gt=0)
-    shuffle_buffer: int = Field(default=64, gt=0)
-    workers: int = Field(default=2, ge=0)
+    batch_size: int = Field(default=_LOADER.batch_size, gt=0)
+    crop_sizes: tuple[int, ...] = Field(default=_LOADER.crop_sizes, min_length=1)
+    patch_sizes: tuple[int, ...] = Field(default=_LOADER.patch_sizes, min_length=1)
+    token_budget: int = Field(default=_LOADER.token_budget, gt=0)
+    shuffle_buffer: int = Field(default=_LOADER.shuffle_buffer, gt=0)
+    workers: int = Field(default=_RUN.workers, ge=0)
+
+    def loader(self) -> LoaderParams:
+        loader_keys = {f.name for f in dataclasses.fields(LoaderParams)}
+        return LoaderParams(**{k: v for k, v in self.model_dump().items() if k in loader_keys})
 
 
 class OptimConfig(_Strict):
-    lr: float = Field(default=1e-4, gt=0)
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
-    warmup_steps: int = Field(default=100, ge=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    accumulation: int = Field(default=1, gt=0)
+    lr: float = Field(default=_OPTIM.lr, gt=0)
+    min_lr_ratio: float = Field(default=_OPTIM.min_lr_ratio, ge=0, le=1)
+    warmup_steps: int = Field(default=_OPTIM.warmup_steps, ge=0)
+    weight_decay: float = Field(default=_OPTIM.weight_decay, ge=0)
+    grad_clip: float = Field(default=_OPTIM.grad_clip, gt=0)
+    accumulation: int = Field(default=_OPTIM.accumulation, gt=0)
 
 
 class CheckpointConfig(_Strict):
     dir: Path = Path("checkpoints")
-    interval: int = Field(default=500, gt=0)
-    keep: int = Field(default=2, gt=0)
+    interval: int = Field(default=_RUN.checkpoint_interval, gt=0)
+    keep: int = Field(default=_RUN.keep_checkpoints, gt=0)
 
 
 class PretrainConfig(_Strict):
     data: DataConfig
-    model_size: Literal[tuple(SIZES)] = "nano"  # type: ignore[valid-type]
-    steps: int = Field(default=1000, gt=0)
+    model_size: Literal[tuple(SIZES)] = _RUN.model_size  # type: ignore[valid-type]
+    steps: int = Field(default=_RUN.steps, gt=0)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     out_dir: Path = Path("pretrain-out")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
+    seed: int = _RUN.seed
+    device: Literal["auto", "cpu", "cuda"] = _RUN.device  # type: ignore[assignment]
+    compile: bool = _RUN.compile
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> PretrainConfig:
@@ -77,26 +95,20 @@ class PretrainConfig(_Strict):
         return self
 
     def settings(self) -> PretrainSettings:
-        d, o = self.data, self.optim
+        try:
+            loader = self.data.loader()
+        except ValueError as exc:  # the loader's own checks (crop alignment, patch sizes)
+            raise PretrainConfigError(f"data: {exc}") from None
         return PretrainSettings(
-            store=d.store,
-            storage_options=dict(d.storage_options),
+            store=self.data.store,
+            storage_options=dict(self.data.storage_options),
             checkpoint_dir=self.checkpoint.dir,
             out_dir=self.out_dir,
+            loader=loader,
+            optim=OptimParams(**self.optim.model_dump()),
             model_size=self.model_size,
             steps=self.steps,
-            batch_size=d.batch_size,
-            lr=o.lr,
-            min_lr_ratio=o.min_lr_ratio,
-            warmup_steps=o.warmup_steps,
-            weight_decay=o.weight_decay,
-            grad_clip=o.grad_clip,
-            accumulation=o.accumulation,
-            crop_sizes=tuple(d.crop_sizes),
-            patch_sizes=tuple(d.patch_sizes),
-            token_budget=d.token_budget,
-            shuffle_buffer=d.shuffle_buffer,
-            workers=d.workers,
+            workers=self.data.workers,
             seed=self.seed,
             checkpoint_interval=self.checkpoint.interval,
             keep_checkpoints=self.checkpoint.keep,

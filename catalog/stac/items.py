@@ -59,7 +59,6 @@ OPTIONAL_BANDS: dict[str, frozenset[str]] = {
 }
 """Bands whose absence is a fact of the product, not a broken item; stored as nodata."""
 
-LANDSAT_PLATFORMS = frozenset({"landsat-8", "landsat-9"})
 """Registry Landsat bands follow the OLI numbering; TM/ETM+ number bands differently."""
 
 MODALITY_PROPERTY = "terracube:modality"
@@ -376,10 +375,11 @@ def normalize_item(
     props = data.get("properties") or {}
     mod = modality(modality_of(data, collection_modalities))
     platform = _platform(props)
-    if mod.name == "landsat_c2l2" and platform is not None and platform not in LANDSAT_PLATFORMS:
+    if mod.platforms and platform is not None and platform not in mod.platforms:
+        accepted = "/".join(sorted(mod.platforms))
         raise ItemNormalizationError(
-            f"item {item_id}: platform {platform!r} is not Landsat 8/9; the registry's Landsat "
-            "bands follow OLI numbering. Filter the search with platform in landsat-8/landsat-9."
+            f"item {item_id}: platform {platform!r} is not one {mod.title} accepts ({accepted}); "
+            f"the registry's bands follow their numbering. Filter the search with platform in {accepted}."
         )
     base = base_href or pystac_self or _self_href(data)
     assets: Mapping[str, Mapping[str, Any]] = data.get("assets") or {}

@@ -26,7 +26,7 @@ from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import TILE_SIZE_M, modality
 from terracube.catalog.stac.http import RequestCounter, UnsafeHrefError
 from terracube.catalog.stac.items import ItemNormalizationError, NormalizedItem, normalize_item
-from terracube.catalog.stac.sources import Bbox, ItemSource, Query, dedupe_items
+from terracube.catalog.stac.sources import Bbox, ItemSource, Query, SourceError, dedupe_items
 from terracube.catalog.timescheme import TimeScheme
 
 
@@ -236,11 +236,18 @@ def _normalize_all(
     return items, rejected
 
 
+class SearchError(SourceError):
+    """A source failed while searching `modality` (the caller names the config key)."""
+
+    def __init__(self, modality: str, error: SourceError) -> None:
+        super().__init__(str(error))
+        self.modality = modality
+
+
 def search_and_plan(
-    source: ItemSource,
+    sources: Mapping[str, ItemSource],
     tiles: Sequence[Tile],
     scheme: TimeScheme,
-    modalities: Sequence[str],
     *,
     region_params: RegionParams = RegionParams(),
     plan_params: PlanParams | None = None,
@@ -248,47 +255,62 @@ def search_and_plan(
     cache: SearchCache | None = None,
     anchors: Sequence[date] | None = None,
 ) -> Plan:
-    """Search once per region x collection, then plan (pure).
+    """Search once per region x collection, then plan (pure): the one orchestration of
+    the plan stage (`terracube plan` and `build` call it through workflows.planning).
 
-    Temporal modalities are searched over the whole span of all anchors; static maps
-    from STATIC_SEARCH_START to the span's end (they predate the periods they describe).
+    `sources` maps each modality to its catalog, in plan order; modalities sharing one
+    source object are searched in one pass. Temporal modalities are searched over the
+    whole span of all anchors; static maps from STATIC_SEARCH_START to the span's end
+    (they predate the periods they describe). A failing source raises `SearchError`
+    naming the modality.
     """
     spans = [scheme.span(a) for a in (anchors or [scheme.start])]
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
-    temporal = [m for m in modalities if modality(m).temporal]
-    static = [m for m in modalities if not modality(m).temporal]
+    groups: dict[int, list[str]] = {}
+    for name in sources:
+        groups.setdefault(id(sources[name]), []).append(name)
     items: dict[str, list[NormalizedItem]] = {}
     search: dict[str, Any] = {
-        "source": source.name,
+        "source": [],
         "search_calls": 0,
         "http_requests": 0,
         "search_pages": 0,
         "cache_hits": 0,
         "rejected": [],
     }
-    for group, group_start in ((temporal, start), (static, min(STATIC_SEARCH_START, start))):
-        if not group:
-            continue
-        result = search_tiles(
-            source,
-            tiles,
-            group_start,
-            end,
-            group,
-            params=region_params,
-            query=query,
-            cache=cache,
-        )
-        items.update(result.items)
-        search["search_calls"] += len(result.requests)
-        search["http_requests"] += result.http_requests
-        search["search_pages"] += result.search_pages
-        search["cache_hits"] += result.cache_hits
-        search["rejected"] += result.rejected
+    for names in groups.values():
+        source = sources[names[0]]
+        search["source"].append(source.name)
+        temporal = [m for m in names if modality(m).temporal]
+        static = [m for m in names if not modality(m).temporal]
+        for group, group_start in ((temporal, start), (static, min(STATIC_SEARCH_START, start))):
+            if not group:
+                continue
+            try:
+                result = search_tiles(
+                    source,
+                    tiles,
+                    group_start,
+                    end,
+                    group,
+                    params=region_params,
+                    query=query,
+                    cache=cache,
+                )
+            except SearchError:
+                raise
+            except SourceError as err:
+                raise SearchError(group[0], err) from None
+            items.update(result.items)
+            search["search_calls"] += len(result.requests)
+            search["http_requests"] += result.http_requests
+            search["search_pages"] += result.search_pages
+            search["cache_hits"] += result.cache_hits
+            search["rejected"] += result.rejected
     plan = make_plan(
         tiles,
         scheme,
-        {m: items[m] for m in modalities},
+        {m: items[m] for m in sources},
         params=plan_params or PlanParams(),
         anchors=anchors,
     )

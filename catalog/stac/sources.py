@@ -344,6 +344,15 @@ class StaticCatalogSource:
         return found
 
     def collection_for(self, modality: str) -> str:
+        """The collection configured for `modality`, else the first (by id) that holds it."""
+        configured = [c for c, m in self._modalities.items() if m == modality]
+        if configured:
+            if configured[0] not in self.collections:
+                raise SourceError(
+                    f"{self.name}: the configured collection {configured[0]!r} for {modality!r} "
+                    f"is not in the catalog (collections: {', '.join(sorted(self.collections))})"
+                )
+            return configured[0]
         matching = sorted(c for c, m in self.collections.items() if m == modality)
         if not matching:
             raise SourceError(

@@ -65,7 +65,7 @@ from terracube.model.data.transport import (
     pack,
 )
 from terracube.model.train.masking import mask_batch
-from terracube.pipeline.corpus.schema import SampleState, is_temporal
+from terracube.pipeline.corpus.schema import SampleState
 from terracube.pipeline.corpus.shard_reader import EncodedWindow, ShardReader, fast_path_supported
 from terracube.pipeline.corpus.store import Corpus
 from terracube.pipeline.corpus.zstd_into import ZstdInto
@@ -113,6 +113,8 @@ class CorpusStream(IterableDataset):
         if prefetch_shards < 0:
             raise ValueError(f"prefetch_shards={prefetch_shards}; use 0 (off) or more")
         self.prefetch_shards = prefetch_shards
+        self.fallbacks = 0
+        """Fast-path reads that fell back to zarr in this process (see LoaderItem.fallbacks)."""
         """Remote stores: shards fetched ahead, all their arrays in one concurrent wave
         (0: every array of a shard read in turn, when needed)."""
         default_rank, default_world = dist_rank_world()
@@ -125,7 +127,7 @@ class CorpusStream(IterableDataset):
         corpus = self._open()
         self.n_periods = corpus.n_periods
         self.groups = tuple(corpus.params.groups)
-        temporal = sum(is_temporal(band_group(g)) for g in self.groups)
+        temporal = sum(band_group(g).temporal for g in self.groups)
         self.shape = TokenShape(temporal, len(self.groups) - temporal, corpus.n_periods)
         check_budget(params, self.shape)
         states = {m: corpus.states(m) for m in corpus.params.modalities}
@@ -187,6 +189,12 @@ class CorpusStream(IterableDataset):
         self._handles = (os.getpid(), arrays)
         return arrays
 
+    @property
+    def fast_path_arrays(self) -> frozenset[str]:
+        """Arrays this process reads through the compiled shard path (the rest: zarr)."""
+        self._arrays()
+        return frozenset(self._readers)
+
     def _read_group(
         self, arr: Any, g: str, k: int, windows: dict[int, Window]
     ) -> tuple[dict[int, EncodedWindow | np.ndarray | None], int, int]:
@@ -200,6 +208,7 @@ class CorpusStream(IterableDataset):
                 fetched = reader.fetch(k, {i - start: w for i, w in windows.items()})
                 return {i: fetched[i - start] for i in windows}, 0, 0
             except Exception as exc:  # any store or index error: fall back per sample
+                self.fallbacks += 1
                 log.warning("shard %d of %s failed to read (%s); reading per sample", k, g, exc)
         rows: dict[int, EncodedWindow | np.ndarray | None] = {}
         errors = nbytes = 0
@@ -227,6 +236,7 @@ class CorpusStream(IterableDataset):
             try:
                 return True, data.copy_to(target)
             except Exception as exc:
+                self.fallbacks += 1
                 log.warning(
                     "sample %d of %s failed to decode (%s); reading it again", sample, g, exc
                 )
@@ -290,10 +300,11 @@ class CorpusStream(IterableDataset):
         fetched = fetched or {}
         errors = nbytes = 0
         for g in self.groups:
-            temporal = is_temporal(band_group(g))
+            temporal = band_group(g).temporal
             got = fetched.get(g)
             if got is None or isinstance(got, BaseException):
                 if got is not None:
+                    self.fallbacks += 1
                     log.warning("shard %d of %s failed to read (%s); reading it again", k, g, got)
                 rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows[g])
             else:
@@ -333,6 +344,7 @@ class CorpusStream(IterableDataset):
             try:
                 return reader.whole_from(k, got)
             except Exception as exc:
+                self.fallbacks += 1
                 log.warning("shard %d of %s failed to decode (%s); reading it again", k, name, exc)
         return self._whole(arrays, name, k)
 
@@ -347,7 +359,7 @@ class CorpusStream(IterableDataset):
         for g in self.groups:
             group = band_group(g)
             side = geo.crop // group_factor(g)
-            steps = geo.timesteps if is_temporal(group) else 1
+            steps = geo.timesteps if group.temporal else 1
             shape = (batch, steps, len(group.bands), side, side)
             specs += [(_TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
             tokens += batch * steps * (geo.crop // geo.patch) ** 2
@@ -385,7 +397,7 @@ class CorpusStream(IterableDataset):
         for g in self.groups:
             raw[g], valid[g] = next(arena), next(arena)
             values, ok = raw[g].numpy(), valid[g].numpy()
-            temporal = is_temporal(band_group(g))
+            temporal = band_group(g).temporal
             rows = np.zeros(ok.shape[:2], dtype=bool)  # (B, T): placed and present
             for b, (sample, crop) in enumerate(zip(plan.samples, crops, strict=True)):
                 data, present = crop.data[g], crop.present[g]
@@ -453,6 +465,7 @@ class CorpusStream(IterableDataset):
         )
         ready: dict[int, _SampleCrop] = {}
         pending_errors = 0
+        reported = self.fallbacks
         for plan in plans:
             decoded = 0
             for sample in plan.samples:
@@ -467,6 +480,7 @@ class CorpusStream(IterableDataset):
             item = self._assemble(plan, [ready.pop(s) for s in plan.samples])
             item.decoded_bytes += decoded
             item.decode_errors += pending_errors
+            item.fallbacks, reported = self.fallbacks - reported, self.fallbacks
             pending_errors = 0
             for sample in plan.samples:
                 wanted.pop(sample)

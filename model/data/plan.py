@@ -31,7 +31,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, TILE_SIZE_M, band_group
-from terracube.pipeline.corpus.schema import is_temporal
 from terracube.pipeline.corpus.shard_geometry import Window
 
 TILE_PIXELS = TILE_SIZE_M // BASE_RESOLUTION_M
@@ -141,7 +140,7 @@ def sample_window(group: str, plan: BatchPlan, b: int) -> Window:
     side = plan.geometry.crop // factor
     y, x = plan.offsets[b][0] // factor, plan.offsets[b][1] // factor
     spatial = ((0, len(g.bands)), (y, y + side), (x, x + side))
-    if is_temporal(g):
+    if g.temporal:
         return ((plan.starts[b], plan.starts[b] + plan.geometry.timesteps), *spatial)
     return spatial
 

@@ -47,6 +47,8 @@ class StreamingLoader:
         self.consumed = 0
         self.decode_errors = 0
         self.decoded_bytes = 0
+        self.fallbacks = 0
+        """Batches' fast-path reads that fell back to zarr (LoaderItem.fallbacks), summed."""
 
     def close(self) -> None:
         """Stop persistent workers now instead of at garbage collection."""
@@ -156,6 +158,7 @@ class StreamingLoader:
                 self.consumed += 1
                 self.decode_errors += item.decode_errors
                 self.decoded_bytes += item.decoded_bytes
+                self.fallbacks += item.fallbacks
                 yield item
             self.epoch, self.consumed = self.epoch + 1, 0
 

@@ -25,7 +25,7 @@ import torch
 from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, MODALITIES, band_group
 from terracube.model.data.pixel_stats import GroupNormalizer, group_normalizer, read_stats
 from terracube.model.nn.batch import Batch
-from terracube.model.nn.groups import encodable_groups, is_temporal
+from terracube.model.nn.groups import encodable_groups
 from terracube.pipeline.corpus.schema import SampleState
 from terracube.pipeline.corpus.store import Corpus
 
@@ -153,7 +153,7 @@ def planned_bytes(corpus: Corpus, inputs: Sequence[str], n_crops: int, crop: int
     per_crop = 0
     for g in inputs:
         group = band_group(g)
-        steps = corpus.n_periods if is_temporal(g) else 1
+        steps = corpus.n_periods if band_group(g).temporal else 1
         per_crop += steps * len(group.bands) * crop * crop * np.dtype(group.dtype).itemsize
     return n_crops * per_crop
 
@@ -287,7 +287,7 @@ def _group_crop(name: str, values: np.ndarray, y: int, x: int, crop: int) -> np.
     """(T, B, crop, crop) storage values on the 10 m grid (nearest repeat of coarser pixels)."""
     factor = int(band_group(name).resolution // BASE_RESOLUTION_M)
     side = crop // factor
-    stack = values if is_temporal(name) else values[None]
+    stack = values if band_group(name).temporal else values[None]
     window = stack[:, :, y // factor : y // factor + side, x // factor : x // factor + side]
     if factor > 1:
         window = window.repeat(factor, axis=-2).repeat(factor, axis=-1)

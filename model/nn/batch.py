@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from terracube.model.nn.groups import all_groups, group_channels, is_temporal
+from terracube.catalog.registry import band_group
+from terracube.model.nn.groups import all_groups, group_channels
 from torch import Tensor
 
 TOKEN_VALID_FRACTION = 0.5
@@ -99,7 +100,7 @@ def validate_batch(batch: Batch) -> None:
             raise ValueError(
                 f"Batch.data[{name!r}] must be float32 (B, T, C, H, W), got {x.dtype} {tuple(x.shape)}"
             )
-        want_t = t if is_temporal(name) else 1
+        want_t = t if band_group(name).temporal else 1
         want_c = group_channels(name)
         if x.shape[0] != b or x.shape[1] != want_t or x.shape[2] != want_c:
             raise ValueError(

@@ -56,11 +56,6 @@ def decode_only_groups() -> tuple[str, ...]:
     return tuple(g for g in all_groups() if not modality_of_group(g).encodable)
 
 
-def is_temporal(name: str) -> bool:
-    """Static groups (maps) carry a single timestep and no time/month encoding."""
-    return modality_of_group(name).temporal
-
-
 def group_index(name: str) -> int:
     """Stable integer id of a group (its registry position), for embeddings."""
     try:

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from terracube.catalog.registry import band_group
 from terracube.model.nn.batch import Batch, validate_batch
 from terracube.model.nn.decoder import Decoder
 from terracube.model.nn.encoder import Encoder, init_weights, model_size
 from terracube.model.nn.encodings import TokenEncodings
-from terracube.model.nn.groups import encodable_groups, group_index, is_temporal, modality_index
+from terracube.model.nn.groups import encodable_groups, group_index, modality_index
 from terracube.model.nn.losses import (
     NEGATIVE_SCOPES,
     NegativeScope,
@@ -83,7 +84,7 @@ class LatentMIM(nn.Module):
         b = batch.batch_size
         for name in batch.groups:
             data, pixel_valid = batch.data[name], batch.valid[name]
-            months = batch.months if is_temporal(name) else None
+            months = batch.months if band_group(name).temporal else None
             enc = self.encodings(group_index(name), months, grid, p, batch.gsd)
             t = data.shape[1]
             enc = enc.expand(b, t, *grid, -1)

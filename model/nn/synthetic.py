@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from terracube.catalog.registry import band_group
 from terracube.model.nn.batch import Batch
-from terracube.model.nn.groups import all_groups, group_channels, is_temporal, modality_of_group
+from terracube.model.nn.groups import all_groups, group_channels, modality_of_group
 
 
 def synthetic_batch(
@@ -24,7 +25,7 @@ def synthetic_batch(
     generator = generator or torch.Generator().manual_seed(0)
     data, valid = {}, {}
     for name in groups if groups is not None else all_groups():
-        t = timesteps if is_temporal(name) else 1
+        t = timesteps if band_group(name).temporal else 1
         c = group_channels(name)
         if modality_of_group(name).classes and c == len(modality_of_group(name).classes):
             labels = torch.randint(c, (batch_size, t, size, size), generator=generator)

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from terracube.model.train.checkpoint import (
     save_checkpoint,
 )
 from terracube.model.train.diagnostics import collapse_report
-from terracube.model.train.schedule import WarmupCosine, warmup_cosine
+from terracube.model.train.schedule import OptimParams, WarmupCosine, warmup_cosine
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -54,26 +54,20 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Everything a run needs; `workflows.pretrain_config` builds it from YAML."""
+    """Everything a run needs; `workflows.pretrain_config` builds it from YAML. The loader's
+    settings are `LoaderParams`, the optimizer's `OptimParams`: each default is defined
+    there once, and the YAML schema reads it from there."""
 
     store: str
     checkpoint_dir: Path
     out_dir: Path
     storage_options: dict[str, Any] = field(default_factory=dict)
+    loader: LoaderParams = field(default_factory=LoaderParams)
+    optim: OptimParams = field(default_factory=OptimParams)
     model_size: str = "nano"
     steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    accumulation: int = 1
-    crop_sizes: tuple[int, ...] = (32, 64, 128)
-    patch_sizes: tuple[int, ...] = (4, 8)
-    token_budget: int = 4096
-    shuffle_buffer: int = 64
     workers: int = 2
+    """DataLoader worker processes."""
     seed: int = 0
     checkpoint_interval: int = 500
     keep_checkpoints: int = 2
@@ -82,12 +76,8 @@ class PretrainSettings:
     """auto (CUDA when available), cpu or cuda."""
 
     def loader_params(self, distributed: bool) -> LoaderParams:
-        return LoaderParams(
-            batch_size=self.batch_size,
-            crop_sizes=tuple(self.crop_sizes),
-            patch_sizes=tuple(self.patch_sizes),
-            token_budget=self.token_budget,
-            shuffle_buffer=self.shuffle_buffer,
+        return replace(
+            self.loader,
             seed=self.seed,
             drop_last=True,  # equal batch sizes keep the contrastive loss comparable
             equalize=distributed,  # DDP needs every rank to take the same number of steps
@@ -146,8 +136,10 @@ def parameter_fingerprint(model: nn.Module) -> str:
 def _primitive(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, tuple):
-        return list(value)
+    if isinstance(value, tuple | list):
+        return [_primitive(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _primitive(v) for k, v in value.items()}
     return value
 
 
@@ -200,11 +192,13 @@ class _Trainer:
                 find_unused_parameters=True,
             )
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, settings.weight_decay), lr=settings.lr, betas=(0.9, 0.95)
+            _param_groups(self.model, settings.optim.weight_decay),
+            lr=settings.optim.lr,
+            betas=(0.9, 0.95),
         )
         self.scheduler = warmup_cosine(
             self.optimizer,
-            WarmupCosine(settings.warmup_steps, settings.steps, settings.min_lr_ratio),
+            WarmupCosine(settings.optim.warmup_steps, settings.steps, settings.optim.min_lr_ratio),
         )
         dataset = CorpusStream(
             settings.store,
@@ -269,7 +263,7 @@ class _Trainer:
             ):
                 out = self.forward_model(batch, views)
             loss = out["loss"].float()
-            (loss / self.settings.accumulation).backward()
+            (loss / self.settings.optim.accumulation).backward()
         return out
 
     def train_step(self, items: Iterator[LoaderItem]) -> dict[str, Any]:
@@ -279,18 +273,18 @@ class _Trainer:
         totals = {"loss": 0.0, "patch_discrimination": 0.0, "contrastive": 0.0}
         tokens = samples = errors = 0
         pooled = []
-        for micro in range(s.accumulation):
+        for micro in range(s.optim.accumulation):
             t0 = time.perf_counter()
             item = next(items)
             wait += time.perf_counter() - t0
-            out = self._micro_step(item, last=micro == s.accumulation - 1)
+            out = self._micro_step(item, last=micro == s.optim.accumulation - 1)
             for key in totals:
-                totals[key] += float(out[key].detach()) / s.accumulation
+                totals[key] += float(out[key].detach()) / s.optim.accumulation
             tokens += int(out["encoded_tokens"]) + int(out["decoded_tokens"])
             samples += item.batch_size
             errors += item.decode_errors
             pooled.append(out["pooled"].detach().float().cpu())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()

@@ -14,12 +14,27 @@ from torch.optim.lr_scheduler import LambdaLR
 
 
 @dataclass(frozen=True)
+class OptimParams:
+    """The optimizer's settings and their defaults: the one definition the YAML
+    `optim:` section (workflows/pretrain_config.py) and `PretrainSettings` read."""
+
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio."""
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    accumulation: int = 1
+    """Micro-batches per optimizer step."""
+
+
+@dataclass(frozen=True)
 class WarmupCosine:
     """Multiplier of the base lr at optimizer step `step` (0-based)."""
 
     warmup_steps: int
     total_steps: int
-    min_ratio: float = 0.1
+    min_ratio: float = OptimParams.min_lr_ratio
 
     def __post_init__(self) -> None:
         if self.total_steps < 1:

@@ -19,7 +19,6 @@ from terracube.pipeline.corpus.schema import (
     CorpusError,
     CorpusParams,
     SampleState,
-    is_temporal,
 )
 
 STRING_DTYPE = np.dtypes.StringDType()
@@ -100,7 +99,7 @@ def check_sample(s: SampleData, p: CorpusParams, label: str) -> None:
             )
     for name, data in s.groups.items():
         g = band_group(name)
-        t = (p.n_periods,) if is_temporal(g) else ()
+        t = (p.n_periods,) if g.temporal else ()
         want = (*t, len(g.bands), g.pixels, g.pixels)
         arr = np.asarray(data)
         if arr.shape != want or arr.dtype != np.dtype(g.dtype):
@@ -109,14 +108,14 @@ def check_sample(s: SampleData, p: CorpusParams, label: str) -> None:
                 f"(time, band, y, x at {g.resolution} m), got {arr.dtype} {arr.shape}"
             )
     for name, vf in s.valid_fraction.items():
-        t = (p.n_periods,) if is_temporal(band_group(name)) else ()
+        t = (p.n_periods,) if band_group(name).temporal else ()
         arr = np.asarray(vf, dtype=np.float64)
         if arr.shape != t or not np.all((arr >= 0) & (arr <= 1)):
             raise CorpusError(
                 f"{label}: valid_fraction[{name!r}] must be in [0, 1] with shape {t}, got {arr!r}"
             )
     for name, prov in s.provenance.items():
-        temporal = is_temporal(band_group(name))
+        temporal = band_group(name).temporal
         ok = isinstance(prov, list | tuple)
         if ok and temporal:
             ok = len(prov) == p.n_periods and all(

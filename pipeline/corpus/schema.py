@@ -165,10 +165,6 @@ class CorpusParams:
         )
 
 
-def is_temporal(group: BandGroup) -> bool:
-    return MODALITIES[group.modality].temporal
-
-
 def spatial_dims(group: BandGroup) -> tuple[str, str]:
     """Distinct y/x dim names per resolution (y10/x10, y20/x20...) so xarray can open the store."""
     res = resolution_label(group.resolution)
@@ -200,7 +196,7 @@ def group_facts(group: BandGroup) -> dict[str, Any]:
     """Registry facts a reader needs to interpret and invert a group without terracube."""
     return {
         "modality": group.modality,
-        "temporal": is_temporal(group),
+        "temporal": group.temporal,
         "resolution": group.resolution,
         "pixels": group.pixels,
         "dtype": group.dtype,
@@ -297,7 +293,7 @@ def group_array_spec(group: BandGroup, p: CorpusParams) -> ArraySpec:
         ],
         "terracube:crs": "EPSG:{epsg[sample]}",
     }
-    if is_temporal(group):
+    if group.temporal:
         dims = (SAMPLE_DIM, TIME_DIM, band_dim(group), ydim, xdim)
         shape = (p.n_samples, p.n_periods, n_bands, px, px)
         shards = (p.samples_per_shard, p.n_periods, n_bands, px, px)
@@ -332,7 +328,7 @@ def plan_arrays(p: CorpusParams) -> list[ArraySpec]:
         )
     specs += [group_array_spec(g, p) for g in groups]
     for g in groups:
-        temporal = is_temporal(g)
+        temporal = g.temporal
         specs.append(
             _per_sample(
                 f"{g.name}_valid_fraction",

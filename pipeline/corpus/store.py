@@ -39,7 +39,6 @@ from terracube.pipeline.corpus.schema import (
     CorpusParams,
     InnerChunking,
     SampleState,
-    is_temporal,
     plan_arrays,
     root_attrs,
 )
@@ -323,7 +322,7 @@ class Corpus:
                     f"band group {name!r} is not in this corpus ({', '.join(self.params.groups)})"
                 )
             arr = self.array(name)
-            sel = (index, time) if is_temporal(band_group(name)) else (index,)
+            sel = (index, time) if band_group(name).temporal else (index,)
             out[name] = np.asarray(arr[sel])
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 
@@ -11,9 +12,12 @@ from terracube.catalog.registry import (
     MODALITIES,
     OSM_CATEGORIES,
     TILE_SIZE_M,
+    BandGroup,
     GeometryKind,
+    Modality,
     TagRule,
     band_group,
+    is_osm,
     modality,
     modality_of_group,
     s2_offset_applies,
@@ -80,6 +84,44 @@ def test_bands_of_a_group_share_dtype_and_nodata() -> None:
             assert all(math.isnan(v) for v in nodata), group.name
         else:
             assert set(nodata) == {group.nodata}, group.name
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"dtype": "float32"}, "mixes dtypes"),
+        ({"nodata": 1.0}, "mixes nodatas"),
+        (
+            {"normalization": BAND_GROUPS["s2_10m"].bands[0].normalization.__class__("scale")},
+            "mixes normalization kinds",
+        ),
+    ],
+)
+def test_a_group_whose_bands_disagree_is_refused(change: dict, message: str) -> None:
+    bands = BAND_GROUPS["s2_10m"].bands
+    odd = (*bands[:-1], dataclasses.replace(bands[-1], **change))
+    with pytest.raises(ValueError, match=message):
+        BandGroup("s2_10m", "sentinel2_l2a", 10, odd)
+
+
+def test_a_group_that_does_not_tile_the_cell_or_has_no_bands_is_refused() -> None:
+    bands = BAND_GROUPS["s2_10m"].bands
+    with pytest.raises(ValueError, match="does not divide"):
+        BandGroup("s2_30m", "sentinel2_l2a", 30, bands)
+    with pytest.raises(ValueError, match="no bands"):
+        BandGroup("empty", "sentinel2_l2a", 10, ())
+
+
+def test_a_modality_whose_group_names_another_is_refused() -> None:
+    with pytest.raises(ValueError, match="name another modality"):
+        Modality("s1_copy", "copy", temporal=True, groups=MODALITIES["sentinel1"].groups)
+
+
+def test_groups_know_whether_they_are_temporal() -> None:
+    temporal = {g.name for g in BAND_GROUPS.values() if g.temporal}
+    assert temporal == {"s2_10m", "s2_20m", "s2_40m", "s1", "landsat"}
+    assert {m for m in MODALITIES if is_osm(m)} == {"openstreetmap"}
+    assert MODALITIES["landsat_c2l2"].platforms == {"landsat-8", "landsat-9"}
 
 
 def test_sentinel2_groups_and_bands() -> None:

@@ -75,6 +75,30 @@ def test_static_source_is_an_item_source(catalog_path: Path) -> None:
         source.collection_for("sentinel1")
 
 
+def test_a_configured_collection_is_the_one_searched(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Two collections of one modality (the Landsat items copied into landsat-c2l2-sr): the
+    configured one is searched, not the first by id; a configured id the catalog lacks is
+    an error naming it."""
+    catalog = pystac.Catalog("two-landsat", "two Landsat collections")
+    for feature in json.loads((fixtures_dir / PAGES[0]).read_text())["features"]:
+        if feature["collection"] != "landsat-c2-l2":
+            continue
+        for collection in ("landsat-c2-l2", "landsat-c2l2-sr"):
+            item = pystac.Item.from_dict({**feature, "collection": collection})
+            item.id = f"{collection}/{item.id}"
+            item.clear_links()
+            catalog.add_item(item)
+    catalog.normalize_hrefs(str(tmp_path / "catalog"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    path = tmp_path / "catalog" / "catalog.json"
+    assert StaticCatalogSource(path).collection_for("landsat_c2l2") == "landsat-c2-l2"
+    chosen = StaticCatalogSource(path, collection_modalities={"landsat-c2l2-sr": "landsat_c2l2"})
+    assert chosen.collection_for("landsat_c2l2") == "landsat-c2l2-sr"
+    missing = StaticCatalogSource(path, collection_modalities={"landsat-c2l2-st": "landsat_c2l2"})
+    with pytest.raises(SourceError, match="configured collection 'landsat-c2l2-st'"):
+        missing.collection_for("landsat_c2l2")
+
+
 def test_static_search_filters_by_geometry_time_collection_and_query(catalog_path: Path) -> None:
     source = StaticCatalogSource(catalog_path)
     day = (datetime(2023, 10, 8, tzinfo=UTC), datetime(2023, 10, 8, 23, 59, tzinfo=UTC))

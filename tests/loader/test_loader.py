@@ -213,10 +213,12 @@ def test_batch_values_are_the_cropped_normalised_upsampled_store(
     path = stats_path if with_stats else corpus_path
     stats = Corpus.open(path).group.attrs.get(STATS_ATTR) if with_stats else None
     dataset = CorpusStream(path, SMALL)
+    assert dataset.fast_path_arrays >= set(dataset.groups)
     plans = dataset.plans(0, 0, 1)
     checked_missing = set()
     for plan, item in zip(plans, dataset.iter_plans(plans), strict=True):
         assert item.samples == plan.samples
+        assert item.fallbacks == 0  # every value below came through the compiled path
         for b, sample in enumerate(plan.samples):
             for group in dataset.groups:
                 chans, ok = _expected(plan, b, group, stats)
@@ -233,6 +235,28 @@ def test_batch_values_are_the_cropped_normalised_upsampled_store(
             assert list(months) == [int(str(d)[5:7]) - 1 for d in starts]
     assert checked_missing >= {"landsat", "s1"}  # pending everywhere, empty for S1_EMPTY
     assert S1_EMPTY in {s for p in plans for s in p.samples}
+    assert dataset.fallbacks == 0
+
+
+def test_a_failing_fast_path_is_counted_and_zarr_gives_the_same_values(
+    corpus_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The value tests above assert zero fallbacks: here is why that can fail. With the
+    compiled shard read broken, zarr reads the same windows and every fallback is counted."""
+    dataset = CorpusStream(corpus_path, SMALL)
+    plans = dataset.plans(0, 0, 1)
+    want = list(dataset.iter_plans(plans))
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("fast path broken on purpose")
+
+    monkeypatch.setattr(loader_shard.ShardReader, "fetch", broken)
+    fallback = CorpusStream(corpus_path, SMALL)
+    got = list(fallback.iter_plans(plans))
+    assert fallback.fallbacks == sum(i.fallbacks for i in got) > 0
+    for a, b in zip(got, want, strict=True):
+        for g in a.raw.groups:
+            assert torch.equal(a.raw.raw[g], b.raw.raw[g]), g
 
 
 def test_missing_timestep_masks_the_period(corpus_path: Path) -> None:
@@ -354,6 +378,7 @@ def test_a_truncated_shard_is_skipped_and_counted(corpus_path: Path, tmp_path: P
         else:
             assert valid.any()
     assert loader.decode_errors == 2
+    assert loader.fallbacks >= 1  # the damaged shard was tried through zarr too
 
 
 def test_only_the_chunks_of_a_window_are_decoded(corpus_path: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ SMALL = LoaderParams(batch_size=2, crop_sizes=(16, 32), patch_sizes=(4, 8), toke
 def _same(a: LoaderItem, b: LoaderItem) -> None:
     assert (a.epoch, a.index, a.samples) == (b.epoch, b.index, b.samples)
     assert a.decode_errors == b.decode_errors == 0
+    assert a.fallbacks == b.fallbacks == 0
     for g in a.raw.groups:
         assert torch.equal(a.raw.raw[g], b.raw.raw[g]), g
         assert torch.equal(a.raw.valid[g], b.raw.valid[g]), g
@@ -57,7 +58,9 @@ def test_loader_over_s3_gives_the_batches_it_gives_from_disk(
     loader = StreamingLoader(remote, num_workers=workers)
     got = list(islice(loader, n))
     if workers == 0:  # the fast path read it, through the store API (not zarr selections)
-        assert remote._readers and not any(r.local for r in remote._readers.values())
+        assert remote.fast_path_arrays >= set(remote.groups)
+        assert not any(r.local for r in remote._readers.values())
     for a, b in zip(got, want, strict=True):
         _same(a, b)
+    assert loader.fallbacks == 0
     loader.close()

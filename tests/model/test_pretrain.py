@@ -210,3 +210,58 @@ def test_torchrun_two_gloo_ranks_train_and_stay_identical(
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2]
     assert all("loss_mean_ranks" in r for r in rows)
+
+
+def test_every_setting_is_defined_once_and_the_yaml_schema_reads_its_default() -> None:
+    """The YAML sections expose every LoaderParams / OptimParams / PretrainSettings field
+    (under its section's name) with the dataclass's own default, and nothing else."""
+    import dataclasses
+
+    from terracube.model.data.plan import LoaderParams
+    from terracube.model.train.pretrain import PretrainSettings
+    from terracube.model.train.schedule import OptimParams
+    from terracube.workflows.pretrain_config import (
+        RUN_SET_LOADER_FIELDS,
+        CheckpointConfig,
+        DataConfig,
+        OptimConfig,
+        PretrainConfig,
+    )
+
+    def defaults(cls: type) -> dict[str, object]:
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
+
+    def schema(model: type) -> dict[str, object]:
+        return {
+            name: f.get_default(call_default_factory=True) for name, f in model.model_fields.items()
+        }
+
+    loader = {k: v for k, v in defaults(LoaderParams).items() if k not in RUN_SET_LOADER_FIELDS}
+    run = defaults(PretrainSettings)
+    data = schema(DataConfig)
+    assert DataConfig.model_fields["store"].is_required()
+    del data["store"]
+    assert data == {**loader, "storage_options": {}, "workers": run["workers"]}
+    assert schema(OptimConfig) == defaults(OptimParams)
+    checkpoint = schema(CheckpointConfig)
+    assert (checkpoint["interval"], checkpoint["keep"]) == (
+        run["checkpoint_interval"],
+        run["keep_checkpoints"],
+    )
+    top = schema(PretrainConfig)
+    for key in ("model_size", "steps", "seed", "device", "compile"):
+        assert top[key] == run[key], key
+    settings = PretrainConfig.model_validate({"data": {"store": "s"}}).settings()
+    assert settings.loader == LoaderParams() and settings.optim == OptimParams()
+
+
+def test_a_crop_the_loader_refuses_is_a_config_error(tmp_path: Path) -> None:
+    from terracube.workflows.pretrain_config import PretrainConfig
+
+    config = PretrainConfig.model_validate({"data": {"store": "s", "crop_sizes": [30]}})
+    with pytest.raises(PretrainConfigError, match="data: crop size 30 px"):
+        config.settings()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from terracube.catalog.registry import band_group
 from terracube.model.nn.batch import Batch
-from terracube.model.nn.groups import group_channels, is_temporal
+from terracube.model.nn.groups import group_channels
 from terracube.model.nn.olmoearth import LatentMIM
 from terracube.model.train.diagnostics import effective_rank, embedding_std
 from terracube.model.train.masking import mask_batch
@@ -59,7 +60,7 @@ class StructuredWorld:
                 onehot = F.one_hot(spectrum.argmax(1), group_channels(name))
                 data[name] = onehot.permute(0, 3, 1, 2)[:, None].float()
             else:
-                t = TIMESTEPS if is_temporal(name) else 1
+                t = TIMESTEPS if band_group(name).temporal else 1
                 cycle = 1 + amplitude[:, None] * season[:, :t, None, None, None]
                 x = spectrum[:, None] * cycle
                 data[name] = x + 0.1 * torch.randn(x.shape, generator=g)

@@ -16,6 +16,7 @@ from terracube.model.data.plan import LoaderParams
 from terracube.model.eval.evaluate import EvalParams, load_encoders
 from terracube.model.train.diagnostics import effective_rank, embedding_std
 from terracube.model.train.pretrain import PretrainSettings, train
+from terracube.model.train.schedule import OptimParams
 from terracube.workflows.build.runner import BuildOptions, build_corpus
 from terracube.workflows.config import load_config
 
@@ -39,12 +40,8 @@ def test_nano_200_steps_on_the_world_corpus(world, tmp_path: Path) -> None:
         checkpoint_dir=tmp_path / "ckpt",
         out_dir=tmp_path / "run",
         steps=STEPS,
-        batch_size=crop.batch_size,
-        lr=1e-3,
-        warmup_steps=20,
-        crop_sizes=crop.crop_sizes,
-        patch_sizes=crop.patch_sizes,
-        token_budget=crop.token_budget,
+        loader=crop,
+        optim=OptimParams(lr=1e-3, warmup_steps=20),
         workers=0,
         checkpoint_interval=STEPS,
         device="cpu",

@@ -22,11 +22,11 @@ import shapely
 from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from terracube.catalog.grid import Tile, tile_at
-from terracube.catalog.registry import S2_GROUPS, band_group
+from terracube.catalog.registry import S2_GROUPS, band_group, modality
 from terracube.catalog.stac.items import normalize_item
 from terracube.pipeline.corpus.store import SampleState
 from terracube.pipeline.read.reader import ReadRequest, StackstacReader
-from terracube.pipeline.static_maps import worldcover_map
+from terracube.pipeline.static_maps import class_map
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
 
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "real"
@@ -139,7 +139,8 @@ def test_worldcover_epsg4326_onto_utm_keeps_classes_and_histogram() -> None:
     item = normalize_item(json.loads(WORLDCOVER_ITEM.read_text()), base_href=str(WORLDCOVER_ITEM))
     tile = tile_at(6.62, 0.30)  # Sao Tome: forest, built-up, water, grassland
     assert item.epsg == 4326 and tile.epsg == 32632
-    values, used = worldcover_map([item], tile, StackstacReader())
+    group = band_group("worldcover")
+    values, used = class_map([item], tile, StackstacReader(), group, modality("worldcover").classes)
     assert used == [item.id]
     codes = set(np.unique(values).tolist())
     assert codes <= {0, *range(10, 101, 10), 95}

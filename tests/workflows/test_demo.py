@@ -20,15 +20,15 @@ import pytest
 from terracube.model.eval.report import METRIC_COLUMNS
 from terracube.model.train.checkpoint import list_checkpoints
 from terracube.workflows.cli.app import EXIT_USER_ERROR, app
-from terracube.workflows.demo.run import (
+from terracube.workflows.demo.params import (
     CLASSIFICATION,
     SEGMENTATION,
     STAGES,
     STATE_FILE,
     DemoPaths,
-    DemoState,
     demo_params,
 )
+from terracube.workflows.demo.run import DemoState
 from typer.testing import CliRunner
 
 runner = CliRunner()

@@ -22,6 +22,7 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from rich.console import Console
+from terracube.catalog.registry import is_osm
 from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.plan import Plan
 from terracube.pipeline.corpus.store import Corpus, CorpusCodecs, CorpusError, create_corpus, local_root
@@ -157,7 +158,7 @@ def open_build_corpus(config: BuildConfig, plan: Plan) -> Corpus:
 
 
 def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
-    source = config.modalities.get("openstreetmap")
+    source = next((s for name, s in config.modalities.items() if is_osm(name)), None)
     if source is None:
         return None
     region = shapely.union_all(list(plan.samples.geometry))
@@ -179,7 +180,7 @@ def shard_tasks(
         inputs = {}
         for sample, modalities in work.todo.items():
             features: gpd.GeoDataFrame | None = None
-            if osm is not None and "openstreetmap" in modalities:
+            if osm is not None and any(is_osm(m) for m in modalities):
                 features = osm.features_for_tile(index.tile(sample))
             inputs[sample] = index.tile_inputs(sample, modalities, features)
         yield ShardTask(
@@ -227,7 +228,7 @@ def run_build(
     states = {m: corpus.states(m) for m in corpus.params.modalities}
     works = plan_shard_work(states, corpus.params.samples_per_shard, options.retry_failed)
     todo_tiles = sum(len(w.todo) for w in works)
-    needs_osm = any("openstreetmap" in m for w in works for m in w.todo.values())
+    needs_osm = any(is_osm(m) for w in works for todo in w.todo.values() for m in todo)
     osm = load_osm(config, plan) if needs_osm else None
     failures = FailureTable(folder / "failures.json", config.secret_values)
     log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"

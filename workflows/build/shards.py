@@ -20,7 +20,7 @@ import numpy as np
 from terracube.catalog.grid import Tile
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.plan import STATIC_PERIOD, Plan
-from terracube.catalog.registry import MODALITIES
+from terracube.catalog.registry import MODALITIES, is_osm
 from terracube.pipeline.corpus.store import SampleData, SampleState
 from terracube.pipeline.tile import TileInputs
 
@@ -170,12 +170,12 @@ class PlanIndex:
         static = {
             m: self.candidates(sample, m, STATIC_PERIOD)
             for m in modalities
-            if m in MODALITIES and not MODALITIES[m].temporal and m != "openstreetmap"
+            if m in MODALITIES and not MODALITIES[m].temporal and not is_osm(m)
         }
         return TileInputs(
             tile=self.tile(sample),
             period_starts=self.period_starts(sample),
             temporal=temporal,
             static=static,
-            osm=osm if "openstreetmap" in modalities else None,
+            osm=osm if any(is_osm(m) for m in modalities) else None,
         )

@@ -171,7 +171,8 @@ def demo(
     Re-running the same command skips finished stages and resumes unfinished ones
     (state in OUT/demo_state.json). The report is OUT/report/index.html (and index.md).
     """
-    from terracube.workflows.demo.run import DemoError, demo_params, run_demo
+    from terracube.workflows.demo.params import DemoError, demo_params
+    from terracube.workflows.demo.run import run_demo
 
     with model_errors(DemoError):
         try:

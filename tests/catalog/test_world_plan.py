@@ -30,6 +30,7 @@ from terracube.catalog.stac.search import (
 from terracube.catalog.stac.sources import StacApiSource, StaticCatalogSource, generic_profile
 from terracube.catalog.timescheme import TimeScheme
 from terracube.workflows.config import BuildConfig, StaticSource, load_config
+from terracube.workflows.planning import plan_build
 from terracube.workflows.world import WorldManifest, WorldTruth
 from terracube.workflows.world.config import planned_tiles, world_size
 
@@ -83,8 +84,16 @@ def static_source(inputs: WorldPlanInputs) -> StaticCatalogSource:
 
 
 @pytest.fixture(scope="module")
-def static_plan(inputs: WorldPlanInputs, static_source: StaticCatalogSource) -> Plan:
-    return search_and_plan(static_source, inputs.tiles, inputs.scheme, list(inputs.collections))
+def static_plan(inputs: WorldPlanInputs) -> Plan:
+    """The world's build.yaml planned exactly as `terracube plan` does it."""
+    plan = plan_build(inputs.config)
+    assert list(plan.samples.tile_id) == [t.id for t in inputs.tiles]
+    assert "search_pages" in plan.search
+    return plan
+
+
+def _each(source: object, inputs: WorldPlanInputs) -> dict:
+    return dict.fromkeys(inputs.collections, source)
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +198,7 @@ def test_availability_is_false_exactly_where_the_truth_has_nothing(
     assert far.id not in world_truth.tile_ids
     tiles = [*inputs.tiles, far]
     longer = TimeScheme(inputs.scheme.start, inputs.scheme.periods + 1)  # one month past
-    plan = search_and_plan(static_source, tiles, longer, list(inputs.collections))
+    plan = search_and_plan(_each(static_source, inputs), tiles, longer)
     cells = _assert_plan_matches_truth(plan, tiles, longer, world_truth, item_zone)
     assert cells == len(inputs.tiles) * (3 * inputs.scheme.periods + 1)
     avail = plan.availability
@@ -215,7 +224,7 @@ def test_stac_api_plan_equals_the_static_plan(
     world: WorldManifest,
 ) -> None:
     source = _api_source(world_stac_api, inputs, page_size=100)
-    plan = search_and_plan(source, inputs.tiles, inputs.scheme, list(inputs.collections))
+    plan = search_and_plan(_each(source, inputs), inputs.tiles, inputs.scheme)
     assert plan.search["rejected"] == []
     exact = [
         "sample_index", "tile_id", "modality", "period", "rank", "item_id", "collection",
@@ -261,7 +270,10 @@ def test_search_requests_grow_with_regions_not_tiles_x_periods(
 
     world_stac_api.reset_request_count()
     plan = search_and_plan(
-        _api_source(world_stac_api, inputs, page_size), tiles, scheme, names, cache=cache
+        dict.fromkeys(names, _api_source(world_stac_api, inputs, page_size)),
+        tiles,
+        scheme,
+        cache=cache,
     )
     served = world_stac_api.search_request_count()
 
@@ -285,7 +297,10 @@ def test_search_requests_grow_with_regions_not_tiles_x_periods(
     # A re-plan from the cache sends nothing at all, not even the landing page.
     world_stac_api.reset_request_count()
     again = search_and_plan(
-        _api_source(world_stac_api, inputs, page_size), tiles, scheme, names, cache=cache
+        dict.fromkeys(names, _api_source(world_stac_api, inputs, page_size)),
+        tiles,
+        scheme,
+        cache=cache,
     )
     assert world_stac_api.request_counts() == {}
     assert again.search["cache_hits"] == 8 and again.search["search_pages"] == 0
@@ -294,7 +309,7 @@ def test_search_requests_grow_with_regions_not_tiles_x_periods(
     pd.testing.assert_frame_equal(again.availability, plan.availability)
 
 
-def test_search_and_plan_finds_static_maps_dated_before_the_periods(
+def test_static_maps_dated_before_the_periods_are_found(
     inputs: WorldPlanInputs, static_source: StaticCatalogSource
 ) -> None:
     """WorldCover 2021 describes 2022: searched over the span alone it would be missed."""

@@ -59,6 +59,7 @@ from terracube.model.data.plan import BatchPlan, LoaderParams, sample_window
 from terracube.model.data.stream import StreamingLoader
 from terracube.model.nn.encoder import count_parameters
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
+from terracube.pipeline.corpus.shard_format import parse_index
 from terracube.pipeline.corpus.shard_geometry import ShardLayout, window_chunks
 from terracube.pipeline.corpus.store import (
     Corpus,
@@ -183,7 +184,7 @@ class DecodeFloor:
             for k in range(len(self.shards)):
                 key = arr.metadata.encode_chunk_key((k, *([0] * (len(layout.grid) - 1))))
                 raw = (path / g / key).read_bytes()
-                index = np.frombuffer(raw[-layout.index_bytes : -4], "<u8").reshape(-1, 2)
+                index = parse_index(str(path / g / key), raw[-layout.index_bytes :], layout)
                 self.bytes[(g, k)] = (raw, index)
 
     def decode(self, plans: list[BatchPlan]) -> tuple[float, int, int]:

@@ -28,7 +28,8 @@ import shapely
 from pyproj import Transformer
 from terracube.catalog.grid import Tile
 from terracube.catalog.registry import TILE_SIZE_M, modality
-from terracube.catalog.stac.items import NormalizedItem, item_from_record, item_to_record
+from terracube.catalog.stac.item_records import item_from_record, item_to_record
+from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.timescheme import TimeScheme
 
 PLAN_FORMAT_VERSION = 1

@@ -16,7 +16,6 @@ Storage conventions (what the corpus holds):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -26,11 +25,6 @@ TILE_SIZE_M = 2560
 
 BASE_RESOLUTION_M = 10
 """Resolution of the tile's reference grid (256 x 256 px)."""
-
-S2_OFFSET_BASELINE = "04.00"
-"""From this processing baseline on, S2 L2A DN carry a +1000 offset."""
-
-S2_BOA_ADD_OFFSET_DN = 1000
 
 
 class RadiometryKind(StrEnum):
@@ -85,8 +79,7 @@ class BandGroup:
     bands: tuple[Band, ...]
 
     def __post_init__(self) -> None:
-        """A group is stored as one array, so its bands must agree on what one array has
-        once: dtype, nodata and normalisation kind; and its grid must tile the 2560 m cell."""
+        """One array per group: its bands share dtype, nodata, normalisation; it tiles the cell."""
         if not self.bands:
             raise ValueError(f"band group {self.name!r} has no bands")
         if TILE_SIZE_M % self.resolution:
@@ -100,10 +93,9 @@ class BandGroup:
             ("normalization kind", {b.normalization.kind for b in self.bands}),
         ):
             if len(values) > 1:
-                per_band = ", ".join(f"{b.name}" for b in self.bands)
                 raise ValueError(
-                    f"band group {self.name!r} ({per_band}) mixes {what}s {sorted(map(str, values))}; "
-                    "a group is one array, so split it or make its bands agree"
+                    f"band group {self.name!r} ({', '.join(self.band_names)}) mixes {what}s "
+                    f"{sorted(map(str, values))}; a group is one array: split it or make them agree"
                 )
 
     @property
@@ -186,8 +178,7 @@ class Modality:
     source: Literal["stac", "osm"] = "stac"
     """Where its data comes from: STAC items (rasters) or OSM features (osm_file/overpass)."""
     platforms: frozenset[str] = frozenset()
-    """STAC `platform` values whose items it accepts (empty: any); the registry's band
-    numbering may hold for some platforms only (Landsat OLI: 8 and 9)."""
+    """STAC `platform`s whose band numbering the registry follows (empty: any)."""
 
     def __post_init__(self) -> None:
         strays = [g.name for g in self.groups if g.modality != self.name]
@@ -507,24 +498,3 @@ def band_group(name: str) -> BandGroup:
 
 def modality_of_group(group: str) -> Modality:
     return MODALITIES[band_group(group).modality]
-
-
-def parse_processing_baseline(value: str) -> tuple[int, int]:
-    """Read an S2 baseline as written in STAC ("04.00") or in product names ("N0400")."""
-    match = re.fullmatch(r"\s*(?:N(\d{2})(\d{2})|(\d{1,2})\.(\d{1,2}))\s*", value)
-    if not match:
-        raise ValueError(
-            f"unreadable Sentinel-2 processing baseline {value!r}: expected 'MM.mm' "
-            "(s2:processing_baseline, e.g. '04.00') or 'Nxxyy' (product name, e.g. 'N0400')"
-        )
-    major, minor = (g for g in match.groups() if g is not None)
-    return int(major), int(minor)
-
-
-def s2_offset_applies(processing_baseline: str | None) -> bool:
-    """True when DN of this S2 L2A baseline carry the +1000 BOA_ADD_OFFSET."""
-    if not processing_baseline:
-        return False
-    return parse_processing_baseline(processing_baseline) >= parse_processing_baseline(
-        S2_OFFSET_BASELINE
-    )

@@ -66,7 +66,10 @@ from terracube.model.data.transport import (
 )
 from terracube.model.train.masking import mask_batch
 from terracube.pipeline.corpus.schema import SampleState
-from terracube.pipeline.corpus.shard_reader import EncodedWindow, ShardReader, fast_path_supported
+from terracube.pipeline.corpus.shard_format import fast_path_supported
+from terracube.pipeline.corpus.shard_reader import ShardReader
+from terracube.pipeline.corpus.shard_whole import WholeShardReader
+from terracube.pipeline.corpus.shard_window import EncodedWindow
 from terracube.pipeline.corpus.store import Corpus
 from terracube.pipeline.corpus.zstd_into import ZstdInto
 from torch.utils.data import IterableDataset, get_worker_info
@@ -146,6 +149,9 @@ class CorpusStream(IterableDataset):
         """(epoch, start) in shared memory: persistent workers see each new epoch's position."""
         self._handles: tuple[int, dict[str, Any]] | None = None
         self._readers: dict[str, ShardReader] = {}
+        """Band-group arrays read window by window."""
+        self._whole_readers: dict[str, WholeShardReader] = {}
+        """Per-sample metadata arrays read a whole shard at a time."""
 
     # ------------------------------------------------------------------ planning
     def _open(self) -> Corpus:
@@ -181,10 +187,16 @@ class CorpusStream(IterableDataset):
         names = [*self.groups, *self._metadata_names()]
         arrays: dict[str, Any] = {name: corpus.array(name) for name in names}
         zstd = ZstdInto()  # one decompression context for every array of this process
+        fast = {name: arr for name, arr in arrays.items() if fast_path_supported(arr)}
         self._readers = {
-            name: ShardReader(arr, zstd)
-            for name, arr in arrays.items()
-            if fast_path_supported(arr) and (name not in self.groups or arr.chunks[0] == 1)
+            g: ShardReader(arr, zstd)
+            for g, arr in fast.items()
+            if g in self.groups and arr.chunks[0] == 1
+        }
+        self._whole_readers = {
+            name: WholeShardReader(arr, zstd)
+            for name, arr in fast.items()
+            if name not in self.groups
         }
         self._handles = (os.getpid(), arrays)
         return arrays
@@ -193,7 +205,7 @@ class CorpusStream(IterableDataset):
     def fast_path_arrays(self) -> frozenset[str]:
         """Arrays this process reads through the compiled shard path (the rest: zarr)."""
         self._arrays()
-        return frozenset(self._readers)
+        return frozenset(self._readers) | frozenset(self._whole_readers)
 
     def _read_group(
         self, arr: Any, g: str, k: int, windows: dict[int, Window]
@@ -249,7 +261,7 @@ class CorpusStream(IterableDataset):
 
     def _whole(self, arrays: dict[str, Any], name: str, k: int) -> np.ndarray:
         """A small per-sample array's shard k (valid fractions, period starts)."""
-        reader = self._readers.get(name)
+        reader = self._whole_readers.get(name)
         if reader is not None:
             return reader.read_whole(k)
         span = self.shard_spans[k]
@@ -278,9 +290,9 @@ class CorpusStream(IterableDataset):
                 local = {i - start: w for i, w in group_windows.items()}
                 jobs[g] = reader.fetch_async(k, local)
         for name in self._metadata_names():
-            reader = self._readers.get(name)
-            if reader is not None and not reader.local:
-                jobs[name] = reader.fetch_whole_async(k)
+            whole = self._whole_readers.get(name)
+            if whole is not None and not whole.local:
+                jobs[name] = whole.fetch_whole_async(k)
         results = await asyncio.gather(*jobs.values(), return_exceptions=True)
         return dict(zip(jobs, results, strict=True))
 
@@ -339,7 +351,7 @@ class CorpusStream(IterableDataset):
     ) -> np.ndarray:
         """A per-sample metadata array's shard k, from prefetched bytes when there are any."""
         got = fetched.get(name)
-        reader = self._readers.get(name)
+        reader = self._whole_readers.get(name)
         if reader is not None and got is not None and not isinstance(got, BaseException):
             try:
                 return reader.whole_from(k, got)

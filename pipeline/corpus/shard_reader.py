@@ -28,186 +28,47 @@ import os
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
-import google_crc32c
 import numpy as np
 import zarr
+from terracube.pipeline.corpus.shard_format import (
+    ShardDecodeError,
+    fast_path_supported,
+    index_error,
+    locate,
+    parse_index,
+)
 from terracube.pipeline.corpus.shard_geometry import (
     MAX_AXES,
     ShardChunks,
     ShardLayout,
     Window,
-    WindowChunks,
     byte_runs,
     shard_chunks,
 )
 from terracube.pipeline.corpus.shard_kernel import (
-    BAD_CHECKSUM,
     NATIVE,
-    NO_INDEX,
-    PAST_DATA,
     SHORT_READ,
-    WRONG_SIZE,
-    ZSTD_ERROR,
     decode_window,
     locate_chunks,
-    read_lone_chunk,
 )
+from terracube.pipeline.corpus.shard_window import EncodedWindow, LocatedChunks, OpenShard
 from terracube.pipeline.corpus.zarr_adapter import (
     RangeByteRequest,
     SuffixByteRequest,
-    codec_name,
     default_buffer_prototype,
     run_sync,
 )
 from terracube.pipeline.corpus.zstd_into import ZstdFrameError, ZstdInto
-from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.storage import LocalStore
 
-_EMPTY = 2**64 - 1
 COALESCE_GAP = 64 * 1024
 """Byte gap below which two needed chunks are fetched in one range request."""
-WHOLE_READ_BYTES = 64 * 1024
-"""A local one-chunk shard up to this size is read with one call."""
 MAX_OPEN_SHARDS = 64
 """Shard files a reader keeps open for pending windows; past it a window reopens its file
 when decoded (a shuffle buffer of thousands of samples must not exhaust descriptors)."""
 LOCAL_COALESCE_GAP = 0
 """Local files: only touching chunks share a read; copying a gap costs more than a syscall."""
-
-
-class ShardDecodeError(ValueError):
-    """A shard object is missing bytes or fails its index checksum or a chunk decode."""
-
-
-def _little(codec: object) -> bool:
-    """Little-endian bytes (endian None: single-byte dtypes, where order does not apply)."""
-    return isinstance(codec, BytesCodec) and codec_name(codec.endian) in (None, "little")
-
-
-def fast_path_supported(arr: zarr.Array) -> bool:
-    codecs = arr.metadata.codecs
-    if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
-        return False
-    shard = codecs[0]
-    inner, index = shard.codecs, shard.index_codecs
-    return (
-        codec_name(shard.index_location) == "end"
-        and len(inner) == 2
-        and _little(inner[0])
-        and isinstance(inner[1], ZstdCodec)
-        and len(index) == 2
-        and _little(index[0])
-        and isinstance(index[1], Crc32cCodec)
-        and np.dtype(arr.dtype).kind in "uif"
-    )
-
-
-class OpenShard:
-    """A local shard file held open from its index read until its windows are decoded: one
-    open per shard instead of one per window, and every window reads the very file whose
-    index located its chunks. Closed when the last window referring to it is gone."""
-
-    __slots__ = ("__weakref__", "fd")
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def __del__(self) -> None:  # cheaper than a weakref.finalize per shard
-        os.close(self.fd)
-
-
-class LocatedChunks:
-    """The chunks that several windows of one shard need, located by one index read: what
-    each window's `EncodedWindow` refers to (nothing is cut per window until it is used).
-    A plain slotted class: one is made per shard and array, where a dataclass costs more."""
-
-    __slots__ = ("buffer", "chunks", "path", "positions", "present", "reader", "sizes", "written")
-
-    def __init__(
-        self,
-        reader: ShardReader,
-        path: str,
-        chunks: ShardChunks,
-        present: np.ndarray,
-        positions: np.ndarray,
-        sizes: np.ndarray,
-        written: np.ndarray,
-        buffer: np.ndarray | OpenShard | None,
-    ) -> None:
-        self.reader, self.path, self.chunks = reader, path, chunks
-        self.present = present
-        """bool per chunk of `chunks.flats`: written (else the fill value)."""
-        self.positions, self.sizes = positions, sizes
-        """Per written chunk: where its bytes start — in `buffer`, or in the open local file
-        when `buffer` is an `OpenShard` — and how many there are."""
-        self.written = written
-        """Window w's written chunks are `positions[written[w]:written[w + 1]]`."""
-        self.buffer = buffer
-
-
-class EncodedWindow:
-    """One sample's window as the compressed chunks it needs, located but not decoded.
-
-    The loader holds these until a batch is assembled; then `copy_to` decodes the chunks
-    one by one into a small reused scratch buffer (it stays in the CPU cache, which makes
-    zstd ~30% faster than writing into a big buffer) and copies each piece straight into
-    the batch's shared buffer. Local chunks are read only then, one positioned read each
-    into another small reused buffer; remote ones were fetched with the index."""
-
-    __slots__ = ("located", "w")
-
-    def __init__(self, located: LocatedChunks, w: int) -> None:
-        self.located, self.w = located, w
-
-    @property
-    def reader(self) -> ShardReader:
-        return self.located.reader
-
-    @property
-    def path(self) -> str:
-        return self.located.path
-
-    @property
-    def buffer(self) -> np.ndarray | OpenShard | None:
-        return self.located.buffer
-
-    @property
-    def plan(self) -> WindowChunks:
-        return self.located.chunks.window(self.w)
-
-    @property
-    def present(self) -> np.ndarray:
-        bounds = self.located.chunks.bounds
-        return self.located.present[bounds[self.w] : bounds[self.w + 1]]
-
-    @property
-    def positions(self) -> np.ndarray:
-        written = self.located.written
-        return self.located.positions[written[self.w] : written[self.w + 1]]
-
-    @property
-    def sizes(self) -> np.ndarray:
-        written = self.located.written
-        return self.located.sizes[written[self.w] : written[self.w + 1]]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(stop - start for start, stop in self.located.chunks.windows[self.w])
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.located.reader.dtype
-
-    def copy_to(self, out: np.ndarray) -> int:
-        """Decode into `out` (the window's shape); the bytes decoded."""
-        return self.located.reader.decode_into(self, out)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        out = np.empty(self.shape, dtype=self.dtype)
-        self.copy_to(out)
-        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 class ShardReader:
@@ -251,28 +112,6 @@ class ShardReader:
         key = self.arr.metadata.encode_chunk_key((shard, *([0] * (len(self.layout.grid) - 1))))
         return f"{self._prefix}/{key}" if self._prefix else key
 
-    def _parse_index(self, path: str, raw: bytes) -> np.ndarray:
-        if len(raw) != self.layout.index_bytes:
-            raise ShardDecodeError(
-                f"{path}: {len(raw)} bytes cannot hold a {self.layout.n_chunks}-chunk index"
-            )
-        if google_crc32c.value(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            raise ShardDecodeError(f"{path}: shard index checksum mismatch (truncated or corrupt)")
-        return np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
-
-    def _locate(
-        self, path: str, index: np.ndarray, flats: np.ndarray, data_end: int | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(written mask, byte offsets, byte sizes) of chunks `flats` (the last two of the
-        written ones only, in `flats` order)."""
-        entries = index[flats]
-        present = entries[:, 0] != _EMPTY
-        offsets = entries[present, 0].astype(np.int64)
-        sizes = entries[present, 1].astype(np.int64)
-        if data_end is not None and len(offsets) and int((offsets + sizes).max()) > data_end:
-            raise ShardDecodeError(f"{path}: a chunk ends past the data, before the index")
-        return present, offsets, sizes
-
     def _local_index(self, file: str, fd: int) -> tuple[np.ndarray, int]:
         size = os.fstat(fd).st_size
         data_end = size - self.layout.index_bytes
@@ -280,7 +119,9 @@ class ShardReader:
             raise ShardDecodeError(
                 f"{file}: {size} bytes cannot hold a {self.layout.n_chunks}-chunk index"
             )
-        return self._parse_index(file, os.pread(fd, self.layout.index_bytes, data_end)), data_end
+        return parse_index(
+            file, os.pread(fd, self.layout.index_bytes, data_end), self.layout
+        ), data_end
 
     def _locate_local(self, path: str, chunks: ShardChunks) -> LocatedChunks:
         """`_fetch` of a local shard's windows, compiled (`locate_chunks`): open the file
@@ -301,20 +142,12 @@ class ShardReader:
             if held is None:
                 os.close(fd)
         if status[0]:
-            raise ShardDecodeError(f"{file}: {self._index_error(int(status[0]), int(status[1]))}")
+            raise ShardDecodeError(
+                f"{file}: {index_error(int(status[0]), int(status[1]), self.layout)}"
+            )
         present, offsets, sizes, written, largest = found
         self._reused(largest)  # decoding reads each chunk into the reused buffer
         return LocatedChunks(self, path, chunks, present, offsets, sizes, written, held)
-
-    def _index_error(self, code: int, detail: int) -> str:
-        if code == NO_INDEX:
-            return f"{detail} bytes cannot hold a {self.layout.n_chunks}-chunk index"
-        if code == BAD_CHECKSUM:
-            return "shard index checksum mismatch (truncated or corrupt)"
-        if code == PAST_DATA:
-            return "a chunk ends past the data, before the index"
-        assert code == SHORT_READ, code
-        return f"short read of the shard index ({detail} bytes)"
 
     def _reused(self, nbytes: int) -> np.ndarray:
         """The reused read buffer, grown when needed (fresh memory faults in page by page)."""
@@ -353,8 +186,8 @@ class ShardReader:
         )
         if tail is None:
             return None
-        index = self._parse_index(path, tail.to_bytes())
-        present, offsets, sizes = self._locate(path, index, flats, None)
+        index = parse_index(path, tail.to_bytes(), self.layout)
+        present, offsets, sizes = locate(path, index, flats, None)
         run_starts, run_stops, positions = byte_runs(offsets, sizes, COALESCE_GAP)
         parts = await asyncio.gather(
             *(
@@ -392,7 +225,7 @@ class ShardReader:
             self._held.add(held)
         try:
             index, data_end = self._local_index(file, fd)
-            present, offsets, sizes = self._locate(file, index, flats, data_end)
+            present, offsets, sizes = locate(file, index, flats, data_end)
             if not read_now:
                 if len(sizes):  # decoding reads each chunk into the reused buffer
                     self._reused(int(sizes.max()))
@@ -403,71 +236,6 @@ class ShardReader:
             if held is None:
                 os.close(fd)
 
-    def _read_single_chunk_local(self, path: str) -> np.ndarray | None:
-        """A local shard of one inner chunk (per-sample metadata: a few hundred bytes) in
-        one read of the whole file and one decode; None when it is large (then the general
-        path reads it). Spelled out because numpy calls cost more here than the I/O."""
-        file = self._root_prefix + path
-        out = np.empty(self.layout.chunk_shape, dtype=self.dtype)
-        try:
-            fd = os.open(file, os.O_RDONLY)
-        except FileNotFoundError:
-            out.fill(self.arr.fill_value)
-            return out
-        if self._native:
-            return self._read_lone_compiled(file, fd, out)
-        try:
-            raw = os.pread(fd, WHOLE_READ_BYTES + 1, 0)  # the whole file when it is small
-        finally:
-            os.close(fd)
-        size = len(raw)
-        if size > WHOLE_READ_BYTES:
-            return None
-        data_end = size - self.layout.index_bytes
-        if data_end < 0:
-            raise ShardDecodeError(f"{file}: {size} bytes cannot hold a shard index")
-        index = raw[data_end:]  # one (offset, nbytes) entry and its crc32c
-        if google_crc32c.value(index[:-4]) != int.from_bytes(index[-4:], "little"):
-            raise ShardDecodeError(f"{file}: shard index checksum mismatch (truncated or corrupt)")
-        offset, nbytes = int.from_bytes(index[:8], "little"), int.from_bytes(index[8:16], "little")
-        if offset == _EMPTY:
-            out.fill(self.arr.fill_value)
-            return out
-        if offset + nbytes > data_end:
-            raise ShardDecodeError(f"{file}: a chunk ends past the data, before the index")
-        try:
-            self._zstd.decode_frame(raw, offset, nbytes, out)
-        except ZstdFrameError as exc:
-            raise ShardDecodeError(f"{file}: fails to decode: {exc}") from exc
-        return out
-
-    def _read_lone_compiled(self, file: str, fd: int, out: np.ndarray) -> np.ndarray | None:
-        """`_read_single_chunk_local` in one compiled call (`read_lone_chunk`); closes fd."""
-        if self._lone_raw is None:
-            self._lone_raw = np.empty(WHOLE_READ_BYTES + 1, dtype=np.uint8)
-        status = self._status
-        try:
-            done = read_lone_chunk(
-                self._zstd._context(), fd, self._lone_raw, out.reshape(-1).view(np.uint8), status
-            )
-        finally:
-            os.close(fd)
-        if done == 1:
-            return out
-        if done == 0:
-            out.fill(self.arr.fill_value)
-            return out
-        if done == -1:
-            return None
-        code, detail = int(status[0]), int(status[1])
-        if code == NO_INDEX:
-            raise ShardDecodeError(f"{file}: {detail} bytes cannot hold a shard index")
-        if code in (ZSTD_ERROR, WRONG_SIZE):
-            reason = self._zstd.describe(detail % 2**64, out.nbytes)
-            raise ShardDecodeError(f"{file}: fails to decode: frame 0: {reason}")
-        raise ShardDecodeError(f"{file}: {self._index_error(code, detail)}")
-
-    # ------------------------------------------------------------------ windows
     def fetch(self, shard: int, windows: Mapping[int, Window]) -> dict[int, EncodedWindow]:
         """{local sample: its window's chunks, located} of shard `shard`: one index read for
         all the windows, and (remote stores) the chunk bytes in coalesced range requests.
@@ -640,79 +408,7 @@ class ShardReader:
             decoded += window.copy_to(out[local])
         return out, decoded
 
-    def read_whole(self, shard: int) -> np.ndarray:
-        """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""
-        layout = self.layout
-        path = self._path(shard)
-        if self._root is None:
-            return self._whole_from(shard, path, run_sync(self.fetch_whole_async(shard)))
-        if layout.n_chunks == 1:
-            single = self._read_single_chunk_local(path)
-            if single is not None:
-                return single[: self._shard_stop(shard)]
-        flats = np.arange(layout.n_chunks, dtype=np.int64)
-        return self._whole_from(shard, path, self._fetch(path, flats, read_now=True))
-
     @property
     def local(self) -> bool:
         """Reads a local directory (positioned reads) rather than through zarr's store API."""
         return self._root is not None
-
-    async def fetch_whole_async(
-        self, shard: int
-    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
-        """The bytes of every chunk of a remote shard, fetched but not decoded (decoding
-        stays on the thread that owns the zstd context); `whole_from` finishes the read.
-        A one-chunk shard (per-sample metadata) comes in one request for the whole object
-        instead of an index request and a range request."""
-        path = self._path(shard)
-        flats = np.arange(self.layout.n_chunks, dtype=np.int64)
-        if self.layout.n_chunks != 1:
-            return await self._fetch_store(path, flats)
-        whole = await self._store.get(path, prototype=default_buffer_prototype())
-        if whole is None:
-            return None
-        raw = whole.to_bytes()
-        data_end = len(raw) - self.layout.index_bytes
-        if data_end < 0:
-            raise ShardDecodeError(f"{path}: {len(raw)} bytes cannot hold a shard index")
-        index = self._parse_index(path, raw[data_end:])
-        present, offsets, sizes = self._locate(path, index, flats, data_end)
-        return np.frombuffer(raw, dtype=np.uint8), present, offsets, sizes
-
-    def whole_from(
-        self,
-        shard: int,
-        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
-    ) -> np.ndarray:
-        """`read_whole` of shard `shard` from what `fetch_whole_async` returned."""
-        return self._whole_from(shard, self._path(shard), fetched)
-
-    def _shard_stop(self, shard: int) -> int:
-        rows = self.layout.shard_shape[0]
-        return min(rows, self.arr.shape[0] - shard * rows)
-
-    def _whole_from(
-        self,
-        shard: int,
-        path: str,
-        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
-    ) -> np.ndarray:
-        layout = self.layout
-        flats = np.arange(layout.n_chunks, dtype=np.int64)
-        blocks = np.empty((layout.n_chunks, *layout.chunk_shape), dtype=self.dtype)
-        if fetched is None:
-            blocks.fill(self.arr.fill_value)
-        else:
-            buffer, present, positions, sizes = fetched
-            assert buffer is not None
-            self._decode_rows(path, flats, present, (buffer, positions, sizes), blocks)
-        dims = len(layout.grid)
-        interleave = [a for i in range(dims) for a in (i, dims + i)]
-        out = blocks.reshape(*layout.grid, *layout.chunk_shape).transpose(interleave)
-        return out.reshape(layout.shard_shape)[: self._shard_stop(shard)]
-
-
-def read_shard(arr: zarr.Array, shard: int) -> np.ndarray:
-    """Shard `shard` along axis 0 (other axes whole), trimmed to the array's extent."""
-    return ShardReader(arr).read_whole(shard)

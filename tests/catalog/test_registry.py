@@ -20,8 +20,8 @@ from terracube.catalog.registry import (
     is_osm,
     modality,
     modality_of_group,
-    s2_offset_applies,
 )
+from terracube.catalog.s2_baseline import s2_offset_applies
 
 OSM_NAMES = (
     "aerialway_pylon",

@@ -10,10 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import math
-import time
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,19 +21,14 @@ import pystac_client
 import pytest
 import rasterio
 import requests
-import s3fs
-import xarray as xr
-import zarr
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from shapely.geometry import box, shape
 
-from tests.conftest import enter_service
+from tests.services.cog_fixture import write_test_cog
 from tests.services.fault_proxy import FaultProxy
 from tests.services.faults import Fault, FaultScript
 from tests.services.http_assets import AssetServer, RangeNotSatisfiable, parse_byte_ranges
-from tests.services.process import ServiceUnavailable, require_executable, spawn, wait_until
-from tests.services.s3 import S3Store, patched_environ
 from tests.services.stac_api import StacApi, synthesize_collections
 
 # ------------------------------------------------------------------ helpers
@@ -50,27 +43,6 @@ def _earth_search_items(fixtures_dir: Path) -> list[dict[str, Any]]:
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def _write_cog(path: Path) -> np.ndarray:
-    """A 1024x1024 uint16 tiled, compressed COG with a known, non-repeating pattern."""
-    rows, cols = np.mgrid[0:1024, 0:1024]
-    noise = np.random.default_rng(7).integers(0, 64, size=(1024, 1024))
-    data = ((rows * 31 + cols * 17 + noise) % 60000).astype("uint16")
-    profile = {
-        "driver": "COG",
-        "width": 1024,
-        "height": 1024,
-        "count": 1,
-        "dtype": "uint16",
-        "crs": "EPSG:32633",
-        "transform": rasterio.transform.from_origin(399960.0, 5000040.0, 10.0, 10.0),
-        "blocksize": 256,
-        "compress": "deflate",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-    return data
 
 
 VSICURL_ENV = {
@@ -198,7 +170,7 @@ def test_cog_window_over_vsicurl_reads_same_pixels_with_few_bytes(
 ) -> None:
     name = f"cog-{uuid.uuid4().hex}.tif"  # a fresh name: GDAL caches per URL in-process
     local = asset_server.root / name
-    data = _write_cog(local)
+    data = write_test_cog(local)
     window = Window(col_off=300, row_off=500, width=200, height=150)
 
     with rasterio.Env(**VSICURL_ENV), rasterio.open(asset_server.vsicurl(name)) as remote:
@@ -262,7 +234,7 @@ def test_slow_fault_trips_a_client_timeout_then_recovers(asset_server: AssetServ
 @pytest.mark.services
 def test_gdal_retries_through_scripted_500s_and_fails_on_404(asset_server: AssetServer) -> None:
     name = f"retry-{uuid.uuid4().hex}.tif"
-    data = _write_cog(asset_server.root / name)
+    data = write_test_cog(asset_server.root / name)
     asset_server.faults.add(f"/{name}", Fault.error(503, times=2))
     env = {**VSICURL_ENV, "GDAL_HTTP_MAX_RETRY": "3", "GDAL_HTTP_RETRY_DELAY": "0.05"}
     with rasterio.Env(**env), rasterio.open(asset_server.vsicurl(name)) as remote:
@@ -270,7 +242,7 @@ def test_gdal_retries_through_scripted_500s_and_fails_on_404(asset_server: Asset
     assert asset_server.stats(name).statuses[:2] == [503, 503]
 
     gone = f"gone-{uuid.uuid4().hex}.tif"
-    _write_cog(asset_server.root / gone)
+    write_test_cog(asset_server.root / gone)
     asset_server.faults.add(f"/{gone}", Fault.not_found(times=None))
     with rasterio.Env(**VSICURL_ENV), pytest.raises(RasterioIOError):
         rasterio.open(asset_server.vsicurl(gone))
@@ -471,143 +443,3 @@ def test_synthesize_collections_extent_and_bad_input() -> None:
     ]
     with pytest.raises(ValueError, match="has no 'collection'"):
         synthesize_collections([{"id": "x", "properties": {}}])
-
-
-# ------------------------------------------------------------------ S3 object store
-
-
-def _sample_dataset() -> xr.Dataset:
-    rng = np.random.default_rng(3)
-    return xr.Dataset(
-        {
-            "reflectance": (("time", "y", "x"), rng.integers(0, 10000, (4, 64, 48), "uint16")),
-            "valid_fraction": (("time",), np.array([1.0, 0.5, 0.0, 0.25], "float32")),
-            "label": (("y", "x"), rng.integers(0, 11, (64, 48), "uint8")),
-        },
-        coords={
-            "time": np.array(["2024-01-01", "2024-02-01", "2024-03-01", "2024-04-01"], "M8[ns]"),
-            "y": np.arange(64, dtype="float64") * -10.0 + 5000000.0,
-            "x": np.arange(48, dtype="float64") * 10.0 + 400000.0,
-        },
-        attrs={"format_version": 1, "note": "terracube s3 round trip"},
-    ).chunk({"time": 2, "y": 32, "x": 24})
-
-
-@pytest.mark.services
-def test_xarray_zarr_v3_round_trip_on_s3(s3_store: S3Store) -> None:
-    dataset = _sample_dataset()
-    url = s3_store.url(f"rt-{uuid.uuid4().hex}.zarr")
-    dataset.to_zarr(url, zarr_format=3, storage_options=s3_store.storage_options, mode="w")
-
-    back = xr.open_zarr(url, storage_options=s3_store.storage_options)
-    xr.testing.assert_identical(back.load(), dataset.load())
-    assert back["reflectance"].encoding["chunks"] == (2, 32, 24)
-
-    group = zarr.open_group(url, mode="r", storage_options=s3_store.storage_options)
-    assert group.metadata.zarr_format == 3
-    np.testing.assert_array_equal(group["reflectance"][:], dataset["reflectance"].values)
-    assert group.attrs["note"] == "terracube s3 round trip"
-
-    fs = s3fs.S3FileSystem(**s3_store.storage_options)
-    keys = fs.ls(url.removeprefix("s3://"))
-    assert any(key.endswith("zarr.json") for key in keys)
-
-
-@pytest.mark.services
-def test_zarr_api_writes_and_reads_on_s3(s3_store: S3Store) -> None:
-    url = s3_store.url(f"arr-{uuid.uuid4().hex}.zarr")
-    values = np.arange(100 * 80, dtype="int32").reshape(100, 80)
-    array = zarr.create_array(
-        url,
-        shape=values.shape,
-        chunks=(25, 40),
-        dtype="int32",
-        storage_options=s3_store.storage_options,
-        zarr_format=3,
-    )
-    array[:] = values
-    array[10:12, 5:7] = -1
-    reopened = zarr.open_array(url, mode="r", storage_options=s3_store.storage_options)
-    expected = values.copy()
-    expected[10:12, 5:7] = -1
-    np.testing.assert_array_equal(reopened[:], expected)
-    fs = s3fs.S3FileSystem(**s3_store.storage_options)
-    chunk_keys = [k for k in fs.find(url.removeprefix("s3://")) if "/c/" in k]
-    assert len(chunk_keys) == 4 * 2
-
-
-@pytest.mark.services
-def test_gdal_reads_a_cog_from_the_local_s3(s3_store: S3Store, tmp_path: Path) -> None:
-    data = _write_cog(tmp_path / "s3.tif")
-    key = f"cogs/{uuid.uuid4().hex}.tif"
-    s3fs.S3FileSystem(**s3_store.storage_options).put(str(tmp_path / "s3.tif"), s3_store.url(key))
-    with (
-        s3_store.rasterio_env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"),
-        rasterio.open(f"/vsis3/{s3_store.bucket}/{key}") as remote,
-    ):
-        window = Window(700, 800, 100, 100)
-        np.testing.assert_array_equal(remote.read(1, window=window), data[800:900, 700:800])
-
-
-@pytest.mark.services
-def test_s3_environment_points_only_at_the_local_server(s3_store: S3Store) -> None:
-    import os
-
-    assert os.environ["AWS_ENDPOINT_URL"] == s3_store.endpoint_url
-    assert os.environ["AWS_ACCESS_KEY_ID"] == "terracube-test-key"
-    assert "AWS_PROFILE" not in os.environ
-    assert s3_store.endpoint_url.startswith("http://127.0.0.1:")
-
-
-def test_patched_environ_restores_previous_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    monkeypatch.setenv("TERRACUBE_KEEP", "old")
-    monkeypatch.delenv("TERRACUBE_NEW", raising=False)
-    with patched_environ({"TERRACUBE_KEEP": "new", "TERRACUBE_NEW": "x"}, remove=("HOME",)):
-        assert (os.environ["TERRACUBE_KEEP"], os.environ["TERRACUBE_NEW"]) == ("new", "x")
-        assert "HOME" not in os.environ
-    assert os.environ["TERRACUBE_KEEP"] == "old"
-    assert "TERRACUBE_NEW" not in os.environ
-    assert "HOME" in os.environ
-
-
-# ------------------------------------------------------------------ process hygiene (pure)
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")  # a zombie awaiting its (new) parent's reaping is dead
-
-
-def test_managed_process_stop_kills_the_whole_group(tmp_path: Path) -> None:
-    script = "trap '' TERM; sleep 300 & echo $! > child.pid; wait"
-    process = spawn("stubborn", ["sh", "-c", script], tmp_path / "log", cwd=tmp_path)
-    pid_file = tmp_path / "child.pid"
-    wait_until(process, lambda: pid_file.exists() and pid_file.read_text().strip() != "", 10, "")
-    child = int(pid_file.read_text())
-    process.stop(timeout_s=0.5)  # the leader ignores SIGTERM: the group kill must do it
-    assert process.popen.returncode is not None
-    deadline_polls = 200
-    while not _pid_gone(child) and deadline_polls:
-        deadline_polls -= 1
-        time.sleep(0.05)
-    assert _pid_gone(child)
-
-
-def test_missing_package_skips_locally_and_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ServiceUnavailable, match="apt-get install no-such-package"):
-        require_executable("/nonexistent/bin/tool", "no-such-package")
-
-    def missing() -> AbstractContextManager[None]:
-        raise ServiceUnavailable("tool not found: install the Debian package 'x'")
-
-    monkeypatch.delenv("CI", raising=False)
-    with ExitStack() as stack, pytest.raises(pytest.skip.Exception, match="install the Debian"):
-        enter_service(stack, missing)
-    monkeypatch.setenv("CI", "true")
-    with ExitStack() as stack, pytest.raises(pytest.fail.Exception, match="under CI"):
-        enter_service(stack, missing)

@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import shapely
 from terracube.catalog.registry import (
-    S2_BOA_ADD_OFFSET_DN,
     S2_GROUPS,
     modality,
-    s2_offset_applies,
 )
+from terracube.catalog.s2_baseline import S2_BOA_ADD_OFFSET_DN, s2_offset_applies
 from terracube.workflows.world.clouds import (
     CIRRUS,
     CLEAR,

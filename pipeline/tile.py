@@ -30,7 +30,7 @@ from terracube.pipeline.composite import CompositeMethod, composite, split_perio
 from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.mask_grid import mask_on_grid, scale_factor, shared_mask_resolution
 from terracube.pipeline.radiometry import item_conversions, to_stored
-from terracube.pipeline.read.reader import Reader, ReadRequest, StackstacReader, group_request
+from terracube.pipeline.read.reader import Reader, ReadRequest, PasteOrWarpReader, group_request
 from terracube.pipeline.static_maps import OsmRasterParams, class_map, osm_raster
 
 
@@ -251,7 +251,7 @@ def build_tile(
     reader: Reader | None = None,
 ) -> TileResult:
     """Build the sample of one tile for the corpus `groups`."""
-    reader = reader or StackstacReader()
+    reader = reader or PasteOrWarpReader()
     tile = inputs.tile
     wanted = [band_group(g) for g in groups]
     n_periods = len(inputs.period_starts)

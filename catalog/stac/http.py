@@ -8,6 +8,14 @@ Two concerns live here because every remote read needs both:
 - `check_asset_href`: a catalog we do not control decides which URLs we open. Items from
   a remote catalog may only point at allowed schemes and hosts; local files, loopback,
   link-local and cloud metadata addresses are refused (an SSRF / local-file-read guard).
+
+Why the retry loop is ours and not urllib3's `Retry` (checked against urllib3 2.8): its
+first retry waits 0 s (backoff starts at the second), it does not retry POST (every
+STAC item search) unless `allowed_methods=None`, a malformed Retry-After raises instead
+of falling back to backoff, and it has no hook that sees each attempt, so the per-endpoint
+request counts the tests and the dry-run rely on would need five overrides of its
+internals (`new`, `increment`, `sleep`, `get_backoff_time`, `parse_retry_after`). The
+35-line loop below is smaller than that and depends on nothing internal.
 """
 
 from __future__ import annotations

@@ -74,7 +74,12 @@ def _interval(when: datetime | str) -> str:
 
 
 class RetryingStacApiIO(StacApiIO):
-    """pystac-client IO whose every request goes through our timeouts, retries and counter."""
+    """pystac-client IO whose every request goes through our timeouts, retries and counter.
+
+    Only public pystac-client API: `request` is StacApiIO's documented override point.
+    (`Client.open(stac_io=...)` resets a request modifier and the timeout through
+    `update()`; we use neither, `send_with_retries` applies `retry`'s timeouts.)
+    """
 
     def __init__(
         self,
@@ -100,8 +105,7 @@ class RetryingStacApiIO(StacApiIO):
             req = requests.Request(
                 method, href, headers=headers, params=copy.deepcopy(parameters or {})
             )
-        modified = self._req_modifier(req) if self._req_modifier else None
-        prepared = self.session.prepare_request(modified or req)
+        prepared = self.session.prepare_request(req)
         settings = self.session.merge_environment_settings(prepared.url, {}, None, True, None)
         response = send_with_retries(self.session, prepared, self.retry, self.counter, **settings)
         if not 200 <= response.status_code < 300:

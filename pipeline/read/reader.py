@@ -2,9 +2,9 @@
 
 A `Reader` turns a `ReadRequest` (items, bands, tile, resolution, dtype, fill,
 resampling) into an (items, bands, rows, cols) array on the tile grid. The
-default `StackstacReader` reads assets on the tile's grid lattice directly
-(`direct_read`: the floor's window, then a numpy gather equal to GDAL's nearest)
-and everything else through stackstac (all quirks in `stackstac_compat`).
+default `PasteOrWarpReader` reads assets on the tile's grid lattice directly
+(`direct.py`: the floor's window, then a numpy gather equal to GDAL's nearest)
+and everything else through stackstac (all quirks in `stackstac_adapter.py`).
 `source_windows` lists exactly which source pixels a request touches, and
 `read_source_windows` reads those windows raw with rasterio: the floor a
 benchmark compares the pipeline against.
@@ -86,8 +86,11 @@ class Reader(Protocol):
 
 
 @dataclass(frozen=True)
-class StackstacReader:
-    """The default reader: direct gathers where exact, stackstac for everything else.
+class PasteOrWarpReader:
+    """The default reader: decides per asset whether to paste or warp, once.
+
+    It pastes (a plain window, then a numpy gather equal to GDAL's nearest) where that is
+    exact and warps through stackstac everything else; most assets never touch stackstac.
 
     Assets on the tile's grid lattice (same CRS, north-up, see `grid_index`) are read
     by `direct_read` with exactly the floor's windows; the others (other CRS, mode

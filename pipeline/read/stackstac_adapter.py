@@ -17,7 +17,7 @@ wrong pixels or crash, so nothing else in the pipeline talks to it directly:
 - its reader wraps every asset in a WarpedVRT unless the asset's whole grid equals
   the output grid, which a tile window of a larger scene never does, and enters a
   GDAL environment per open and per read; together that cost more than the reads.
-  The default reader (read.StackstacReader) therefore sends every asset on the
+  The default reader (read.PasteOrWarpReader) therefore sends every asset on the
   tile's grid lattice to `direct_read` (same pixels, proven against this warp)
   and only the rest here, as `TileStack.only` subsets. `NestedGridReader`
   (passed as stackstac's `reader=`) still reads an asset lying on the output grid

@@ -31,7 +31,7 @@ from terracube.catalog.stac.items import AssetRef, Conversion, NormalizedItem, n
 from terracube.pipeline.read.direct import read_direct_many
 from terracube.pipeline.read.grid_index import nearest_indices, plan_direct
 from terracube.pipeline.read.nearest_probe import GdalNearestProbe
-from terracube.pipeline.read.reader import ReadRequest, StackstacReader
+from terracube.pipeline.read.reader import ReadRequest, PasteOrWarpReader
 from terracube.pipeline.read.stackstac_adapter import (
     TileStack,
     gdal_env,
@@ -79,7 +79,7 @@ def assert_direct_equals_stock(request: ReadRequest) -> None:
     )  # fmt: skip
     out = np.full(request.shape, request.fill_value, request.dtype)
     assert read_direct_many([stack], [out], gdal_env()) == [[]], "some asset was warped"
-    ours = StackstacReader().read(request)
+    ours = PasteOrWarpReader().read(request)
     np.testing.assert_array_equal(ours, out)
     want = stock_stackstac(request)
     assert ours.dtype == want.dtype and ours.shape == want.shape
@@ -206,7 +206,7 @@ def test_direct_equals_stackstac_warp_on_lattice_grids(
         items.append(_item(f"i{n}", ref))
     request = ReadRequest(tuple(items), ("x",), TILE, dst, dtype, fill)
     assert_direct_equals_stock(request)
-    got = StackstacReader().read(request)
+    got = PasteOrWarpReader().read(request)
     filled = np.isnan(got) if dtype == "float32" else got == fill
     assert 0.0 < filled.mean() < 1.0  # partial coverage and nodata really exercised
 
@@ -311,7 +311,7 @@ def test_real_landsat_pixels_on_the_native_30m_lattice(tmp_path: Path) -> None:
     for tile in _scene_tiles(refs[0].transform, refs[0].shape, epsg):
         request = ReadRequest((native,), ("SR_B4", "QA_PIXEL"), tile, 20, "uint16", 0)
         assert_direct_equals_stock(request)
-        assert (StackstacReader().read(request) != 0).any()
+        assert (PasteOrWarpReader().read(request) != 0).any()
 
 
 def _write_crs(path: Path, values, transform, nodata, epsg: int) -> None:
@@ -354,5 +354,5 @@ def test_internal_mask_is_honoured_like_the_warp(tmp_path: Path, nodata) -> None
     ref = AssetRef("x", str(tmp_path / "m.tif"), "x", transform, (300, 300), nodata, "uint16", Conversion(RadiometryKind.IDENTITY))  # fmt: skip
     request = ReadRequest((_item("i", ref),), ("x",), TILE, 40, "uint16", 0)
     assert_direct_equals_stock(request)
-    got = StackstacReader().read(request)[0, 0]
+    got = PasteOrWarpReader().read(request)[0, 0]
     assert 0.2 < (got == 0).mean() < 0.4  # the mask's 30 %, not the values' 0 %

@@ -26,7 +26,7 @@ from terracube.pipeline.mask_grid import (
     scale_factor,
     shared_mask_resolution,
 )
-from terracube.pipeline.read.reader import StackstacReader
+from terracube.pipeline.read.reader import PasteOrWarpReader
 from terracube.pipeline.read.stackstac_adapter import TileStack, nested_offset, stack_tiles
 from terracube.pipeline.tile import modality_requests
 
@@ -218,7 +218,7 @@ def test_modality_requests_read_the_mask_once_when_it_nests() -> None:
 def test_stackstac_reader_read_equals_read_many(scl_assets) -> None:
     path, transform, shape = scl_assets[0]
     item = _item("x", _ref("SCL", Path(path), transform, shape))
-    reader = StackstacReader()
+    reader = PasteOrWarpReader()
     request = modality_requests([item], [band_group("s2_20m")], TILE)[0][-1]
     one = reader.read(request)
     many = reader.read_many([request, request])

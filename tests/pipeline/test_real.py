@@ -25,7 +25,7 @@ from terracube.catalog.grid import Tile, tile_at
 from terracube.catalog.registry import S2_GROUPS, band_group, modality
 from terracube.catalog.stac.items import normalize_item
 from terracube.pipeline.corpus.store import SampleState
-from terracube.pipeline.read.reader import ReadRequest, StackstacReader
+from terracube.pipeline.read.reader import ReadRequest, PasteOrWarpReader
 from terracube.pipeline.static_maps import class_map
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
 
@@ -140,7 +140,7 @@ def test_worldcover_epsg4326_onto_utm_keeps_classes_and_histogram() -> None:
     tile = tile_at(6.62, 0.30)  # Sao Tome: forest, built-up, water, grassland
     assert item.epsg == 4326 and tile.epsg == 32632
     group = band_group("worldcover")
-    values, used = class_map([item], tile, StackstacReader(), group, modality("worldcover").classes)
+    values, used = class_map([item], tile, PasteOrWarpReader(), group, modality("worldcover").classes)
     assert used == [item.id]
     codes = set(np.unique(values).tolist())
     assert codes <= {0, *range(10, 101, 10), 95}
@@ -189,7 +189,7 @@ def test_landsat_qa_pixel_clouds_become_missing_pixels() -> None:
         temporal={"landsat_c2l2": [[item]]},
     )
     result = build_tile(inputs, ["landsat"])
-    raw = StackstacReader().read(
+    raw = PasteOrWarpReader().read(
         ReadRequest((item,), (*group.band_names, "QA_PIXEL"), tile, 20, "uint16", 0)
     )[0]
     cloud_bits = sum(1 << b for b in (0, 1, 2, 3, 4))
@@ -223,7 +223,7 @@ def test_landsat_tile_with_clouds_and_clear_pixels() -> None:
     result = build_tile(inputs, ["landsat"])
     assert result.sample.states["landsat_c2l2"] is SampleState.DONE
     got = result.sample.groups["landsat"][0]
-    raw = StackstacReader().read(
+    raw = PasteOrWarpReader().read(
         ReadRequest((item,), ("SR_B4", "QA_PIXEL"), tile, 20, "uint16", 0)
     )[0]
     cloudy = (raw[1] & 0b11111) != 0
@@ -269,7 +269,7 @@ def test_ssl4eo_s1_s2_pair_lands_on_one_grid() -> None:
     assert s2.epsg == s1.epsg == 4326
     lon, lat = shapely.geometry.shape(s2_data_geometry(s2_dir)).centroid.coords[0]
     tile = tile_at(lon, lat)
-    reader = StackstacReader()
+    reader = PasteOrWarpReader()
     s2_grid = reader.read(ReadRequest((s2,), ("B04",), tile, 10, "uint16", 0))[0, 0]
     s1_grid = reader.read(ReadRequest((s1,), ("VV",), tile, 10, "float32", math.nan))[0, 0]
     assert s2_grid.shape == s1_grid.shape == tile.shape(10)

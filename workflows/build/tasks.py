@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
-from terracube.pipeline.read.reader import StackstacReader
+from terracube.pipeline.read.reader import PasteOrWarpReader
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile, tile_sample
 from terracube.workflows.build.shards import groups_of, merge_sample
 
@@ -69,7 +69,7 @@ class PipelineTileBuilder:
     read_scheduler: str = "synchronous"
 
     def __call__(self, inputs: TileInputs, groups: Sequence[str]) -> SampleData:
-        reader = StackstacReader(scheduler=self.read_scheduler)
+        reader = PasteOrWarpReader(scheduler=self.read_scheduler)
         return build_tile(inputs, groups, self.params, reader).sample
 
 

@@ -30,7 +30,7 @@ from terracube.pipeline.composite import CompositeMethod, composite, split_perio
 from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.mask_grid import mask_on_grid, scale_factor, shared_mask_resolution
 from terracube.pipeline.radiometry import item_conversions, to_stored
-from terracube.pipeline.read.reader import Reader, ReadRequest, PasteOrWarpReader, group_request
+from terracube.pipeline.read.reader import PasteOrWarpReader, Reader, ReadRequest, group_request
 from terracube.pipeline.static_maps import OsmRasterParams, class_map, osm_raster
 
 

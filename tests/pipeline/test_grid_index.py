@@ -31,7 +31,7 @@ from terracube.catalog.stac.items import AssetRef, Conversion, NormalizedItem, n
 from terracube.pipeline.read.direct import read_direct_many
 from terracube.pipeline.read.grid_index import nearest_indices, plan_direct
 from terracube.pipeline.read.nearest_probe import GdalNearestProbe
-from terracube.pipeline.read.reader import ReadRequest, PasteOrWarpReader
+from terracube.pipeline.read.reader import PasteOrWarpReader, ReadRequest
 from terracube.pipeline.read.stackstac_adapter import (
     TileStack,
     gdal_env,

@@ -25,7 +25,7 @@ from terracube.catalog.grid import Tile, tile_at
 from terracube.catalog.registry import S2_GROUPS, band_group, modality
 from terracube.catalog.stac.items import normalize_item
 from terracube.pipeline.corpus.store import SampleState
-from terracube.pipeline.read.reader import ReadRequest, PasteOrWarpReader
+from terracube.pipeline.read.reader import PasteOrWarpReader, ReadRequest
 from terracube.pipeline.static_maps import class_map
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile
 
@@ -140,7 +140,9 @@ def test_worldcover_epsg4326_onto_utm_keeps_classes_and_histogram() -> None:
     tile = tile_at(6.62, 0.30)  # Sao Tome: forest, built-up, water, grassland
     assert item.epsg == 4326 and tile.epsg == 32632
     group = band_group("worldcover")
-    values, used = class_map([item], tile, PasteOrWarpReader(), group, modality("worldcover").classes)
+    values, used = class_map(
+        [item], tile, PasteOrWarpReader(), group, modality("worldcover").classes
+    )
     assert used == [item.id]
     codes = set(np.unique(values).tolist())
     assert codes <= {0, *range(10, 101, 10), 95}

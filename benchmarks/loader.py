@@ -29,8 +29,13 @@ Method (all in one run, so the shared machine's noise hits every figure alike):
   (hyperslab selection: HDF5 decodes only those chunks), no normalisation.
 - ESTIMATE: samples/s one H100 would consume training the base model.
 
+- zarr peers: zarr-python selections of the same windows (`arr[sample, window]`), in this
+  process, with zarr's own codec pipeline and with zarrs (the Rust codec pipeline for
+  zarr-python), so every zarr release is judged against the compiled path on numbers.
+
 The last line is JSON: samples_per_s_1, samples_per_s_2, decode_floor_ratio
-(1-worker loader / floor), h5_speedup (1-worker loader / HDF5 peer), peak_rss_mb.
+(1-worker loader / floor), h5_speedup (1-worker loader / HDF5 peer), zarr_speedup and
+zarrs_speedup (1-worker loader / each zarr pipeline), peak_rss_mb.
 
     .venv/bin/python benchmarks/loader.py [--samples 96] [--periods 6] [--rounds 9] [--batch-size 8]
 """
@@ -53,6 +58,7 @@ import hdf5plugin
 import numcodecs
 import numpy as np
 import torch
+import zarr
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, WORLDCOVER_CLASSES
 from terracube.model.data.loader import CorpusStream, LoaderItem
 from terracube.model.data.plan import BatchPlan, LoaderParams, sample_window
@@ -220,6 +226,44 @@ def read_h5(root: Path, plans: list[BatchPlan], groups: tuple[str, ...]) -> tupl
     return time.perf_counter() - t0, n
 
 
+ZARR_PIPELINES = {
+    "zarr": "zarr.core.codec_pipeline.BatchedCodecPipeline",
+    "zarrs": "zarrs.ZarrsCodecPipeline",
+}
+"""zarr-python's own codec pipeline and zarrs' Rust one (a config string, not an import)."""
+
+
+def read_zarr(
+    path: Path, plans: list[BatchPlan], groups: tuple[str, ...], pipeline: str
+) -> tuple[float, int]:
+    """Seconds and samples for zarr-python selections of the same windows, arrays opened
+    under `pipeline` (the codec pipeline is chosen when an array is opened)."""
+    with zarr.config.set({"codec_pipeline.path": ZARR_PIPELINES[pipeline]}):
+        root = zarr.open_group(str(path), mode="r")
+        arrays = {g: root[g] for g in groups}
+        t0 = time.perf_counter()
+        n = 0
+        for plan in plans:
+            for b, sample in enumerate(plan.samples):
+                for g in groups:
+                    window = sample_window(g, plan, b)
+                    np.asarray(arrays[g][(sample, *(slice(a, z) for a, z in window))])
+                n += 1
+        return time.perf_counter() - t0, n
+
+
+def zarr_pipelines() -> list[str]:
+    """The pipelines this environment has (zarrs is a test extra; say so when absent)."""
+    names = ["zarr"]
+    try:
+        import zarrs  # noqa: F401
+    except ImportError:
+        print("zarrs is not installed: its figure is left out (pip install zarrs)")
+    else:
+        names.append("zarrs")
+    return names
+
+
 def read_h5_whole(root: Path, samples: list[int], groups: tuple[str, ...]) -> tuple[float, int]:
     """Seconds and samples for whole-sample h5py reads (every period, whole tile): how a
     per-sample HDF5 dataset that crops after reading works; context, not the JSON peer."""
@@ -334,6 +378,7 @@ def main() -> None:
     wait_for_idle_workers()
     plans: dict[tuple[int, int], BatchPlan] = {}
     rows: list[dict[str, float]] = []
+    pipelines = zarr_pipelines()
     for _ in range(cfg.rounds):
         row: dict[str, float] = {}
         timed: list[tuple[int, int]] = []
@@ -360,6 +405,9 @@ def main() -> None:
         del kept
         seconds, samples = read_h5(root, batch_plans, floor.groups)
         row["h5_sps"] = samples / seconds
+        for name in pipelines:
+            seconds, samples = read_zarr(path, batch_plans, floor.groups, name)
+            row[f"{name}_sps"] = samples / seconds
         whole = [s for p in batch_plans for s in p.samples][: cfg.batch_size * 3]
         seconds, samples = read_h5_whole(root, whole, floor.groups)
         row["h5_whole_sps"] = samples / seconds
@@ -396,6 +444,12 @@ def main() -> None:
     print(
         f"  per-sample HDF5 (h5py, zstd-3 hdf5plugin, same windows): {spread('h5_sps')} samples/s"
     )
+    for name in pipelines:
+        speedup = statistics.median(r["sps_1"] / r[f"{name}_sps"] for r in rows)
+        print(
+            f"  {name} selections ({ZARR_PIPELINES[name].rsplit('.', 1)[1]}, same windows, in "
+            f"this process): {spread(f'{name}_sps')} samples/s; 1-worker loader = {speedup:.2f} x"
+        )
     whole_speedup = statistics.median(r["sps_1"] / r["h5_whole_sps"] for r in rows)
     print(
         f"  per-sample HDF5, whole sample then crop (context only): {spread('h5_whole_sps')} "
@@ -425,6 +479,12 @@ def main() -> None:
         "samples_per_s_2": round(median("sps_2"), 2),
         "decode_floor_ratio": round(ratio, 3),
         "h5_speedup": round(h5_speedup, 3),
+        **{
+            f"{name}_speedup": round(
+                statistics.median(r["sps_1"] / r[f"{name}_sps"] for r in rows), 3
+            )
+            for name in pipelines
+        },
         "peak_rss_mb": round(max(own_rss, worker_rss), 1),
     }
     print(json.dumps(summary))

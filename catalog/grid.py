@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeAlias
 
 import affine
 import numpy as np
@@ -49,7 +49,7 @@ SEGMENT_DEG = 0.01
 _TILE_ID = re.compile(r"^(\d{5})_(-?\d+)_(-?\d+)$")
 _TILE_ID_FORM = "'EPSG_COL_ROW', e.g. '32631_0123_02105' (EPSG 326zz/327zz/32661/32761)"
 
-AoiLike = tuple[float, float, float, float] | shapely.Geometry | Mapping[str, Any]
+AoiLike: TypeAlias = tuple[float, float, float, float] | shapely.Geometry | Mapping[str, Any]
 
 
 def _is_zone_epsg(epsg: int) -> bool:

@@ -1,6 +1,6 @@
 """The plan: which items feed which (sample, modality, period), ranked, as tables.
 
-Pure: items come in already searched and normalized (catalog.search), so the whole
+Pure: items come in already searched and normalized (`catalog.stac.search`), so the whole
 assignment is testable without a server. Tables:
 
 - samples: one row per sample (tile id, CRS, bounds, centre, period starts, footprint);

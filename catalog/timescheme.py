@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import calendar
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 
 def add_months(day: date, months: int) -> date:
@@ -74,10 +76,11 @@ class TimeScheme:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> TimeScheme:
+    def from_dict(cls, data: Mapping[str, Any]) -> TimeScheme:
+        """Inverse of `to_dict`; `data` is parsed JSON, so its values are untyped."""
         days = data.get("period_days")
         return cls(
             date.fromisoformat(str(data["start"])),
             int(data["periods"]),
             int(days) if days else None,
-        )  # type: ignore[arg-type]
+        )

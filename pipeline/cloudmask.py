@@ -6,6 +6,8 @@ of a composite. Every observation is masked per pixel here before compositing.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from terracube.catalog.registry import MaskBand
 
@@ -45,7 +47,8 @@ def observation_valid(
     footprint are filled with nodata while their mask reads 0, which QA_PIXEL bits
     would call clear.
     """
-    has_data = _has_data(bands, nodata).any(axis=1)
+    # (obs, bands, rows, cols) reduced over an axis: an array, not the stubs' np.bool_ too.
+    has_data = cast(np.ndarray, _has_data(bands, nodata).any(axis=1))
     if mask is None or band is None:
         return has_data
     return has_data & clear_from_mask(mask, band)

@@ -52,8 +52,9 @@ def quicklook(store: str | os.PathLike[str], sample: int, out_png: str | os.Path
     panels: list[tuple[str, np.ndarray, dict]] = []
     starts = [str(d) for d in record.period_starts]
     if "s2_10m" in groups and record.states.get("sentinel2_l2a") is SampleState.DONE:
+        fractions = np.asarray(record.valid_fraction["s2_10m"])  # read_record: an array already
         for t, start in enumerate(starts):
-            vf = float(record.valid_fraction["s2_10m"][t])
+            vf = float(fractions[t])
             panels.append((f"S2 {start} ({vf:.0%})", _true_colour(record.groups["s2_10m"][t]), {}))
     if "s1" in groups and record.states.get("sentinel1") is SampleState.DONE:
         vv = record.groups["s1"][:, 0]

@@ -1,6 +1,6 @@
 """Source DN -> stored values, exactly as the catalog's Conversion of each asset says.
 
-The catalog (normalize.Conversion) decides per asset: S2 `-1000 DN` once for
+The catalog (`catalog.stac.items.Conversion`) decides per asset: S2 `-1000 DN` once for
 baseline >= 04.00 unless provider metadata already accounts for it, Landsat DN
 kept as published (scale/offset recorded), S1 linear power -> dB. The pipeline
 applies that and nothing else, per observation and before compositing, because

@@ -63,7 +63,8 @@ class ModalityResult:
     state: SampleState
     reason: str = ""
     groups: dict[str, np.ndarray] = field(default_factory=dict)
-    valid_fraction: dict[str, np.ndarray] = field(default_factory=dict)
+    valid_fraction: dict[str, np.ndarray | np.float64] = field(default_factory=dict)
+    """Per group: (T,) per period for temporal groups, a scalar for static ones."""
     provenance: dict[str, Any] = field(default_factory=dict)
     conversions: dict[str, Any] = field(default_factory=dict)
 
@@ -119,6 +120,8 @@ def modality_requests(
                 shared.append(key)
             mask_at[group.name] = len(groups) + shared.index(key)
     for dtype, fill in shared:
+        # a group shares the mask only when there is a mask band and it nests in shared_res
+        assert mask_band is not None and shared_res is not None
         requests.append(
             ReadRequest(tuple(items), (mask_band.name,), tile, float(shared_res), dtype, fill)
         )
@@ -150,19 +153,23 @@ def build_temporal(
         )
     periods = split_periods([p for p, period in enumerate(chosen) for _ in period], n_periods)
     requests, mask_at, shared_res = modality_requests(items, groups, tile)
-    raws = reader.read_many(requests)
+    raws: list[np.ndarray | None] = list(reader.read_many(requests))  # None once freed
     no_mask = np.array([i.mask is None for i in items])
     result = ModalityResult(SampleState.DONE)
     for g, group in enumerate(groups):
         n_bands = len(group.bands)
         at = mask_at[group.name]
+        raw = raws[g]
+        assert raw is not None  # a group's read is freed only after its own use, below
         if at is None:
             mask = None
         elif at == g:
-            mask = raws[g][:, n_bands]
-        else:
-            mask = mask_on_grid(raws[at][:, 0], float(shared_res), group.resolution)
-        bands = raws[g][:, :n_bands]
+            mask = raw[:, n_bands]
+        else:  # the shared mask read: never freed, and only made with a shared_res
+            shared_read = raws[at]
+            assert shared_read is not None and shared_res is not None
+            mask = mask_on_grid(shared_read[:, 0], float(shared_res), group.resolution)
+        bands = raw[:, :n_bands]
         valid = observation_valid(bands, group.nodata, mask, mask_band)
         if mask_band is not None and no_mask.any():
             valid[no_mask] = observation_valid(bands[no_mask], group.nodata, None, None)

@@ -23,7 +23,11 @@ OnDone = Callable[[ShardTask, ShardOutcome | BaseException], None]
 class Executor(Protocol):
     """Runs shard tasks and reports each one (its outcome or its exception) as it finishes."""
 
-    dashboard: str | None
+    @property
+    def dashboard(self) -> str | None:
+        """The dashboard link, or None (read only: DaskExecutor asks its scheduler)."""
+        ...
+
     peak_in_flight: int
     """Most tasks submitted and not yet finished at any moment of the last run."""
 

@@ -175,6 +175,7 @@ def request_with_retries(
 ) -> requests.Response:
     """`session.request` with `send_with_retries` semantics."""
     prepared = session.prepare_request(requests.Request(method.upper(), url, **request_kwargs))
+    assert prepared.url is not None  # prepare_url always sets a str
     settings = session.merge_environment_settings(prepared.url, {}, None, None, None)
     return send_with_retries(session, prepared, policy, counter, sleep, **settings)
 

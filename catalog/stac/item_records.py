@@ -47,7 +47,7 @@ def _asset_from_record(rec: Mapping[str, Any]) -> AssetRef:
         href=rec["href"],
         asset_key=rec["asset_key"],
         transform=affine.Affine(*rec["transform"]) if rec.get("transform") else None,
-        shape=tuple(rec["shape"]) if rec.get("shape") else None,  # type: ignore[arg-type]
+        shape=tuple(rec["shape"]) if rec.get("shape") else None,
         nodata=nodata,
         dtype=rec.get("dtype"),
         conversion=Conversion(RadiometryKind(conv.pop("kind")), **conv),

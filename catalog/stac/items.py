@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -218,7 +218,7 @@ def _platform(props: Mapping[str, Any]) -> str | None:
 
 
 def _raster_band(asset: Mapping[str, Any]) -> Mapping[str, Any]:
-    bands = asset.get("raster:bands") or asset.get("bands") or ()
+    bands: Sequence[Any] = asset.get("raster:bands") or asset.get("bands") or ()
     return bands[0] if len(bands) == 1 and isinstance(bands[0], Mapping) else {}
 
 
@@ -228,7 +228,7 @@ def _asset_names(
     """(names from the key, names from a single eo:band) an asset is published under."""
     stem = key.rsplit(".", 1)[0] if key.lower().endswith((".tif", ".tiff")) else key
     from_key = {key, stem}
-    eo = asset.get("eo:bands") or ()
+    eo: Sequence[Any] = asset.get("eo:bands") or ()
     from_eo: set[str] = set()
     if len(eo) == 1:
         band = eo[0]

@@ -2,7 +2,7 @@
 
 Every source answers `search(bbox, start, end, collections, query)` with plain item
 dicts (asset hrefs absolute) and counts the requests it made, so a plan can report
-what its searches cost. Normalization happens later (catalog.normalize), with the
+what its searches cost. Normalization happens later (`catalog.stac.items`), with the
 source's `href_policy`: remote catalogs may not point at local files or internal hosts.
 """
 
@@ -106,6 +106,7 @@ class RetryingStacApiIO(StacApiIO):
                 method, href, headers=headers, params=copy.deepcopy(parameters or {})
             )
         prepared = self.session.prepare_request(req)
+        assert prepared.url is not None  # prepare_url always sets a str
         settings = self.session.merge_environment_settings(prepared.url, {}, None, True, None)
         response = send_with_retries(self.session, prepared, self.retry, self.counter, **settings)
         if not 200 <= response.status_code < 300:
@@ -327,9 +328,12 @@ class StaticCatalogSource:
         item.make_asset_hrefs_absolute()
         start, end = _item_interval(item)
         data = item.to_dict(include_self_link=True, transform_hrefs=False)
-        geometry = (
-            shapely.geometry.shape(item.geometry) if item.geometry else shapely.box(*item.bbox)
-        )
+        if item.geometry:
+            geometry = shapely.geometry.shape(item.geometry)
+        elif item.bbox is not None:
+            geometry = shapely.box(*item.bbox)
+        else:
+            raise SourceError(f"static catalog item {item.id} has neither a geometry nor a bbox")
         return _Indexed(geometry, start, end, item.collection_id or "", data)
 
     def __len__(self) -> int:

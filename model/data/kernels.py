@@ -1,8 +1,9 @@
 """Warm-up for the compiled (numba) kernels that loader workers run.
 
-The kernels live next to what they compute: `masking_kernel` (masks), `validity_kernel`
-(pixel and token validity), `shard_geometry` (which chunks a window touches) and
-`shard_kernel` (locate a shard's chunks; read, decode and place a window's).
+The kernels live next to what they compute: `train/masking_kernel.py` (masks),
+`data/validity.py` (pixel and token validity), `pipeline/corpus/shard_geometry.py`
+(which chunks a window touches) and `pipeline/corpus/shard_kernel.py` (locate a
+shard's chunks; read, decode and place a window's).
 """
 
 from __future__ import annotations

@@ -4,24 +4,24 @@
 DataLoader runs with `batch_size=None`): a batch needs one crop size, patch size
 and timestep count shared by its samples, and forming it in the worker lets the
 worker do the modality-aware masking too. What each worker reads and in which
-order is planned purely in `loader_plan`; this module does the reads and builds
+order is planned purely in `data/plan.py`; this module does the reads and builds
 the batches.
 
 Reads are per shard and partial: when a worker first needs a sample of shard k it
 locates, for every array, only the inner chunks that its wanted samples' timestep
-windows and crops touch (`loader_shard.ShardReader`; zarr's own selection for
+windows and crops touch (`pipeline/corpus/shard_reader.py`; zarr's own selection for
 other layouts); the chunks are decoded when the batch is assembled, straight into
 its buffer. From an object store the next shards are fetched while one decodes
-(`loader_remote`). A worker builds each batch in a shared-memory ring slot as
+(`data/remote.py`). A worker builds each batch in a shared-memory ring slot as
 storage values at native resolution with pixel validity and the masks
-(`loader_batch.RawBatch`); `LoaderItem.to(device)` normalises it with the corpus
+(`assemble.RawBatch`); `LoaderItem.to(device)` normalises it with the corpus
 statistics into the model's 10 m `Batch` on that device. A shard that fails to
 read or decode falls back to per-sample zarr reads of the same windows; a
 (sample, group) that still fails is logged, counted in `LoaderItem.decode_errors`,
 and treated like a missing modality (all pixels invalid), so batch counts — and
 therefore DDP step counts and resume positions — never change.
 
-`loader_stream.StreamingLoader` (re-exported here) runs the DataLoader across
+`stream.StreamingLoader` (re-exported here) runs the DataLoader across
 epochs and keeps the resumable position. Costs and tuning: docs/loader.md.
 """
 
@@ -32,7 +32,7 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ def dist_rank_world() -> tuple[int, int]:
 
 
 class CorpusStream(IterableDataset):
-    """Shard-aware stream of `LoaderItem`s for one rank (see module and loader_plan docs)."""
+    """Shard-aware stream of `LoaderItem`s for one rank (see module and `data/plan.py` docs)."""
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class CorpusStream(IterableDataset):
         states = {m: corpus.states(m) for m in corpus.params.modalities}
         done = np.stack([s == SampleState.DONE for s in states.values()])
         self.done = {m: s == SampleState.DONE for m, s in states.items()}
-        any_done = done.any(axis=0)
+        any_done = cast(np.ndarray, done.any(axis=0))  # 2-D reduced: an array, not np.bool_
         self.eligible = [[i for i in span if any_done[i]] for span in corpus.shards]
         self.shard_spans = corpus.shards
         stats = read_stats(corpus)
@@ -225,9 +225,10 @@ class CorpusStream(IterableDataset):
         rows: dict[int, EncodedWindow | np.ndarray | None] = {}
         errors = nbytes = 0
         for i, window in windows.items():
-            rows[i] = self._read_sample(arr, g, i, window)
-            errors += rows[i] is None
-            nbytes += 0 if rows[i] is None else rows[i].nbytes
+            row = self._read_sample(arr, g, i, window)
+            rows[i] = row
+            errors += row is None
+            nbytes += 0 if row is None else row.nbytes
         return rows, errors, nbytes
 
     @staticmethod
@@ -390,7 +391,7 @@ class CorpusStream(IterableDataset):
 
     def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
         """Storage values and validity at native resolution, in one (shared) arena: a ring
-        slot of this worker's when one is free (see loader_transport)."""
+        slot of this worker's when one is free (see `data/transport.py`)."""
         geo = plan.geometry
         specs = self._arena_specs(geo, len(crops))
         info = get_worker_info()

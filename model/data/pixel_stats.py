@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -157,7 +157,8 @@ def write_stats(
 
 def read_stats(corpus: Corpus) -> dict[str, Any] | None:
     """The stored statistics, or None when `terracube stats` has not been run."""
-    stats = corpus.group.attrs.get(STATS_ATTR)
+    # zarr types attributes as any JSON value; write_stats stores this one as an object
+    stats = cast("Mapping[str, Any] | None", corpus.group.attrs.get(STATS_ATTR))
     if stats is None:
         return None
     if int(stats.get("version", -1)) != STATS_VERSION:
@@ -229,8 +230,8 @@ class GroupNormalizer:
         if len(set(map(str, self.nodata))) == 1:  # one nodata for every band: one pass
             ok &= valid_values(x, self.nodata[0]).all(axis=-3)
             return ok
-        for b, nodata in enumerate(self.nodata):
-            ok &= valid_values(x[..., b, :, :], nodata)
+        for b, band_nodata in enumerate(self.nodata):
+            ok &= valid_values(x[..., b, :, :], band_nodata)
         return ok
 
     @property

@@ -4,7 +4,7 @@ It wraps a torch DataLoader over a `CorpusStream` (persistent workers, one threa
 restores the rank order of the workers' batches, tracks the position (epoch, batches
 consumed) a checkpoint stores and resumes the stream exactly from it. Before the
 workers start it sets up the shared-memory ring they build batches in
-(`loader_transport.ArenaRing`), unless /dev/shm is too small for it.
+(`transport.ArenaRing`), unless /dev/shm is too small for it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TypeVar, cast
 
 import torch
 from terracube.model.data.assemble import LoaderItem
@@ -20,6 +21,8 @@ from terracube.model.data.kernels import compile_kernels
 from terracube.model.data.loader import CorpusStream
 from terracube.model.data.transport import ArenaRing, Packed, unpack
 from torch.utils.data import DataLoader
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,8 @@ class StreamingLoader:
     def _epoch_items(self) -> Iterator[LoaderItem]:
         self.dataset.set_position(self.epoch, self.consumed)
         if self.num_workers == 0:
-            yield from self.dataset
+            # in this process, not a DataLoader worker: CorpusStream yields no `Packed`
+            yield from cast("Iterable[LoaderItem]", self.dataset)
             return
         loader = self._loader
         self.dataset.pack_items = True
@@ -172,7 +176,8 @@ def shared_memory_free_bytes(path: str = "/dev/shm") -> int | None:
     return stat.f_bavail * stat.f_frsize
 
 
-def _identity(item: LoaderItem) -> LoaderItem:
+def _identity(item: _T) -> _T:
+    """`collate_fn` with batch_size=None: each item (a whole batch already) as it is."""
     return item
 
 

@@ -193,7 +193,8 @@ def pack(
     rest = [t for t in pickler.tensors if not _inside(t, start, stop)]
     rest_bytes = sum(_aligned(t.numel() * t.element_size()) for t in rest)
     into_slot = slot is not None and spare is not None and spare + rest_bytes <= slot[1].numel()
-    layout, total, copies = [], spare if into_slot else 0, []
+    # into_slot implies spare is not None; restated so that the checker narrows it
+    layout, total, copies = [], spare if into_slot and spare is not None else 0, []
     for t in pickler.tensors:
         if t.device.type != "cpu" or t.requires_grad:
             raise ValueError(
@@ -225,7 +226,8 @@ def _inside(t: torch.Tensor, start: int, stop: int) -> bool:
 def _whole_bytes(t: torch.Tensor) -> torch.Tensor:
     """The whole storage behind `t` as a flat uint8 tensor."""
     storage = t.untyped_storage()
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
+    # stride (1,) is set_'s default for a flat size; the stubs only take all four arguments
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),), (1,))
 
 
 def _shared_bytes(n: int) -> torch.Tensor:

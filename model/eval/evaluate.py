@@ -18,7 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -263,7 +263,9 @@ def load_task(
 ) -> EvalSet:
     """The labelled set of `task`: corpus crops (WorldCover tasks) or a dataset folder."""
     if task in ("worldcover-classification", "worldcover-segmentation"):
-        kind = "classification" if task.endswith("classification") else "segmentation"
+        kind: Literal["classification", "segmentation"] = (
+            "classification" if task.endswith("classification") else "segmentation"
+        )
         return worldcover_task(data, kind, params.crop, groups, storage_options)
     if task == "eurosat":
         return read_eurosat(Path(data), month=params.eurosat_month)

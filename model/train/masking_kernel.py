@@ -33,7 +33,7 @@ def _next(state: np.ndarray) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _below(state: np.ndarray, n: int) -> int:
+def _below(state: np.ndarray, n: int) -> np.int64:
     """Uniform integer in [0, n) for 1 <= n < 2**32 (bias below n / 2**32)."""
     return np.int64(((_next(state) >> np.uint64(32)) * np.uint64(n)) >> np.uint64(32))
 
@@ -41,7 +41,7 @@ def _below(state: np.ndarray, n: int) -> int:
 @numba.njit(cache=True, nogil=True)
 def _choose(
     candidates: np.ndarray, minimum: int, state: np.ndarray, order: np.ndarray, chosen: np.ndarray
-) -> int:
+) -> np.int64:
     """`chosen` := a uniformly random subset of the candidates whose size is uniform in
     [min(minimum, n), n] for n candidates (partial Fisher-Yates); returns its size."""
     n = 0

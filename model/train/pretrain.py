@@ -22,9 +22,10 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -114,7 +115,8 @@ def _setup(settings: PretrainSettings) -> _Runtime:
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases, norms and other vectors (the usual ViT recipe)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
@@ -183,7 +185,8 @@ class _Trainer:
         self.model = LatentMIM(LatentMIMConfig(size=settings.model_size)).to(self.rt.device)
         self.forward_model: nn.Module = self.model
         if settings.compile and self.rt.device.type == "cuda":
-            self.forward_model = torch.compile(self.model)
+            # compiling a Module returns a Module (OptimizedModule); the stubs say any callable
+            self.forward_model = cast(nn.Module, torch.compile(self.model))
         if self.rt.distributed:
             self.forward_model = DistributedDataParallel(
                 self.forward_model,
@@ -256,7 +259,12 @@ class _Trainer:
     def _micro_step(self, item: LoaderItem, last: bool) -> dict[str, Any]:
         batch = item.to(self.rt.device)
         views = [v.to(self.rt.device) for v in item.views]
-        sync = self.forward_model.no_sync() if self.rt.distributed and not last else _nullcontext()
+        sync: AbstractContextManager[Any]
+        if self.rt.distributed and not last:
+            assert isinstance(self.forward_model, DistributedDataParallel)  # see __init__
+            sync = self.forward_model.no_sync()
+        else:
+            sync = _nullcontext()
         with sync:
             with torch.autocast(
                 self.rt.device.type, dtype=torch.bfloat16, enabled=self.rt.autocast
@@ -337,7 +345,7 @@ class _Trainer:
 
     def _summarise(self, checkpoint: Path | None) -> None:
         fingerprint = parameter_fingerprint(self.model)
-        fingerprints = [fingerprint]
+        fingerprints: list[str | None] = [fingerprint]  # all_gather_object fills in the Nones
         if self.rt.distributed:
             fingerprints = [None] * self.rt.world_size
             dist.all_gather_object(fingerprints, fingerprint)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import xarray as xr
@@ -55,8 +55,10 @@ def sample_geobox(
     """(CRS as "EPSG:n", affine of the group's pixel grid, (height, width)) of one sample."""
     g = band_group(group)
     if isinstance(source, Corpus):
-        epsg = int(source.array("epsg")[index])
-        x0, y0 = float(source.array("x0")[index]), float(source.array("y0")[index])
+        # one element of a 1-D array: a numpy scalar (zarr types it as any array-like)
+        epsg = int(cast(np.integer, source.array("epsg")[index]))
+        x0 = float(cast(np.floating, source.array("x0")[index]))
+        y0 = float(cast(np.floating, source.array("y0")[index]))
         if epsg == 0:
             raise CorpusError(f"sample {index} has no georeferencing yet; it is pending")
     else:

@@ -41,7 +41,8 @@ class SampleData:
     center_lat: float
     period_starts: np.ndarray
     groups: dict[str, np.ndarray] = field(default_factory=dict)
-    valid_fraction: dict[str, np.ndarray] = field(default_factory=dict)
+    valid_fraction: dict[str, np.ndarray | np.float64] = field(default_factory=dict)
+    """Per group: (T,) per period for temporal groups, a scalar for static ones."""
     provenance: dict[str, Any] = field(default_factory=dict)
     states: dict[str, SampleState] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)

@@ -293,6 +293,10 @@ def group_array_spec(group: BandGroup, p: CorpusParams) -> ArraySpec:
         ],
         "terracube:crs": "EPSG:{epsg[sample]}",
     }
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    shards: tuple[int, ...]
+    chunks: tuple[int, ...]
     if group.temporal:
         dims = (SAMPLE_DIM, TIME_DIM, band_dim(group), ydim, xdim)
         shape = (p.n_samples, p.n_periods, n_bands, px, px)

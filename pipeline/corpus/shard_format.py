@@ -34,6 +34,8 @@ def _little(codec: object) -> bool:
 
 
 def fast_path_supported(arr: zarr.Array) -> bool:
+    if arr.metadata.zarr_format != 3:  # zarr v2 arrays have no sharding codec
+        return False
     codecs = arr.metadata.codecs
     if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
         return False

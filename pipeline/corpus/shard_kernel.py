@@ -22,6 +22,7 @@ Python path with numcodecs.
 from __future__ import annotations
 
 import ctypes.util
+from typing import Any
 
 import numba
 import numpy as np
@@ -47,16 +48,20 @@ def _load_libzstd() -> bool:
 
 NATIVE = _load_libzstd()
 
-_decompress = types.ExternalFunction(
+# numba's type objects make the signatures; its call overloads are not typed for these
+# (mypy only sees `Type.__call__`), so the external functions are Any to the checker.
+_decompress: Any = types.ExternalFunction(
     "ZSTD_decompressDCtx",
     types.uintp(types.voidptr, types.voidptr, types.uintp, types.voidptr, types.uintp),
 )
-_memcpy = types.ExternalFunction("memcpy", types.voidptr(types.voidptr, types.voidptr, types.uintp))
-_is_error = types.ExternalFunction("ZSTD_isError", types.uint32(types.uintp))
-_pread = types.ExternalFunction(
+_memcpy: Any = types.ExternalFunction(
+    "memcpy", types.voidptr(types.voidptr, types.voidptr, types.uintp)
+)
+_is_error: Any = types.ExternalFunction("ZSTD_isError", types.uint32(types.uintp))
+_pread: Any = types.ExternalFunction(
     "pread", types.intp(types.int32, types.voidptr, types.uintp, types.int64)
 )
-_lseek = types.ExternalFunction("lseek", types.int64(types.int32, types.int64, types.int32))
+_lseek: Any = types.ExternalFunction("lseek", types.int64(types.int32, types.int64, types.int32))
 _SEEK_END = 2
 
 
@@ -120,7 +125,7 @@ def _index_checks(index: np.ndarray, status: np.ndarray) -> bool:
     """Whether a shard index (entries, then their crc32c little endian) passes its
     checksum; if not, `status` = (BAD_CHECKSUM, the stored crc)."""
     n = index.shape[0]
-    stored = 0
+    stored: int | np.int64 = 0  # local annotations leave the compiled bytecode as is
     for b in range(4):
         stored |= np.int64(index[n - 4 + b]) << (8 * b)
     if crc32c(index[: n - 4]) == stored:
@@ -170,7 +175,8 @@ def locate_chunks(
                 return present[:0], offsets[:0], sizes[:0], written_at[:0], 0
             present[k] = True
             offsets[written], sizes[written] = np.int64(offset), np.int64(length)
-            largest = max(largest, np.int64(length))
+            # numba types int and np.int64 alike (and returns a Python int); numpy stubs do not
+            largest = max(largest, np.int64(length))  # type: ignore[assignment]
             written += 1
     if bounds.shape[0]:
         written_at[bounds.shape[0] - 1] = written
@@ -234,7 +240,7 @@ def decode_window(
             if got != size:
                 status[0], status[1] = SHORT_READ, got
                 return k
-            start = source.ctypes.data
+            start: int | np.uint64 = source.ctypes.data
         else:
             start = source.ctypes.data + np.uint64(positions[written])
         written += 1

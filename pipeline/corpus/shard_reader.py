@@ -84,6 +84,7 @@ class ShardReader:
                 f"{arr.path}: not the corpus's default shard layout; read it with zarr"
             )
         self.arr = arr
+        assert arr.shards is not None  # fast_path_supported: a sharding codec
         self.layout = ShardLayout(tuple(arr.shards), tuple(arr.chunks))
         self.dtype = np.dtype(arr.dtype)
         self._chunk_nbytes = math.prod(self.layout.chunk_shape) * self.dtype.itemsize
@@ -167,7 +168,7 @@ class ShardReader:
         lengths = run_stops - run_starts
         total = int(lengths.sum())
         buffer = self._reused(total)
-        view, at = memoryview(buffer), 0
+        view, at = buffer.data, 0  # memoryview(buffer); numpy types __buffer__ from 3.12 only
         for start, length in zip(run_starts.tolist(), lengths.tolist(), strict=True):
             if os.preadv(fd, [view[at : at + length]], start) != length:
                 raise ShardDecodeError(f"{file}: short read at byte {start}")
@@ -207,7 +208,7 @@ class ShardReader:
 
     def _fetch(
         self, path: str, flats: np.ndarray, read_now: bool
-    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None:
+    ) -> tuple[np.ndarray | OpenShard | None, np.ndarray, np.ndarray, np.ndarray] | None:
         """(buffer, written mask, positions, sizes) of chunks `flats`, or None for a shard
         never written. From a local file with `read_now` False only the index is read (the
         buffer is an `OpenShard` holding the file open, or None past MAX_OPEN_SHARDS;
@@ -271,7 +272,7 @@ class ShardReader:
         self,
         path: str,
         chunks: ShardChunks,
-        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
+        fetched: tuple[np.ndarray | OpenShard | None, np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> LocatedChunks:
         if fetched is None:
             buffer, present = None, np.zeros(len(chunks.flats), dtype=bool)
@@ -375,7 +376,7 @@ class ShardReader:
         plan, scratch = window.plan, self._scratch
         present, fill = window.present.tolist(), self.arr.fill_value
         positions, sizes = window.positions.tolist(), window.sizes.tolist()
-        view = memoryview(source)
+        view = source.data  # memoryview(source); numpy types __buffer__ from 3.12 only
         if source is self._read_buffer:  # the reused buffer: its decoder is reused too
             if self._read_decoder is None or self._read_decoder[0] is not source:
                 self._read_decoder = (source, self._zstd.frame_decoder(source, scratch))

@@ -21,6 +21,7 @@ from terracube.pipeline.corpus.shard_format import (
 )
 from terracube.pipeline.corpus.shard_kernel import NO_INDEX, WRONG_SIZE, ZSTD_ERROR, read_lone_chunk
 from terracube.pipeline.corpus.shard_reader import ShardReader
+from terracube.pipeline.corpus.shard_window import OpenShard
 from terracube.pipeline.corpus.zarr_adapter import default_buffer_prototype, run_sync
 from terracube.pipeline.corpus.zstd_into import ZstdFrameError
 
@@ -84,7 +85,7 @@ class WholeShardReader(ShardReader):
         self,
         shard: int,
         path: str,
-        fetched: tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray] | None,
+        fetched: tuple[np.ndarray | OpenShard | None, np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> np.ndarray:
         layout = self.layout
         flats = np.arange(layout.n_chunks, dtype=np.int64)
@@ -93,7 +94,7 @@ class WholeShardReader(ShardReader):
             blocks.fill(self.arr.fill_value)
         else:
             buffer, present, positions, sizes = fetched
-            assert buffer is not None
+            assert isinstance(buffer, np.ndarray)  # fetched with the bytes (read_now=True)
             self._decode_rows(path, flats, present, (buffer, positions, sizes), blocks)
         dims = len(layout.grid)
         interleave = [a for i in range(dims) for a in (i, dims + i)]

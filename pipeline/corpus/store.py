@@ -1,6 +1,6 @@
 """The corpus store: create, write whole shards or single samples, read them back.
 
-The layout itself is planned in `corpus_schema` (pure); this module does the I/O.
+The layout itself is planned in `schema.py` (pure); this module does the I/O.
 Writes are validated against the registry before the first byte is written,
 state arrays are written last (a sample is only `done` once its data are on
 disk), and every shard file is replaced atomically (zarr's LocalStore writes a
@@ -17,7 +17,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import numpy as np
@@ -216,7 +216,9 @@ class Corpus:
         self.group = group
         self.url = os.fspath(url)
         self.storage_options = dict(storage_options or {})
-        self.params = CorpusParams.from_attrs(dict(group.attrs["terracube:params"]))
+        # zarr types attributes as any JSON value; create_corpus writes this one as an object
+        params = cast(Mapping[str, Any], group.attrs["terracube:params"])
+        self.params = CorpusParams.from_attrs(dict(params))
         self.specs = plan_arrays(self.params)
         self._root = local_root(url)
 
@@ -238,7 +240,8 @@ class Corpus:
 
     @property
     def format_version(self) -> int:
-        return int(self.group.attrs["terracube_format_version"])
+        # checked against SUPPORTED_FORMAT_VERSIONS (ints) on open; zarr types it as any JSON
+        return int(cast(int, self.group.attrs["terracube_format_version"]))
 
     @property
     def n_samples(self) -> int:

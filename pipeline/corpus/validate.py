@@ -56,7 +56,7 @@ def _open_root(url: str, storage_options: Mapping[str, Any] | None) -> zarr.Grou
 
 def _check_root(root: zarr.Group) -> tuple[CorpusParams | None, list[Problem]]:
     problems: list[Problem] = []
-    attrs = dict(root.attrs)
+    attrs: dict[str, Any] = dict(root.attrs)  # any JSON: every use below checks its shape
     version = attrs.get("terracube_format_version")
     if version is None:
         problems.append(
@@ -96,7 +96,9 @@ def _check_root(root: zarr.Group) -> tuple[CorpusParams | None, list[Problem]]:
 
 
 def _dtype_name(arr: zarr.Array) -> str:
-    name = arr.metadata.data_type.to_json(zarr_format=3)
+    meta = arr.metadata
+    assert meta.zarr_format == 3  # `_open_root` opens a v3 group: its arrays are v3
+    name = meta.data_type.to_json(zarr_format=3)
     return name if isinstance(name, str) else str(name.get("name", name))
 
 
@@ -116,8 +118,10 @@ def _check_array(root: zarr.Group, spec: ArraySpec) -> tuple[zarr.Array | None, 
     if not isinstance(node, zarr.Array):
         return None, [Problem(spec.name, "is a group, expected an array")]
     wrong: list[str] = []
+    meta = node.metadata
+    assert meta.zarr_format == 3  # `_open_root` opens a v3 group: its arrays are v3
     checks = {
-        "dims": (tuple(node.metadata.dimension_names or ()), spec.dims),
+        "dims": (tuple(meta.dimension_names or ()), spec.dims),
         "dtype": (_dtype_name(node), spec.dtype),
         "shape": (tuple(node.shape), spec.shape),
         "shards": (node.shards, spec.shards),
@@ -150,11 +154,9 @@ def _check_values(
         span = slice(start, min(start + k, params.n_samples))
         values: dict[str, np.ndarray] = {}
         for name, arr in arrays.items():
-            if (
-                arr.ndim
-                and arr.metadata.dimension_names
-                and arr.metadata.dimension_names[0] != "sample"
-            ):
+            meta = arr.metadata
+            assert meta.zarr_format == 3  # `_open_root` opens a v3 group: its arrays are v3
+            if arr.ndim and meta.dimension_names and meta.dimension_names[0] != "sample":
                 continue
             if not read_data and name in params.groups:
                 continue
@@ -196,7 +198,7 @@ def _check_values(
                     )
                 )
         for i in np.flatnonzero(written):
-            problems += _check_index_row(values, start + i, i)
+            problems += _check_index_row(values, start + int(i), int(i))
     return problems
 
 
@@ -287,7 +289,7 @@ def describe(
             }
     return {
         "url": corpus.url,
-        "format_version": int(corpus.group.attrs["terracube_format_version"]),
+        "format_version": corpus.format_version,
         "n_samples": p.n_samples,
         "n_periods": p.n_periods,
         "period": p.period,

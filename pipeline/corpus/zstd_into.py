@@ -144,7 +144,8 @@ class ZstdInto:
             values = self._fallback(np.frombuffer(src, np.uint8, size, offset), dst.nbytes, 0)
             dst.reshape(-1).view(np.uint8)[:] = values
             return
-        start = ctypes.cast(src, ctypes.c_void_p).value or 0
+        # ctypes accepts bytes for a c_void_p argument; the stubs only list ctypes objects.
+        start = ctypes.cast(src, ctypes.c_void_p).value or 0  # type: ignore[arg-type]
         got = self._lib.ZSTD_decompressDCtx(
             self._context(), dst.ctypes.data, dst.nbytes, start + offset, size
         )

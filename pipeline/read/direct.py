@@ -91,7 +91,9 @@ def _from_metadata(stack: TileStack, item: NormalizedItem, ref: AssetRef) -> str
 
 
 @lru_cache(maxsize=4096)
-def _meets(transform: tuple[float, ...], shape: tuple[int, int], bounds: tuple[float, ...]) -> bool:
+def _meets(
+    transform: tuple[float, ...], shape: tuple[int, int], bounds: tuple[float, float, float, float]
+) -> bool:
     """Whether the grid has pixels in `bounds` (scenes of one tile share a few grids)."""
     return covering_window(Affine(*transform), shape, bounds) is not None
 

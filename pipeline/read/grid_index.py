@@ -17,7 +17,7 @@ pixels). There GDAL's choice depends on the rounding inside its transformer: on
 the 30 -> 20 and 60 -> 40 m lattices it took the upper pixel every time we
 measured, but on other grids (300 -> 10 m, 42 -> 20 m, 455.5 -> 20 m) a centre on
 the raster's first edge went either way. No closed rule reproduces that, so ties
-are settled by a `TieOracle` (direct_read.GdalNearestProbe: GDAL warps an
+are settled by a `TieOracle` (`nearest_probe.GdalNearestProbe`: GDAL warps an
 index-coded raster with the asset's exact grid), and without one the caller keeps
 the warp. tests/pipeline/test_grid_index.py compares the result with stackstac's
 WarpedVRT on tie-heavy grids.
@@ -82,6 +82,10 @@ class TieOracle(Protocol):
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """(rows, cols): full-raster source index per target row / column, -1 outside;
         None when GDAL's choice is not separable into rows and columns."""
+        ...
+
+    def __hash__(self) -> int:
+        """Oracles must be hashable: `_plan` caches plans per oracle (`lru_cache`)."""
         ...
 
 

@@ -93,7 +93,7 @@ class PasteOrWarpReader:
     exact and warps through stackstac everything else; most assets never touch stackstac.
 
     Assets on the tile's grid lattice (same CRS, north-up, see `grid_index`) are read
-    by `direct_read` with exactly the floor's windows; the others (other CRS, mode
+    by `direct.py` with exactly the floor's windows; the others (other CRS, mode
     resampling, no proj metadata) go through stackstac with a local scheduler inside
     the tile task. `direct=False` sends every asset through stackstac (the reference
     the direct path is tested against).

@@ -17,8 +17,8 @@ wrong pixels or crash, so nothing else in the pipeline talks to it directly:
 - its reader wraps every asset in a WarpedVRT unless the asset's whole grid equals
   the output grid, which a tile window of a larger scene never does, and enters a
   GDAL environment per open and per read; together that cost more than the reads.
-  The default reader (read.PasteOrWarpReader) therefore sends every asset on the
-  tile's grid lattice to `direct_read` (same pixels, proven against this warp)
+  The default reader (`reader.PasteOrWarpReader`) therefore sends every asset on the
+  tile's grid lattice to `direct.py` (same pixels, proven against this warp)
   and only the rest here, as `TileStack.only` subsets. `NestedGridReader`
   (passed as stackstac's `reader=`) still reads an asset lying on the output grid
   with a plain shifted window instead of a VRT (nearest on an identical grid is
@@ -175,7 +175,7 @@ def stack_tiles(
     """
     env = env or gdal_env()
     outputs: list[np.ndarray] = []
-    lazy: list[tuple[int, list[int], Any]] = []
+    lazy: list[tuple[int, list[str], Any]] = []
     for n, stack in enumerate(stacks):
         out, asked, arr = _stack_lazy(stack, env)
         outputs.append(out)

@@ -220,7 +220,8 @@ def _quicklooks(store: Path, report: Path, count: int) -> list[Image]:
         png = report / f"quicklook_sample{sample:04d}.png"
         if not png.is_file():
             quicklook(store, sample, png)
-        images.append(Image(png.name, f"sample {sample}: tile {tile_ids[sample]}"))
+        tile_id = str(tile_ids[sample])  # a string array's element (zarr: any scalar)
+        images.append(Image(png.name, f"sample {sample}: tile {tile_id}"))
     return images
 
 

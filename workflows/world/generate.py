@@ -103,7 +103,7 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
     ):
         items = []
         for grid in grids:
-            skies = []
+            skies: list[np.ndarray] = []
             for scene in (s for s in plan(grids, starts) if s.grid == grid):
                 item, sky = writer(scene, ctx)
                 items.append(item)

@@ -110,7 +110,11 @@ def write_sentinel2(scene: Scene, ctx: WorldContext) -> tuple[dict[str, Any], np
                 offset=-S2_BOA_ADD_OFFSET_DN * band.radiometry.scale if offset_applies else 0.0,
             )
             common = _asset_key(band.name)
-            eo_band = {"name": common, "common_name": common, "description": band.description}
+            eo_band: dict[str, Any] = {
+                "name": common,
+                "common_name": common,
+                "description": band.description,
+            }
             if wavelength := _wavelength_um(band.description):
                 eo_band["center_wavelength"] = wavelength
             assets[common] = raster_asset(

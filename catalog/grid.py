@@ -35,7 +35,7 @@ import shapely
 import shapely.affinity
 from pyproj import Transformer
 from shapely.geometry import shape as geojson_shape
-from terracube.catalog.registry import TILE_SIZE_M
+from terracube.catalog.bands import TILE_SIZE_M
 
 UTM_NORTH_LIMIT = 84.0
 """UTM north covers latitudes up to and including this; UPS north is poleward of it."""

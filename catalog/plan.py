@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 import shapely
 from pyproj import Transformer
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.grid import Tile
-from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.registry import modality
 from terracube.catalog.stac.item_records import item_from_record, item_to_record
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.timescheme import TimeScheme

@@ -14,8 +14,9 @@ import sys
 from typing import IO, Any
 
 import numpy as np
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.plan import Plan
-from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.registry import modality
 from terracube.catalog.stac.items import AssetRef
 
 REQUESTS_PER_ASSET_READ = 2

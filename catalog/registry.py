@@ -2,7 +2,8 @@
 
 Pipeline and model code read bands, band groups, resolutions, dtypes, nodata,
 radiometry and default normalisation from here and never restate them. A new
-sensor is a new `Modality` entry, not new pipeline or model code.
+sensor is a new `Modality` entry, not new pipeline or model code. The types and
+the checks on them are in `catalog/bands.py`; this module only declares and looks up.
 
 Storage conventions (what the corpus holds):
 - Sentinel-2 L2A: uint16 BOA reflectance x 10000, i.e. source DN with the
@@ -16,179 +17,18 @@ Storage conventions (what the corpus holds):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Literal
-
-TILE_SIZE_M = 2560
-"""Tile edge in metres; every band group's resolution divides it."""
-
-BASE_RESOLUTION_M = 10
-"""Resolution of the tile's reference grid (256 x 256 px)."""
-
-
-class RadiometryKind(StrEnum):
-    """How a source DN becomes the stored value."""
-
-    S2_BASELINE_OFFSET = "s2_baseline_offset"  # stored = DN - 1000 if baseline >= 04.00
-    IDENTITY = "identity"  # stored = DN; physical = stored * scale + offset
-    LINEAR_TO_DB = "linear_to_db"  # stored = 10 * log10(linear power)
-    CLASSES = "classes"  # categorical codes, never converted
-
-
-@dataclass(frozen=True)
-class Radiometry:
-    """Source -> stored conversion, and stored -> physical scale/offset."""
-
-    kind: RadiometryKind
-    scale: float = 1.0
-    offset: float = 0.0
-    unit: str = ""
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Default stored-value normalisation; corpus statistics override it."""
-
-    kind: Literal["standard", "onehot", "scale"]
-    mean: float = 0.0
-    std: float = 1.0
-
-
-@dataclass(frozen=True)
-class Band:
-    """One stored band and the asset keys providers publish it under."""
-
-    name: str
-    aliases: tuple[str, ...]
-    dtype: str
-    nodata: float
-    native_res: float
-    radiometry: Radiometry
-    normalization: Normalization
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class BandGroup:
-    """Bands stored together on one aligned grid; the unit of tokenisation."""
-
-    name: str
-    modality: str
-    resolution: float
-    bands: tuple[Band, ...]
-
-    def __post_init__(self) -> None:
-        """One array per group: its bands share dtype, nodata, normalisation; it tiles the cell."""
-        if not self.bands:
-            raise ValueError(f"band group {self.name!r} has no bands")
-        if TILE_SIZE_M % self.resolution:
-            raise ValueError(
-                f"band group {self.name!r}: resolution {self.resolution} m does not divide "
-                f"the {TILE_SIZE_M} m tile"
-            )
-        for what, values in (
-            ("dtype", {b.dtype for b in self.bands}),
-            ("nodata", {"nan" if b.nodata != b.nodata else b.nodata for b in self.bands}),
-            ("normalization kind", {b.normalization.kind for b in self.bands}),
-        ):
-            if len(values) > 1:
-                raise ValueError(
-                    f"band group {self.name!r} ({', '.join(self.band_names)}) mixes {what}s "
-                    f"{sorted(map(str, values))}; a group is one array: split it or make them agree"
-                )
-
-    @property
-    def temporal(self) -> bool:
-        """One timestep per period (imagery) or a single map (WorldCover, OSM)."""
-        return MODALITIES[self.modality].temporal
-
-    @property
-    def band_names(self) -> tuple[str, ...]:
-        return tuple(b.name for b in self.bands)
-
-    @property
-    def pixels(self) -> int:
-        """Edge length in pixels of one tile at this group's resolution."""
-        return int(TILE_SIZE_M // self.resolution)
-
-    @property
-    def dtype(self) -> str:
-        """The group's storage dtype (every band's: checked when the group is made)."""
-        return self.bands[0].dtype
-
-    @property
-    def nodata(self) -> float:
-        """The group's nodata value (every band's: checked when the group is made)."""
-        return self.bands[0].nodata
-
-
-@dataclass(frozen=True)
-class MaskBand:
-    """A per-pixel quality band read alongside a modality to mask clouds."""
-
-    name: str
-    aliases: tuple[str, ...]
-    native_res: float
-    kind: Literal["classes", "bits"]
-    invalid: tuple[int, ...]
-    """Class codes (kind=classes) or bit indices (kind=bits) that make a pixel invalid."""
-    nodata: int = 0
-
-
-class GeometryKind(StrEnum):
-    POINT = "point"
-    LINE = "line"
-    POLYGON = "polygon"
-
-
-@dataclass(frozen=True)
-class TagRule:
-    """`key` has one of `values` (any value when empty) and every `also` pair holds."""
-
-    key: str
-    values: tuple[str, ...] = ()
-    also: tuple[tuple[str, str], ...] = ()
-
-    def matches(self, tags: dict[str, str]) -> bool:
-        value = tags.get(self.key)
-        # OSM mappers write `building=no` to say "not a building".
-        if value is None or value == "no" or (self.values and value not in self.values):
-            return False
-        return all(tags.get(k) == v for k, v in self.also)
-
-
-@dataclass(frozen=True)
-class OsmCategory:
-    name: str
-    rule: TagRule
-    geometry: GeometryKind
-
-
-@dataclass(frozen=True)
-class Modality:
-    name: str
-    title: str
-    temporal: bool
-    groups: tuple[BandGroup, ...]
-    mask: MaskBand | None = None
-    encodable: bool = True
-    """Maps (WorldCover, OSM) are decode-only targets: never encoder input."""
-    classes: dict[int, str] = field(default_factory=dict)
-    source: Literal["stac", "osm"] = "stac"
-    """Where its data comes from: STAC items (rasters) or OSM features (osm_file/overpass)."""
-    platforms: frozenset[str] = frozenset()
-    """STAC `platform`s whose band numbering the registry follows (empty: any)."""
-
-    def __post_init__(self) -> None:
-        strays = [g.name for g in self.groups if g.modality != self.name]
-        if strays:
-            raise ValueError(f"modality {self.name!r}: groups {strays} name another modality")
-
-    @property
-    def bands(self) -> tuple[Band, ...]:
-        return tuple(b for g in self.groups for b in g.bands)
-
+from terracube.catalog.bands import (
+    Band,
+    BandGroup,
+    GeometryKind,
+    MaskBand,
+    Modality,
+    Normalization,
+    OsmCategory,
+    Radiometry,
+    RadiometryKind,
+    TagRule,
+)
 
 # --------------------------------------------------------------------------- bands
 
@@ -211,7 +51,9 @@ def _s2(name: str, common: str, res: float, mean: float, std: float, desc: str) 
     )
 
 
-def _landsat(name: str, common: str, mean: float, std: float, radiometry: Radiometry) -> Band:
+def _landsat(
+    name: str, common: str, mean: float, std: float, radiometry: Radiometry, optional: bool = False
+) -> Band:
     return Band(
         name=name,
         aliases=(name, common, name.lower()),
@@ -220,6 +62,7 @@ def _landsat(name: str, common: str, mean: float, std: float, radiometry: Radiom
         native_res=30,
         radiometry=radiometry,
         normalization=Normalization("standard", mean, std),
+        optional=optional,
     )
 
 
@@ -274,6 +117,7 @@ S1_GROUPS = (
                 radiometry=_S1_DB,
                 normalization=Normalization("standard", mean, std),
                 description=f"{pol} backscatter (gamma0 RTC or sigma0 GRD)",
+                optional=pol == "VH",  # single-polarisation (1SSV) scenes have no VH
             )
             for pol, mean, std in (("VV", -11.0, 4.5), ("VH", -18.0, 5.0))
         ),
@@ -293,7 +137,7 @@ LANDSAT_GROUPS = (
             _landsat("SR_B5", "nir08", 17000, 4500, _LANDSAT_SR),
             _landsat("SR_B6", "swir16", 15500, 4500, _LANDSAT_SR),
             _landsat("SR_B7", "swir22", 12500, 4200, _LANDSAT_SR),
-            _landsat("ST_B10", "lwir11", 44000, 3000, _LANDSAT_ST),
+            _landsat("ST_B10", "lwir11", 44000, 3000, _LANDSAT_ST, optional=True),
         ),
     ),
 )
@@ -329,6 +173,7 @@ WORLDCOVER_GROUPS = (
                 description="ESA WorldCover 2021 v200 class code",
             ),
         ),
+        temporal=False,
     ),
 )
 
@@ -411,6 +256,7 @@ OSM_GROUPS = (
             )
             for c in OSM_CATEGORIES
         ),
+        temporal=False,
     ),
 )
 
@@ -422,6 +268,8 @@ MODALITIES: dict[str, Modality] = {
             "Sentinel-2 L2A",
             temporal=True,
             groups=S2_GROUPS,
+            # Earth Search v1 and Planetary Computer; Earth Search collection-1 reprocessing
+            stac_collections=("sentinel-2-l2a", "sentinel-2-c1-l2a"),
             mask=MaskBand(
                 "SCL",
                 ("SCL", "scl"),
@@ -432,12 +280,20 @@ MODALITIES: dict[str, Modality] = {
                 invalid=(0, 1, 3, 8, 9, 10),
             ),
         ),
-        Modality("sentinel1", "Sentinel-1 (RTC or GRD)", temporal=True, groups=S1_GROUPS),
+        Modality(
+            "sentinel1",
+            "Sentinel-1 (RTC or GRD)",
+            temporal=True,
+            groups=S1_GROUPS,
+            stac_collections=("sentinel-1-rtc",),  # Planetary Computer, terrain-corrected gamma0
+        ),
         Modality(
             "landsat_c2l2",
             "Landsat 8/9 Collection 2 Level-2",
             temporal=True,
             groups=LANDSAT_GROUPS,
+            # Earth Search v1 and Planetary Computer; USGS landsatlook / stactools SR and ST items
+            stac_collections=("landsat-c2-l2", "landsat-c2l2-sr", "landsat-c2l2-st"),
             platforms=frozenset({"landsat-8", "landsat-9"}),
             mask=MaskBand(
                 "QA_PIXEL",
@@ -454,6 +310,7 @@ MODALITIES: dict[str, Modality] = {
             "ESA WorldCover 2021 v200",
             temporal=False,
             groups=WORLDCOVER_GROUPS,
+            stac_collections=("esa-worldcover",),
             encodable=False,
             classes=WORLDCOVER_CLASSES,
         ),

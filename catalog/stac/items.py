@@ -26,6 +26,7 @@ import pystac
 import shapely
 from pyproj import CRS
 from terracube.catalog.registry import (
+    MODALITIES,
     Band,
     MaskBand,
     Modality,
@@ -36,13 +37,7 @@ from terracube.catalog.s2_baseline import S2_BOA_ADD_OFFSET_DN, s2_offset_applie
 from terracube.catalog.stac.http import HrefPolicy, check_asset_href
 
 COLLECTION_MODALITIES: dict[str, str] = {
-    "sentinel-2-l2a": "sentinel2_l2a",  # Earth Search v1 and Planetary Computer
-    "sentinel-2-c1-l2a": "sentinel2_l2a",  # Earth Search collection-1 reprocessing
-    "sentinel-1-rtc": "sentinel1",  # Planetary Computer, terrain-corrected gamma0
-    "landsat-c2-l2": "landsat_c2l2",  # Earth Search v1 and Planetary Computer
-    "landsat-c2l2-sr": "landsat_c2l2",  # USGS landsatlook / stactools, SR item
-    "landsat-c2l2-st": "landsat_c2l2",  # USGS landsatlook / stactools, ST item
-    "esa-worldcover": "worldcover",
+    c: m.name for m in MODALITIES.values() for c in m.stac_collections
 }
 """Provider collection id -> registry modality. A `terracube:modality` item property wins."""
 
@@ -53,8 +48,7 @@ UNSUPPORTED_COLLECTIONS: dict[str, str] = {
 }
 
 OPTIONAL_BANDS: dict[str, frozenset[str]] = {
-    "landsat_c2l2": frozenset({"ST_B10"}),  # L2SR products and USGS SR items carry no ST
-    "sentinel1": frozenset({"VH"}),  # single-polarisation (1SSV) scenes
+    m.name: frozenset(b.name for b in m.bands if b.optional) for m in MODALITIES.values()
 }
 """Bands whose absence is a fact of the product, not a broken item; stored as nodata."""
 

@@ -21,9 +21,10 @@ from typing import Any
 
 import geopandas as gpd
 import shapely
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.grid import Tile
 from terracube.catalog.plan import Plan, PlanParams, make_plan
-from terracube.catalog.registry import TILE_SIZE_M, modality
+from terracube.catalog.registry import modality
 from terracube.catalog.stac.http import RequestCounter, UnsafeHrefError
 from terracube.catalog.stac.items import ItemNormalizationError, NormalizedItem, normalize_item
 from terracube.catalog.stac.sources import Bbox, ItemSource, Query, SourceError, dedupe_items

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from terracube.catalog.registry import BASE_RESOLUTION_M, band_group
+from terracube.catalog.bands import BASE_RESOLUTION_M
+from terracube.catalog.registry import band_group
 from terracube.model.data.pixel_stats import GroupNormalizer
 from terracube.model.data.validity import pooled_validity
 from terracube.model.nn.batch import TOKEN_VALID_FRACTION, Batch, token_validity

@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, TILE_SIZE_M, band_group
+from terracube.catalog.bands import BASE_RESOLUTION_M, TILE_SIZE_M
+from terracube.catalog.registry import BAND_GROUPS, band_group
 from terracube.pipeline.corpus.shard_geometry import Window
 
 TILE_PIXELS = TILE_SIZE_M // BASE_RESOLUTION_M

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from terracube.catalog.registry import BAND_GROUPS, BASE_RESOLUTION_M, MODALITIES, band_group
+from terracube.catalog.bands import BASE_RESOLUTION_M
+from terracube.catalog.registry import BAND_GROUPS, MODALITIES, band_group
 from terracube.model.data.pixel_stats import GroupNormalizer, group_normalizer, read_stats
 from terracube.model.nn.batch import Batch
 from terracube.model.nn.groups import encodable_groups

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
-from terracube.catalog.registry import BASE_RESOLUTION_M
+from terracube.catalog.bands import BASE_RESOLUTION_M
 from terracube.model.nn.groups import all_groups
 from torch import Tensor, nn
 

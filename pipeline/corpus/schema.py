@@ -12,14 +12,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from terracube.catalog.registry import (
-    BAND_GROUPS,
-    BASE_RESOLUTION_M,
-    MODALITIES,
-    TILE_SIZE_M,
-    BandGroup,
-    band_group,
-)
+from terracube.catalog.bands import BASE_RESOLUTION_M, TILE_SIZE_M
+from terracube.catalog.registry import BAND_GROUPS, MODALITIES, BandGroup, band_group
 
 FORMAT_VERSION = 1
 """Bumped on any change a reader of an older version could misread."""

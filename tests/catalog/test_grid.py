@@ -12,8 +12,9 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Transformer
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.grid import Tile, cover, tile_at, zone_epsg
-from terracube.catalog.registry import BAND_GROUPS, TILE_SIZE_M
+from terracube.catalog.registry import BAND_GROUPS
 
 # Exact zone edges and latitude limits, so hypothesis hits the boundaries on purpose.
 ZONE_EDGES = [float(lon) for lon in range(-180, 181, 6)]

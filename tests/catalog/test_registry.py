@@ -7,11 +7,11 @@ import math
 from collections import Counter
 
 import pytest
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.registry import (
     BAND_GROUPS,
     MODALITIES,
     OSM_CATEGORIES,
-    TILE_SIZE_M,
     BandGroup,
     GeometryKind,
     Modality,
@@ -115,6 +115,30 @@ def test_a_group_that_does_not_tile_the_cell_or_has_no_bands_is_refused() -> Non
 def test_a_modality_whose_group_names_another_is_refused() -> None:
     with pytest.raises(ValueError, match="name another modality"):
         Modality("s1_copy", "copy", temporal=True, groups=MODALITIES["sentinel1"].groups)
+
+
+def test_a_group_whose_time_axis_differs_from_its_modality_is_refused() -> None:
+    static = dataclasses.replace(BAND_GROUPS["s1"], temporal=False)
+    with pytest.raises(ValueError, match="disagree on temporal"):
+        Modality("sentinel1", "S1", temporal=True, groups=(static,))
+
+
+def test_provider_tables_are_read_off_the_registry() -> None:
+    from terracube.catalog.stac.items import COLLECTION_MODALITIES, OPTIONAL_BANDS
+
+    assert COLLECTION_MODALITIES == {
+        "sentinel-2-l2a": "sentinel2_l2a",
+        "sentinel-2-c1-l2a": "sentinel2_l2a",
+        "sentinel-1-rtc": "sentinel1",
+        "landsat-c2-l2": "landsat_c2l2",
+        "landsat-c2l2-sr": "landsat_c2l2",
+        "landsat-c2l2-st": "landsat_c2l2",
+        "esa-worldcover": "worldcover",
+    }
+    assert {m: b for m, b in OPTIONAL_BANDS.items() if b} == {
+        "landsat_c2l2": {"ST_B10"},
+        "sentinel1": {"VH"},
+    }
 
 
 def test_groups_know_whether_they_are_temporal() -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
 
+from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.grid import Tile, cover
-from terracube.catalog.registry import TILE_SIZE_M
 
 BLOCK_M = 120
 """Edge of the blocks on which land cover and clouds are constant (multiple of 10/20/30/40/60)."""

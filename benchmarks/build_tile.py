@@ -5,7 +5,7 @@ A 12-period S2 + S1 + Landsat + WorldCover + OSM tile of the synthetic world
 asset server). The floor reads exactly the source windows the build touches
 with plain rasterio windowed reads (no warp, no mask, no composite). The build
 reads the same windows itself wherever an asset lies on the tile's grid lattice
-(pipeline.direct_read: one GDAL env per batch, nearest as a numpy gather) and
+(pipeline/read/direct.py: one GDAL env per batch, nearest as a numpy gather) and
 warps through stackstac only the rest (here the neighbouring zone's WorldCover
 tile, mode-resampled). Last line:
 one JSON object {"seconds_per_tile", "floor_seconds", "ratio", "peak_rss_mb", "http_ratio"}.

@@ -294,6 +294,7 @@ MODALITIES: dict[str, Modality] = {
             groups=LANDSAT_GROUPS,
             # Earth Search v1 and Planetary Computer; USGS landsatlook / stactools SR and ST items
             stac_collections=("landsat-c2-l2", "landsat-c2l2-sr", "landsat-c2l2-st"),
+            # OLI/TIRS band numbering (SR_B1 coastal ... ST_B10); TM/ETM+ (Landsat 4-7) differ
             platforms=frozenset({"landsat-8", "landsat-9"}),
             mask=MaskBand(
                 "QA_PIXEL",

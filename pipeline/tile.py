@@ -208,7 +208,7 @@ def build_static_map(
 ) -> ModalityResult:
     """A static class map (WorldCover): one layer from the items meeting the tile."""
     mod = MODALITIES[name]
-    group = mod.groups[0]
+    (group,) = mod.groups  # a class map is one layer
     meeting = select_items(items, tile, own_zone_first=False)
     # Own-CRS items first (pixels copied exactly); others only fill what they leave.
     chosen = sorted(meeting, key=lambda i: i.epsg != tile.epsg)

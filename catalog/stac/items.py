@@ -52,7 +52,6 @@ OPTIONAL_BANDS: dict[str, frozenset[str]] = {
 }
 """Bands whose absence is a fact of the product, not a broken item; stored as nodata."""
 
-"""Registry Landsat bands follow the OLI numbering; TM/ETM+ number bands differently."""
 
 MODALITY_PROPERTY = "terracube:modality"
 
@@ -371,8 +370,9 @@ def normalize_item(
     if mod.platforms and platform is not None and platform not in mod.platforms:
         accepted = "/".join(sorted(mod.platforms))
         raise ItemNormalizationError(
-            f"item {item_id}: platform {platform!r} is not one {mod.title} accepts ({accepted}); "
-            f"the registry's bands follow their numbering. Filter the search with platform in {accepted}."
+            f"item {item_id}: platform {platform!r} is not among {accepted}, the platforms whose "
+            f"band numbering the registry's {mod.title} follows. Filter the search with "
+            f"platform in {accepted}."
         )
     base = base_href or pystac_self or _self_href(data)
     assets: Mapping[str, Mapping[str, Any]] = data.get("assets") or {}

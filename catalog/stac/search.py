@@ -224,9 +224,13 @@ def _normalize_all(
     rejected: list[tuple[str, str]] = []
     for name, raw in found.items():
         items[name] = []
+        # the collection searched for `name` holds `name`, whatever the provider called it
+        searched = {source.collection_for(name): name} if raw else {}
         for item in dedupe_items(raw):
             try:
-                normalized = normalize_item(item, policy=source.href_policy)
+                normalized = normalize_item(
+                    item, policy=source.href_policy, collection_modalities=searched
+                )
             except (ItemNormalizationError, UnsafeHrefError) as err:
                 rejected.append((str(item.get("id")), str(err)))
                 continue
@@ -298,8 +302,6 @@ def search_and_plan(
                     query=query,
                     cache=cache,
                 )
-            except SearchError:
-                raise
             except SourceError as err:
                 raise SearchError(group[0], err) from None
             items.update(result.items)

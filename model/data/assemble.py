@@ -147,7 +147,8 @@ class LoaderItem:
     decoded_bytes: int = 0
     fallbacks: int = 0
     """Reads the compiled shard path failed and zarr's selection did instead (a damaged
-    shard, or a fast-path bug): counted so a run and the tests can tell."""
+    shard, or a fast-path bug): counted so a run and the tests can tell. A shard whose
+    prefetch and synchronous read both fail counts twice: these are attempts."""
     normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
     _cpu: Batch | None = field(default=None, repr=False, compare=False)
     _slot: tuple[int, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)

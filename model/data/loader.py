@@ -21,7 +21,7 @@ read or decode falls back to per-sample zarr reads of the same windows; a
 and treated like a missing modality (all pixels invalid), so batch counts — and
 therefore DDP step counts and resume positions — never change.
 
-`stream.StreamingLoader` (re-exported here) runs the DataLoader across
+`stream.StreamingLoader` (in `data/stream.py`) runs the DataLoader across
 epochs and keeps the resumable position. Costs and tuning: docs/loader.md.
 """
 
@@ -116,10 +116,10 @@ class CorpusStream(IterableDataset):
         if prefetch_shards < 0:
             raise ValueError(f"prefetch_shards={prefetch_shards}; use 0 (off) or more")
         self.prefetch_shards = prefetch_shards
-        self.fallbacks = 0
-        """Fast-path reads that fell back to zarr in this process (see LoaderItem.fallbacks)."""
         """Remote stores: shards fetched ahead, all their arrays in one concurrent wave
         (0: every array of a shard read in turn, when needed)."""
+        self.fallbacks = 0
+        """Fast-path read attempts that fell back to zarr here (see LoaderItem.fallbacks)."""
         default_rank, default_world = dist_rank_world()
         self.store = os.fspath(store)
         self.storage_options = dict(storage_options or {})
@@ -466,7 +466,7 @@ class CorpusStream(IterableDataset):
         shard_of = {s: k for k, span in enumerate(self.shard_spans) for s in span}
         wanted = {s: (p, b) for p in plans for b, s in enumerate(p.samples)}
         order = list(dict.fromkeys(shard_of[s] for p in plans for s in p.samples))
-        remote = any(not r.local for r in self._readers.values())
+        remote = any(not r.local for r in (*self._readers.values(), *self._whole_readers.values()))
         ahead = (
             ShardPrefetcher(
                 self._fetch_remote_shard,

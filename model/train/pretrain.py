@@ -145,6 +145,15 @@ def _primitive(value: Any) -> Any:
     return value
 
 
+def checkpoint_settings(settings: PretrainSettings) -> dict[str, Any]:
+    """The run's settings as a checkpoint records them: primitives only (weights_only
+    loading), and of `storage_options`, which may hold credentials, only the keys."""
+    return {
+        k: sorted(v) if k == "storage_options" else _primitive(v)
+        for k, v in asdict(settings).items()
+    }
+
+
 def _truncate_metrics(path: Path, last_step: int) -> None:
     """Drop lines a crashed run wrote after its last checkpoint, so steps never repeat."""
     if not path.exists():
@@ -222,7 +231,7 @@ class _Trainer:
             "scheduler": self.scheduler.state_dict(),
             "loader": self.loader.state_dict(),
             "rng": rng_states(),
-            "settings": {k: _primitive(v) for k, v in asdict(self.settings).items()},
+            "settings": checkpoint_settings(self.settings),
         }
 
     def save(self) -> Path | None:

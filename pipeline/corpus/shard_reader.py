@@ -104,8 +104,6 @@ class ShardReader:
         self._fill_bytes = np.array(arr.fill_value, dtype=self.dtype).reshape(1).view(np.uint8)
         self._status = np.zeros(2, dtype=np.int64)
         self._index_buffer = np.empty(self.layout.index_bytes, dtype=np.uint8)
-        self._lone_raw: np.ndarray | None = None
-        """One-chunk shards' whole-file reads (`read_lone_chunk`); allocated on first use."""
         self._held: weakref.WeakSet[OpenShard] = weakref.WeakSet()
 
     # ------------------------------------------------------------------ bytes

@@ -23,7 +23,7 @@ from terracube.pipeline.corpus.shard_kernel import NO_INDEX, WRONG_SIZE, ZSTD_ER
 from terracube.pipeline.corpus.shard_reader import ShardReader
 from terracube.pipeline.corpus.shard_window import OpenShard
 from terracube.pipeline.corpus.zarr_adapter import default_buffer_prototype, run_sync
-from terracube.pipeline.corpus.zstd_into import ZstdFrameError
+from terracube.pipeline.corpus.zstd_into import ZstdFrameError, ZstdInto
 
 WHOLE_READ_BYTES = 64 * 1024
 """A local one-chunk shard up to this size is read with one call."""
@@ -33,6 +33,11 @@ _FIRST = np.zeros(1, dtype=np.int64)
 
 class WholeShardReader(ShardReader):
     """A `ShardReader` that also reads whole shards of a per-sample array."""
+
+    def __init__(self, arr: zarr.Array, zstd: ZstdInto | None = None) -> None:
+        super().__init__(arr, zstd)
+        self._lone_raw: np.ndarray | None = None
+        """One-chunk shards' whole-file reads (`read_lone_chunk`); allocated on first use."""
 
     def read_whole(self, shard: int) -> np.ndarray:
         """Every chunk of shard `shard`, trimmed to the array's extent (any inner chunking)."""

@@ -128,6 +128,20 @@ def test_pc_landsat_l2sr_item_lacks_thermal_which_is_optional(fixtures_dir: Path
         )
 
 
+def test_a_landsat_7_item_is_refused_naming_the_platforms_the_registry_follows(
+    fixtures_dir: Path,
+) -> None:
+    """The same real Planetary Computer item, relabelled landsat-7 (ETM+ numbers bands
+    differently): refused, with the accepted platforms named; landsat-9 as published is fine."""
+    data = _by_id(fixtures_dir, PC_LANDSAT, "LC09_L2SR_084082_20250722_02_T1")
+    assert normalize_item(data).platform == "landsat-9"
+    relabelled = {**data, "properties": {**data["properties"], "platform": "landsat-7"}}
+    with pytest.raises(
+        ItemNormalizationError, match=r"'landsat-7' is not among landsat-8/landsat-9"
+    ):
+        normalize_item(relabelled)
+
+
 def test_usgs_stactools_item_uses_eo_band_names_and_registry_scale(fixtures_dir: Path) -> None:
     path = fixtures_dir / USGS_LANDSAT
     item = normalize_item(pystac.Item.from_file(str(path)))

@@ -99,6 +99,29 @@ def test_a_configured_collection_is_the_one_searched(fixtures_dir: Path, tmp_pat
         missing.collection_for("landsat_c2l2")
 
 
+def test_items_of_a_configured_custom_collection_are_planned(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """A collection id the registry does not know, mapped in the config, keeps its items:
+    the normaliser is told which modality the searched collection holds."""
+    catalog = pystac.Catalog("custom", "one custom Landsat collection")
+    for feature in json.loads((fixtures_dir / PAGES[0]).read_text())["features"]:
+        if feature["collection"] == "landsat-c2-l2":
+            item = pystac.Item.from_dict({**feature, "collection": "my-landsat"})
+            item.clear_links()
+            catalog.add_item(item)
+    catalog.normalize_hrefs(str(tmp_path / "catalog"))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    source = StaticCatalogSource(
+        tmp_path / "catalog" / "catalog.json", collection_modalities={"my-landsat": "landsat_c2l2"}
+    )
+    start, end = datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 31, tzinfo=UTC)
+    found = search_tiles(source, [tile_at(-105.1, 40.17)], start, end, ["landsat_c2l2"])
+    assert found.rejected == []
+    assert [i.id for i in found.items["landsat_c2l2"]] == ["LC08_L2SP_033032_20231008_02_T1"]
+    assert found.items["landsat_c2l2"][0].modality == "landsat_c2l2"
+
+
 def test_static_search_filters_by_geometry_time_collection_and_query(catalog_path: Path) -> None:
     source = StaticCatalogSource(catalog_path)
     day = (datetime(2023, 10, 8, tzinfo=UTC), datetime(2023, 10, 8, 23, 59, tzinfo=UTC))

@@ -12,9 +12,6 @@ import pytest
 from terracube.model.data.pixel_stats import (
     GroupNormalizer,
 )
-from terracube.model.data.plan import (
-    LoaderParams,
-)
 from terracube.pipeline.corpus import shard_kernel
 from terracube.pipeline.corpus import shard_reader as loader_shard
 from terracube.pipeline.corpus.shard_format import ShardDecodeError
@@ -26,13 +23,8 @@ from terracube.pipeline.corpus.store import InnerChunking
 from terracube.pipeline.corpus.zstd_into import ZstdInto
 
 from tests.loader.corpus_fixture import (
-    N_SAMPLES,
-    NOTHING_DONE,
     write_loader_corpus,
 )
-
-ELIGIBLE = sorted(set(range(N_SAMPLES)) - {NOTHING_DONE})
-SMALL = LoaderParams(batch_size=2, crop_sizes=(16, 32), patch_sizes=(4, 8), token_budget=1200)
 
 
 def test_window_chunks_cover_a_window_exactly_once() -> None:

@@ -265,3 +265,20 @@ def test_a_crop_the_loader_refuses_is_a_config_error(tmp_path: Path) -> None:
     config = PretrainConfig.model_validate({"data": {"store": "s", "crop_sizes": [30]}})
     with pytest.raises(PretrainConfigError, match="data: crop size 30 px"):
         config.settings()
+
+
+def test_a_checkpoint_records_no_storage_credentials(tmp_path: Path) -> None:
+    from terracube.model.data.plan import LoaderParams
+    from terracube.model.train.pretrain import PretrainSettings, checkpoint_settings
+
+    settings = PretrainSettings(
+        store="s3://bucket/c.zarr",
+        checkpoint_dir=tmp_path,
+        out_dir=tmp_path,
+        storage_options={"key": "AKIA-EXAMPLE", "secret": "s3cr3t", "endpoint_url": "x"},
+        loader=LoaderParams(crop_sizes=(32,)),
+    )
+    recorded = checkpoint_settings(settings)
+    assert recorded["storage_options"] == ["endpoint_url", "key", "secret"]
+    assert "s3cr3t" not in json.dumps(recorded) and "AKIA-EXAMPLE" not in json.dumps(recorded)
+    assert recorded["loader"]["crop_sizes"] == [32] and recorded["checkpoint_dir"] == str(tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from terracube.catalog.grid import Tile
 from terracube.catalog.registry import (
     OSM_CATEGORIES,
-    modality,
 )
 from terracube.workflows.world import (
     WorldManifest,
@@ -13,9 +12,6 @@ from terracube.workflows.world import (
 )
 from terracube.workflows.world.config import BLOCK_M
 from terracube.workflows.world.modalities.osm import PREFERRED_CLASSES
-
-S2_INVALID = modality("sentinel2_l2a").mask.invalid
-LANDSAT_INVALID_BITS = modality("landsat_c2l2").mask.invalid
 
 
 def test_osm_extract_loads_with_osmnx_and_has_every_category(

@@ -151,7 +151,7 @@ def load_pretrain_config(path: str | os.PathLike[str]) -> PretrainConfig:
     except ValidationError as exc:
         raise PretrainConfigError(_describe(exc, str(source))) from None
     base = source.resolve().parent
-    return config.model_copy(
+    resolved = config.model_copy(
         update={
             "data": config.data.model_copy(update={"store": _resolve(config.data.store, base)}),
             "checkpoint": config.checkpoint.model_copy(
@@ -160,6 +160,11 @@ def load_pretrain_config(path: str | os.PathLike[str]) -> PretrainConfig:
             "out_dir": Path(_resolve(config.out_dir, base)),
         }
     )
+    try:
+        resolved.settings()  # the loader's own checks (crop alignment, patch sizes), now
+    except PretrainConfigError as exc:
+        raise PretrainConfigError(f"{source}: invalid pretrain config:\n  {exc}") from None
+    return resolved
 
 
 def run_pretrain(

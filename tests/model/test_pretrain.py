@@ -265,6 +265,12 @@ def test_a_crop_the_loader_refuses_is_a_config_error(tmp_path: Path) -> None:
     config = PretrainConfig.model_validate({"data": {"store": "s", "crop_sizes": [30]}})
     with pytest.raises(PretrainConfigError, match="data: crop size 30 px"):
         config.settings()
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump({"data": {"store": "s", "crop_sizes": [30]}}))
+    with pytest.raises(
+        PretrainConfigError, match=rf"{path}: invalid pretrain config:\n  data: crop"
+    ):
+        load_pretrain_config(path)  # at load time, before any work, naming the file
 
 
 def test_a_checkpoint_records_no_storage_credentials(tmp_path: Path) -> None:

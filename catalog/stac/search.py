@@ -167,6 +167,14 @@ def search_endpoint_requests(counter: RequestCounter) -> int:
     return sum(n for endpoint, n in counter.by_endpoint.items() if endpoint.endswith("/search"))
 
 
+class SearchError(SourceError):
+    """A source failed while searching `modality` (the caller names the config key)."""
+
+    def __init__(self, modality: str, error: SourceError) -> None:
+        super().__init__(str(error))
+        self.modality = modality
+
+
 def search_tiles(
     source: ItemSource,
     tiles: Iterable[Tile],
@@ -188,8 +196,12 @@ def search_tiles(
     requests: list[SearchRequest] = []
     pages: list[int] = []
     hits = 0
+    collections: dict[str, str] = {}
     for name in modalities:
-        collection = source.collection_for(name)
+        try:
+            collections[name] = collection = source.collection_for(name)
+        except SourceError as err:
+            raise SearchError(name, err) from None
         modality_query = (query or {}).get(name)
         for region in regions:
             request = SearchRequest(
@@ -208,24 +220,27 @@ def search_tiles(
                 found[name].extend(cached)
                 continue
             searched_before = search_endpoint_requests(source.counter)
-            answer = source.search(region.bbox, start, end, [collection], modality_query)
+            try:
+                answer = source.search(region.bbox, start, end, [collection], modality_query)
+            except SourceError as err:
+                raise SearchError(name, err) from None
             pages.append(search_endpoint_requests(source.counter) - searched_before)
             if cache is not None:
                 cache.put(request, answer)
             found[name].extend(answer)
-    items, rejected = _normalize_all(found, source)
+    items, rejected = _normalize_all(found, collections, source)
     return SearchResult(items, requests, source.counter.requests - before, hits, rejected, pages)
 
 
 def _normalize_all(
-    found: Mapping[str, list[dict[str, Any]]], source: ItemSource
+    found: Mapping[str, list[dict[str, Any]]], collections: Mapping[str, str], source: ItemSource
 ) -> tuple[dict[str, list[NormalizedItem]], list[tuple[str, str]]]:
     items: dict[str, list[NormalizedItem]] = {}
     rejected: list[tuple[str, str]] = []
     for name, raw in found.items():
         items[name] = []
         # the collection searched for `name` holds `name`, whatever the provider called it
-        searched = {source.collection_for(name): name} if raw else {}
+        searched = {collections[name]: name}
         for item in dedupe_items(raw):
             try:
                 normalized = normalize_item(
@@ -239,14 +254,6 @@ def _normalize_all(
             else:
                 rejected.append((normalized.id, f"is {normalized.modality}, searched {name}"))
     return items, rejected
-
-
-class SearchError(SourceError):
-    """A source failed while searching `modality` (the caller names the config key)."""
-
-    def __init__(self, modality: str, error: SourceError) -> None:
-        super().__init__(str(error))
-        self.modality = modality
 
 
 def search_and_plan(
@@ -267,7 +274,7 @@ def search_and_plan(
     source object are searched in one pass. Temporal modalities are searched over the
     whole span of all anchors; static maps from STATIC_SEARCH_START to the span's end
     (they predate the periods they describe). A failing source raises `SearchError`
-    naming the modality.
+    naming the modality it was searching (from `search_tiles`).
     """
     spans = [scheme.span(a) for a in (anchors or [scheme.start])]
     start, end = min(s for s, _ in spans), max(e for _, e in spans)
@@ -291,19 +298,16 @@ def search_and_plan(
         for group, group_start in ((temporal, start), (static, min(STATIC_SEARCH_START, start))):
             if not group:
                 continue
-            try:
-                result = search_tiles(
-                    source,
-                    tiles,
-                    group_start,
-                    end,
-                    group,
-                    params=region_params,
-                    query=query,
-                    cache=cache,
-                )
-            except SourceError as err:
-                raise SearchError(group[0], err) from None
+            result = search_tiles(
+                source,
+                tiles,
+                group_start,
+                end,
+                group,
+                params=region_params,
+                query=query,
+                cache=cache,
+            )
             items.update(result.items)
             search["search_calls"] += len(result.requests)
             search["http_requests"] += result.http_requests

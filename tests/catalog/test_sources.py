@@ -19,6 +19,7 @@ from terracube.catalog.stac.http import REMOTE_POLICY
 from terracube.catalog.stac.search import (
     RegionParams,
     SearchCache,
+    SearchError,
     group_regions,
     search_tiles,
 )
@@ -216,6 +217,15 @@ def test_search_tiles_one_search_per_region_and_collection_then_cache(
         query={"sentinel2_l2a": {"eo:cloud_cover": {"lt": 0.0001}}},
     )
     assert third.cache_hits == 0 and third.items["sentinel2_l2a"] == []
+
+
+def test_a_failing_search_names_the_modality_it_was_searching(catalog_path: Path) -> None:
+    """The error names sentinel1 (the catalog has none), not the first modality of the pass."""
+    source = StaticCatalogSource(catalog_path)
+    start, end = datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 31, tzinfo=UTC)
+    with pytest.raises(SearchError, match="no collection holds 'sentinel1'") as caught:
+        search_tiles(source, [tile_at(-105.1, 40.17)], start, end, ["sentinel2_l2a", "sentinel1"])
+    assert caught.value.modality == "sentinel1"
 
 
 def test_search_records_unsafe_items_from_remote_sources(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from terracube.catalog.stac.search import (
     search_tiles,
 )
 from terracube.catalog.stac.sources import (
+    PROFILES,
     ItemSource,
     SourceError,
     StacApiSource,
@@ -149,7 +151,10 @@ def make_group_source(
             assert source.url and all(collections.values())
             profile = generic_profile(source.url, {n: c for n, c in collections.items() if c})
             return StacApiSource(profile, **kwargs)
-        return StacApiSource(source.profile, **kwargs)
+        named = PROFILES[source.profile]
+        chosen = {n: c for n, c in collections.items() if c}  # a configured id wins
+        profile = replace(named, collections={**named.collections, **chosen})
+        return StacApiSource(profile, **kwargs)
     raise ConfigError(f"{where}: source {source.source!r} is not a STAC catalog")
 
 

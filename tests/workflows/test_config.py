@@ -89,3 +89,20 @@ def test_shipped_examples_validate(example: Path) -> None:
     env = {"TERRACUBE_BUCKET": "b", "AWS_ACCESS_KEY_ID": "k" * 8, "AWS_SECRET_ACCESS_KEY": "s" * 8}
     config = load_config(example, environ=env)
     assert config.modalities
+
+
+def test_a_collection_configured_on_a_named_profile_is_the_one_searched(tmp_path: Path) -> None:
+    """earth-search knows sentinel-2-l2a; a config naming its collection-1 reprocessing gets
+    that one (the profile's table fills in only what the config leaves out). No request is
+    made: a source opens its landing page on first search."""
+    from terracube.workflows.planning import make_group_source
+
+    text = GOOD.replace(
+        "sentinel2_l2a: {source: static, catalog: stac/catalog.json, collection: sentinel-2-l2a}",
+        "sentinel2_l2a: {source: stac_api, profile: earth-search, collection: sentinel-2-c1-l2a}\n"
+        "  landsat_c2l2: {source: stac_api, profile: earth-search}",
+    )
+    config = load_config(write(tmp_path, text))
+    source = make_group_source(config, ["sentinel2_l2a", "landsat_c2l2"])
+    assert source.collection_for("sentinel2_l2a") == "sentinel-2-c1-l2a"
+    assert source.collection_for("landsat_c2l2") == "landsat-c2-l2"

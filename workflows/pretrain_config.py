@@ -22,6 +22,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from terracube.model.data.plan import LoaderParams
 from terracube.model.nn.encoder import SIZES
+from terracube.model.nn.losses import CONTRASTIVE_DIRECTIONS, NEGATIVE_SCOPES, PATCH_REDUCTIONS
+from terracube.model.nn.olmoearth import LatentMIMConfig
+from terracube.model.nn.target import TARGET_KINDS
+from terracube.model.nn.tokenizer import PATCH_RESIZES
+from terracube.model.train.masking import MASKING_STRATEGIES, MaskingParams
 from terracube.model.train.pretrain import PretrainSettings, train
 from terracube.model.train.schedule import OptimParams
 
@@ -36,13 +41,16 @@ class _Strict(BaseModel):
 
 _LOADER = LoaderParams()
 _OPTIM = OptimParams()
+_MASKING = MaskingParams()
+_MODEL = LatentMIMConfig()
 _RUN = PretrainSettings(store="", checkpoint_dir=Path(), out_dir=Path())
 """The defaults, read from the dataclasses that define them (model/data/plan.py,
 model/train/schedule.py, model/train/pretrain.py); this file adds only bounds and the
 YAML's section names. `tests/model/test_pretrain.py` checks that every field is here."""
 
-RUN_SET_LOADER_FIELDS = frozenset({"seed", "drop_last", "equalize", "num_views"})
-"""LoaderParams fields the run sets (seed from the top level), not the `data:` section."""
+RUN_SET_LOADER_FIELDS = frozenset({"seed", "drop_last", "equalize", "num_views", "masking"})
+"""LoaderParams fields not in the `data:` section: the run sets them (seed from the top
+level), and `masking` has a section of its own."""
 
 
 class DataConfig(_Strict):
@@ -63,10 +71,40 @@ class DataConfig(_Strict):
 class OptimConfig(_Strict):
     lr: float = Field(default=_OPTIM.lr, gt=0)
     min_lr_ratio: float = Field(default=_OPTIM.min_lr_ratio, ge=0, le=1)
-    warmup_steps: int = Field(default=_OPTIM.warmup_steps, ge=0)
+    warmup_steps: int | None = Field(default=_OPTIM.warmup_steps, ge=0)
+    warmup_fraction: float = Field(default=_OPTIM.warmup_fraction, ge=0, le=1)
     weight_decay: float = Field(default=_OPTIM.weight_decay, ge=0)
+    decay_on: Literal["all", "matrices"] = _OPTIM.decay_on
+    beta1: float = Field(default=_OPTIM.beta1, ge=0, lt=1)
+    beta2: float = Field(default=_OPTIM.beta2, ge=0, lt=1)
     grad_clip: float = Field(default=_OPTIM.grad_clip, gt=0)
     accumulation: int = Field(default=_OPTIM.accumulation, gt=0)
+
+
+class MaskingConfig(_Strict):
+    strategy: Literal[tuple(MASKING_STRATEGIES)] = _MASKING.strategy  # type: ignore[valid-type]
+    encode_ratio: float = Field(default=_MASKING.encode_ratio, gt=0, lt=1)
+    decode_ratio: float = Field(default=_MASKING.decode_ratio, gt=0, lt=1)
+    min_encoded_groups: int = Field(default=_MASKING.min_encoded_groups, ge=1)
+
+
+class ModelConfig(_Strict):
+    """The recipe options of `LatentMIMConfig` (its size is the top-level `model_size`)."""
+
+    decoder_depth: int | None = Field(default=_MODEL.decoder_depth, ge=1)
+    drop_path: float = Field(default=_MODEL.drop_path, ge=0, lt=1)
+    target: Literal[tuple(TARGET_KINDS)] = _MODEL.target  # type: ignore[valid-type]
+    target_dim: int | None = Field(default=_MODEL.target_dim, gt=0)
+    target_seed: int = _MODEL.target_seed
+    patch_resize: Literal[tuple(PATCH_RESIZES)] = _MODEL.patch_resize  # type: ignore[valid-type]
+    negatives: Literal[tuple(NEGATIVE_SCOPES)] = _MODEL.negatives  # type: ignore[valid-type]
+    patch_reduction: Literal[tuple(PATCH_REDUCTIONS)] = _MODEL.patch_reduction  # type: ignore[valid-type]
+    temperature: float = Field(default=_MODEL.temperature, gt=0)
+    contrastive_weight: float = Field(default=_MODEL.contrastive_weight, ge=0)
+    contrastive_temperature: float = Field(default=_MODEL.contrastive_temperature, gt=0)
+    contrastive_direction: Literal[tuple(CONTRASTIVE_DIRECTIONS)] = _MODEL.contrastive_direction  # type: ignore[valid-type]
+    contrastive_projection: bool = _MODEL.contrastive_projection
+    base_patch_size: int = Field(default=_MODEL.base_patch_size, ge=1, le=8)
 
 
 class CheckpointConfig(_Strict):
@@ -77,9 +115,11 @@ class CheckpointConfig(_Strict):
 
 class PretrainConfig(_Strict):
     data: DataConfig
-    model_size: Literal[tuple(SIZES)] = _RUN.model_size  # type: ignore[valid-type]
+    model_size: Literal[tuple(SIZES)] = _RUN.model.size  # type: ignore[valid-type]
+    model: ModelConfig = Field(default_factory=ModelConfig)
     steps: int = Field(default=_RUN.steps, gt=0)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    masking: MaskingConfig = Field(default_factory=MaskingConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     out_dir: Path = Path("pretrain-out")
     seed: int = _RUN.seed
@@ -88,7 +128,7 @@ class PretrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _warmup_within_steps(self) -> PretrainConfig:
-        if self.optim.warmup_steps > self.steps:
+        if self.optim.warmup_steps is not None and self.optim.warmup_steps > self.steps:
             raise ValueError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds steps={self.steps}"
             )
@@ -99,14 +139,22 @@ class PretrainConfig(_Strict):
             loader = self.data.loader()
         except ValueError as exc:  # the loader's own checks (crop alignment, patch sizes)
             raise PretrainConfigError(f"data: {exc}") from None
+        try:
+            masking = MaskingParams(**self.masking.model_dump())
+        except ValueError as exc:
+            raise PretrainConfigError(f"masking: {exc}") from None
+        try:
+            model = LatentMIMConfig(size=self.model_size, **self.model.model_dump())
+        except ValueError as exc:
+            raise PretrainConfigError(f"model: {exc}") from None
         return PretrainSettings(
             store=self.data.store,
             storage_options=dict(self.data.storage_options),
             checkpoint_dir=self.checkpoint.dir,
             out_dir=self.out_dir,
-            loader=loader,
+            loader=dataclasses.replace(loader, masking=masking),
             optim=OptimParams(**self.optim.model_dump()),
-            model_size=self.model_size,
+            model=model,
             steps=self.steps,
             workers=self.data.workers,
             seed=self.seed,

@@ -429,7 +429,9 @@ class CorpusStream(IterableDataset):
         np.stack([c.months for c in crops], out=months.numpy())
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
         generator = torch.Generator().manual_seed(plan.masking_seed)
-        views = mask_batch(batch, generator, self.params.num_views, out=next(arena))
+        views = mask_batch(
+            batch, generator, self.params.num_views, out=next(arena), params=self.params.masking
+        )
         return LoaderItem(
             batch,
             views,

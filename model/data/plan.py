@@ -27,11 +27,12 @@ Split policy (documented contract):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from terracube.catalog.bands import BASE_RESOLUTION_M, TILE_SIZE_M
 from terracube.catalog.registry import BAND_GROUPS, band_group
+from terracube.model.train.masking import MaskingParams
 from terracube.pipeline.corpus.shard_geometry import Window
 
 TILE_PIXELS = TILE_SIZE_M // BASE_RESOLUTION_M
@@ -57,6 +58,8 @@ class LoaderParams:
     drop_last: bool = False
     equalize: bool = False
     num_views: int = 2
+    masking: MaskingParams = field(default_factory=MaskingParams)
+    """How each view is masked (in the workers); the YAML `masking:` section."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

@@ -99,11 +99,20 @@ class Encoders:
     label: str
 
 
-def init_model(size: str, seed: int) -> LatentMIM:
+def init_model(size: str | LatentMIMConfig, seed: int) -> LatentMIM:
     """Exactly how pretraining builds its step-0 model, without touching the caller's RNG."""
+    config = LatentMIMConfig(size=size) if isinstance(size, str) else size
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return LatentMIM(LatentMIMConfig(size=size))
+        return LatentMIM(config)
+
+
+def checkpoint_model_config(settings: dict[str, Any]) -> LatentMIMConfig:
+    """The model a checkpoint's recorded settings describe (its size and recipe options)."""
+    recorded = settings.get("model")
+    if isinstance(recorded, dict):
+        return LatentMIMConfig(**recorded)
+    return LatentMIMConfig(size=str(settings.get("model_size", "nano")))
 
 
 def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
@@ -124,10 +133,10 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
                 f"{state.get('format') if isinstance(state, dict) else None!r}, expected {CHECKPOINT_FORMAT})"
             )
         settings = state.get("settings", {})
-        size, seed = str(settings.get("model_size", "nano")), int(settings.get("seed", 0))
-        trained = init_model(size, seed)
+        config, seed = checkpoint_model_config(settings), int(settings.get("seed", 0))
+        trained = init_model(config, seed)
         trained.load_state_dict(state["model"])
-        random_init = init_model(size, seed)
+        random_init = init_model(config, seed)
         label = f"{path.name} (step {state.get('step')})"
     for model in (trained, random_init):
         model.eval().requires_grad_(False).to(params.torch_device())

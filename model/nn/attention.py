@@ -1,7 +1,13 @@
-"""Pre-LN transformer blocks on SDPA with key-padding masks for ragged token counts."""
+"""Pre-LN transformer blocks on SDPA with key-padding masks for ragged token counts.
+
+As in the reference (allenai/olmoearth_pretrain nn/attention.py): stochastic depth
+(`DropPath`, per sample, on both residual branches) and cross-attention blocks whose
+context is used as given (the decoder normalises and projects it once, before the blocks).
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -38,6 +44,24 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random `rate` of the
+    samples and scale the others by 1 / (1 - rate); the identity in eval."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop_path={rate}; it must lie in [0, 1)")
+        self.rate = rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        return x * (torch.rand(shape, dtype=x.dtype, device=x.device) < keep).to(x.dtype) / keep
+
+
 class Mlp(nn.Sequential):
     def __init__(self, dim: int, ratio: float) -> None:
         hidden = int(dim * ratio)
@@ -45,7 +69,23 @@ class Mlp(nn.Sequential):
 
 
 class SelfAttentionBlock(nn.Module):
-    """Pre-LN ViT block."""
+    """Pre-LN ViT block with stochastic depth."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor, key_valid: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), key_valid))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-LN block whose queries attend only to the context (taken as given)."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -54,22 +94,6 @@ class SelfAttentionBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, mlp_ratio)
 
-    def forward(self, x: Tensor, key_valid: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x), key_valid)
-        return x + self.mlp(self.norm2(x))
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-LN block whose queries attend only to a (normalised) context."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_context = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_ratio)
-
     def forward(self, x: Tensor, context: Tensor, context_valid: Tensor) -> Tensor:
-        x = x + self.attn(self.norm_q(x), context_valid, self.norm_context(context))
+        x = x + self.attn(self.norm1(x), context_valid, context)
         return x + self.mlp(self.norm2(x))

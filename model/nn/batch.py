@@ -91,8 +91,12 @@ def validate_batch(batch: Batch) -> None:
             f"Batch.months must be int64 (B, T), got {batch.months.dtype} {tuple(batch.months.shape)}"
         )
     b, t = batch.months.shape
-    if bool(((batch.months < 0) | (batch.months > 11)).any()):
-        raise ValueError("Batch.months must hold calendar months 0..11 (January = 0)")
+    out_of_range = ((batch.months < 0) | (batch.months > 11)).any()
+    if batch.months.device.type == "cpu":
+        if bool(out_of_range):
+            raise ValueError("Batch.months must hold calendar months 0..11 (January = 0)")
+    else:  # no host read in a device step: an asynchronous assertion instead
+        torch._assert_async(~out_of_range, "Batch.months must hold calendar months 0..11")
     shape_hw: tuple[int, int] | None = None
     for name in batch.groups:
         x, v = batch.data[name], batch.valid[name]

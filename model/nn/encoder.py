@@ -1,4 +1,9 @@
-"""ViT encoder over ragged token sets, with a registry of model sizes."""
+"""ViT encoder over ragged token sets, with a registry of model sizes.
+
+The sizes are OlmoEarth v1's (allenai/olmoearth_pretrain internal/utils.py: nano, tiny,
+base and large with a 4-block decoder of the encoder's width and heads); the encoder
+blocks of nano/tiny/base hold 793,344 / 5,338,752 / 85,056,000 parameters there and here.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ class ModelSize:
 SIZES: dict[str, ModelSize] = {
     s.name: s
     for s in (
-        ModelSize("nano", dim=128, depth=4, heads=8, decoder_depth=2),
+        ModelSize("nano", dim=128, depth=4, heads=8, decoder_depth=4),
         ModelSize("tiny", dim=192, depth=12, heads=3, decoder_depth=4),
         ModelSize("base", dim=768, depth=12, heads=12, decoder_depth=4),
         ModelSize("large", dim=1024, depth=24, heads=16, decoder_depth=4),
@@ -48,10 +53,11 @@ def masked_mean(tokens: Tensor, present: Tensor) -> Tensor:
 class Encoder(nn.Module):
     """Pre-LN ViT: (B, N, D) padded tokens + (B, N) presence -> normalised (B, N, D)."""
 
-    def __init__(self, size: ModelSize) -> None:
+    def __init__(self, size: ModelSize, drop_path: float = 0.0) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            SelfAttentionBlock(size.dim, size.heads, size.mlp_ratio) for _ in range(size.depth)
+            SelfAttentionBlock(size.dim, size.heads, size.mlp_ratio, drop_path)
+            for _ in range(size.depth)
         )
         self.norm = nn.LayerNorm(size.dim)
 
@@ -69,9 +75,9 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def init_weights(module: nn.Module) -> None:
-    """ViT-style init: truncated-normal linears, zero biases."""
+    """The reference's init (after the official JAX ViT): xavier-uniform linears, zero biases."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 torch.nn.init.zeros_(m.bias)

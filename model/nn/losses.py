@@ -1,25 +1,55 @@
-"""Latent MIM Lite losses, always computed in float32 (also under autocast)."""
+"""Latent MIM Lite losses, always computed in float32 (also under autocast).
+
+Patch discrimination (`patch_discrimination_loss`): each decoded token's prediction
+against the frozen targets of the decoded tokens of its scope in its sample; the scope
+is its modality by default (the reference's `ModalityPatchDiscriminationLoss`, v1's
+"modality_patch_discrimination_new"), or its band group, or every decoded token of the
+sample. Two reductions (`PatchReduction`):
+- "per_sample" (default, the reference's): 2*tau * cross-entropy, averaged over a
+  sample's tokens of a scope, then over the samples that have any, summed over scopes;
+- "token_mean": the plain cross-entropy averaged over every decoded token of the batch.
+
+Instance contrastive (`instance_contrastive_loss`): InfoNCE between the two views'
+embeddings of each sample against the other samples. "one_way" (the reference's
+InfoNCE) scores view 1 against view 2 only; "symmetric" averages both directions.
+
+Nothing here reads a value back to the host: the token counts that decide tensor shapes
+come with the masks (see `pack`), so a CUDA step never waits on one.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NegativeScope = Literal["band_group", "modality", "all"]
-NEGATIVE_SCOPES: tuple[str, ...] = ("band_group", "modality", "all")
+NegativeScope = Literal["modality", "band_group", "all"]
+NEGATIVE_SCOPES: tuple[str, ...] = ("modality", "band_group", "all")
+PatchReduction = Literal["per_sample", "token_mean"]
+PATCH_REDUCTIONS: tuple[str, ...] = ("per_sample", "token_mean")
+ContrastiveDirection = Literal["one_way", "symmetric"]
+CONTRASTIVE_DIRECTIONS: tuple[str, ...] = ("one_way", "symmetric")
 
 
-def pack(mask: Tensor, min_length: int = 0) -> tuple[Tensor, Tensor]:
+_ABSENT = -1e9
+"""Logit of an absent slot: finite, so a row with no present key keeps finite gradients
+(an -inf row would give NaN through logsumexp even where its loss is discarded)."""
+
+
+def pack(mask: Tensor, length: int | None = None) -> tuple[Tensor, Tensor]:
     """Indices (B, K) of each row's True entries, front-packed in order, and their presence.
 
-    K is the largest row count (at least `min_length`); padding slots repeat index 0
-    and are False in the presence mask.
+    K is `length` when given (it must be at least the largest row count: the masks' own
+    counts, known on the host before the step, give it without a device sync), else the
+    largest row count (read from the device). Padding slots repeat index 0 and are False
+    in the presence mask.
     """
     counts = mask.sum(dim=1)
-    k = max(int(counts.max()) if mask.numel() else 0, min_length)
+    k = length if length is not None else (int(counts.max()) if mask.numel() else 0)
+    k = min(k, mask.shape[1])
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :k]
     present = torch.arange(k, device=mask.device)[None, :] < counts[:, None]
     return order.masked_fill(~present, 0), present
@@ -30,56 +60,84 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def scope_cross_entropy(pred: Tensor, target: Tensor, present: Tensor, temperature: float) -> Tensor:
+    """(B, K) cross-entropy of each token's prediction against its sample's K targets of one
+    scope (its own target the positive, absent slots excluded); 0 where not present."""
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    logits = torch.bmm(p, t.transpose(1, 2)) / temperature  # (B, K, K)
+    logits = logits.masked_fill(~present[:, None, :], _ABSENT)
+    positive = torch.diagonal(logits, dim1=1, dim2=2)
+    ce = torch.logsumexp(logits, dim=-1) - positive
+    return torch.where(present, ce, 0.0)
+
+
 def patch_discrimination_loss(
-    pred: Tensor, target: Tensor, present: Tensor, scope_ids: Tensor, temperature: float = 0.1
+    scopes: Sequence[tuple[Tensor, Tensor, Tensor]],
+    temperature: float = 0.1,
+    reduction: PatchReduction = "per_sample",
 ) -> Tensor:
-    """InfoNCE of each decoded token against the targets of its scope within its sample.
-
-    pred, target: (B, M, D); present: (B, M) bool; scope_ids: (B, M) int — negatives of a
-    token are the other present tokens of the same sample with the same scope id (its
-    band group, its modality, or all). Mean over present tokens; 0 when there are none.
-    """
-    with torch.autocast(pred.device.type, enabled=False):
-        pred = F.normalize(pred.float(), dim=-1)
-        target = F.normalize(target.float(), dim=-1)
-        total = pred.new_zeros(())
-        count = 0
-        for scope in torch.unique(scope_ids[present]).tolist():
-            index, slot = pack(present & (scope_ids == scope))
-            p, t = gather_tokens(pred, index), gather_tokens(target, index)
-            logits = torch.bmm(p, t.transpose(1, 2)) / temperature  # (B, K, K)
-            logits = logits.masked_fill(~slot[:, None, :], float("-inf"))
-            labels = torch.arange(slot.shape[1], device=pred.device).expand_as(slot)
-            losses = F.cross_entropy(logits[slot], labels[slot], reduction="sum")
-            total = total + losses
-            count += int(slot.sum())
-        return total / max(count, 1)
-
-
-def scope_ids_for(scope: NegativeScope, group_ids: Tensor, modality_ids: Tensor) -> Tensor:
-    """Per-token scope ids for the chosen negative set."""
-    if scope == "band_group":
-        return group_ids
-    if scope == "modality":
-        return modality_ids
-    if scope == "all":
-        return torch.zeros_like(group_ids)
-    raise ValueError(f"negatives={scope!r}; choose one of {NEGATIVE_SCOPES}")
+    """Patch discrimination over scopes, each (pred (B, K, D), target (B, K, D), present
+    (B, K) bool) holding one scope's decoded tokens per sample (see the module doc)."""
+    if reduction not in PATCH_REDUCTIONS:
+        raise ValueError(f"reduction={reduction!r}; choose one of {PATCH_REDUCTIONS}")
+    with torch.autocast(scopes[0][0].device.type if scopes else "cpu", enabled=False):
+        total: Tensor | None = None
+        count: Tensor | None = None
+        for pred, target, present in scopes:
+            if pred.shape[1] == 0:
+                continue
+            ce = scope_cross_entropy(pred, target, present, temperature)
+            if reduction == "per_sample":
+                n = present.sum(dim=1)
+                per_sample = ce.sum(dim=1) / n.clamp(min=1)
+                has = (n > 0).to(ce.dtype)
+                term = 2 * temperature * (per_sample * has).sum() / has.sum().clamp(min=1)
+                total = term if total is None else total + term
+            else:
+                s, c = ce.sum(), present.sum()
+                total = s if total is None else total + s
+                count = c if count is None else count + c
+        if total is None:
+            zero = scopes[0][0].float().sum() * 0.0 if scopes else torch.zeros(())
+            return zero
+        if reduction == "token_mean":
+            assert count is not None
+            return total / count.clamp(min=1)
+        return total
 
 
 def instance_contrastive_loss(
-    first: Tensor, second: Tensor, temperature: float = 0.1, present: Tensor | None = None
+    first: Tensor,
+    second: Tensor,
+    temperature: float = 0.1,
+    present: Tensor | None = None,
+    direction: ContrastiveDirection = "one_way",
 ) -> Tensor:
-    """Symmetric InfoNCE between pooled embeddings (B, D) of two views of the same batch;
-    sample i of one view is the positive of sample i of the other. Samples with
-    `present` False (no encoded tokens in a view) are left out entirely."""
+    """InfoNCE between embeddings (B, D) of two views of the same batch: sample i of one
+    view is the positive of sample i of the other. Samples with `present` False (no
+    encoded token in a view) are neither anchors nor negatives; 0 with fewer than two."""
+    if direction not in CONTRASTIVE_DIRECTIONS:
+        raise ValueError(f"direction={direction!r}; choose one of {CONTRASTIVE_DIRECTIONS}")
     with torch.autocast(first.device.type, enabled=False):
         a = F.normalize(first.float(), dim=-1)
         b = F.normalize(second.float(), dim=-1)
-        if present is not None:
-            a, b = a[present], b[present]
-        if a.shape[0] < 2:
-            return a.new_zeros(()) + 0.0 * (first.sum() + second.sum())
-        logits = a @ b.T / temperature
-        labels = torch.arange(a.shape[0], device=a.device)
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        keep = (
+            present
+            if present is not None
+            else torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+        )
+        logits = (a @ b.T / temperature).masked_fill(~keep[None, :], _ABSENT)
+        weight = keep.to(a.dtype)
+        enough = (weight.sum() >= 2).to(a.dtype)
+        denominator = weight.sum().clamp(min=1)
+
+        def one_direction(scores: Tensor) -> Tensor:
+            ce = torch.logsumexp(scores, dim=-1) - torch.diagonal(scores)
+            return torch.where(keep, ce, 0.0).sum() / denominator
+
+        loss = one_direction(logits)
+        if direction == "symmetric":
+            sym = (b @ a.T / temperature).masked_fill(~keep[None, :], _ABSENT)
+            loss = 0.5 * (loss + one_direction(sym))
+        return loss * enough

@@ -30,8 +30,8 @@ class TokenSequence:
     """Everything the encoder, decoder and loss need about every token of a batch."""
 
     spans: tuple[GroupSpan, ...]
-    content: Tensor  # (B, N, D) patch embedding + encodings (encodings only for decode-only groups)
-    encodings: Tensor  # (B, N, D) where/when/what, used as decoder queries
+    content: Tensor  # (B, N, D) encoder input: patch embedding + encodings (maps: encodings only)
+    encodings: Tensor  # (B, N, D) fixed time/month/space quarters (channel quarter zero)
     valid: Tensor  # (B, N) bool token validity
     group_ids: Tensor  # (B, N) long registry group index
     modality_ids: Tensor  # (B, N) long registry modality index

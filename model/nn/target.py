@@ -1,49 +1,87 @@
-"""Latent MIM Lite targets: a frozen, random, per-band-group linear patch projection.
+"""Latent MIM Lite targets: a frozen linear patch embedding per band group.
 
-The weights are buffers, not parameters: `model.parameters()` (what an optimizer
-sees) never contains them, they never get a gradient, and they still travel with
-`.to(device)` and the state dict so a resumed run predicts the same targets.
+Two constructions (`TargetKind`):
+- "patch_embed_copy" (default, OlmoEarth v1): a copy of the online patch embeddings as
+  they were at initialisation, bias included, for every band group; maps (never encoded)
+  get patch embeddings initialised the same way. The reference's target encoder is a
+  deep copy of the online encoder with EMA decay 1.0 and token exit 0 for every
+  modality, so its targets are exactly these initial patch embeddings.
+- "random_projection": an independent Gaussian projection (std 1/sqrt(fan_in)), no
+  bias, seeded by `target_seed`; its width may differ from the encoder's.
+
+The weights are buffers, not parameters: `model.parameters()` (what an optimizer sees)
+never contains them, they never get a gradient, and they still travel with `.to(device)`
+and the state dict, so a resumed run predicts the same targets.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from terracube.model.nn.flexi import pi_resize_kernel
 from terracube.model.nn.groups import all_groups, group_channels
-from terracube.model.nn.tokenizer import BASE_PATCH_SIZE, masked_pixels
+from terracube.model.nn.tokenizer import PatchResize, Tokenizer, patch_embed
 from torch import Tensor, nn
 
+TargetKind = Literal["patch_embed_copy", "random_projection"]
+TARGET_KINDS: tuple[str, ...] = ("patch_embed_copy", "random_projection")
 
-class FrozenTargetProjection(nn.Module):
-    """C*p*p -> target_dim linear map per band group, PI-resized like the tokenizer."""
+
+class FrozenTarget(nn.Module):
+    """Per band group: a frozen (out, C, k, k) kernel and optional bias, as buffers."""
 
     def __init__(
-        self, target_dim: int, seed: int = 0, base_patch_size: int = BASE_PATCH_SIZE
+        self, kernels: dict[str, tuple[Tensor, Tensor | None]], resize: PatchResize
     ) -> None:
         super().__init__()
-        self.target_dim = target_dim
+        self.resize = resize
+        self.groups = tuple(kernels)
+        self.target_dim = next(iter(kernels.values()))[0].shape[0]
+        for g, (weight, bias) in kernels.items():
+            self.register_buffer(f"weight_{g}", weight.detach().clone(), persistent=True)
+            if bias is not None:
+                self.register_buffer(f"bias_{g}", bias.detach().clone(), persistent=True)
+
+    @classmethod
+    def copy_of(cls, tokenizer: Tokenizer, resize: PatchResize) -> FrozenTarget:
+        """Targets from the tokenizer's current (initial) weights, one per group it holds."""
+        kernels: dict[str, tuple[Tensor, Tensor | None]] = {
+            g: (e.weight, e.bias) for g, e in tokenizer.embed.items()
+        }
+        return cls(kernels, resize)
+
+    @classmethod
+    def random(
+        cls, target_dim: int, seed: int, base_patch_size: int, resize: PatchResize
+    ) -> FrozenTarget:
         generator = torch.Generator().manual_seed(seed)
         k = base_patch_size
+        kernels: dict[str, tuple[Tensor, Tensor | None]] = {}
         for g in all_groups():
             c = group_channels(g)
             w = torch.randn(target_dim, c, k, k, generator=generator) / math.sqrt(c * k * k)
-            self.register_buffer(self._key(g), w, persistent=True)
-
-    @staticmethod
-    def _key(group: str) -> str:
-        return f"weight_{group}"
+            kernels[g] = (w, None)
+        return cls(kernels, resize)
 
     def weight(self, group: str) -> Tensor:
-        return getattr(self, self._key(group))
+        weight: Tensor = getattr(self, f"weight_{group}")
+        return weight
+
+    def bias(self, group: str) -> Tensor | None:
+        bias: Tensor | None = getattr(self, f"bias_{group}", None)
+        return bias
 
     @torch.no_grad()
     def forward(self, group: str, data: Tensor, valid: Tensor, patch_size: int) -> Tensor:
         """(B, T, C, H, W) -> (B, T, H/p, W/p, target_dim) float32 targets, no autograd."""
-        b, t = data.shape[:2]
         with torch.autocast(data.device.type, enabled=False):
-            kernel = pi_resize_kernel(self.weight(group).float(), patch_size)
-            out = F.conv2d(masked_pixels(data.float(), valid), kernel, stride=patch_size)
-        return out.reshape(b, t, *out.shape[1:]).permute(0, 1, 3, 4, 2)
+            bias = self.bias(group)
+            return patch_embed(
+                data.float(),
+                valid,
+                self.weight(group).float(),
+                None if bias is None else bias.float(),
+                patch_size,
+                self.resize,
+            )

@@ -1,6 +1,6 @@
 """Latent MIM Lite pretraining from a built corpus, on one process or under torchrun DDP.
 
-AdamW (no decay on biases and norms) with warmup + cosine decay, gradient
+AdamW (OlmoEarth v1's settings, model/train/schedule.py) with warmup + cosine decay, gradient
 clipping and accumulation; bf16 autocast (and optionally torch.compile) on GPU,
 fp32 on CPU; the losses are fp32 always (model/nn/losses.py). Every
 `checkpoint_interval` steps rank 0 writes model, optimizer, scheduler, loader
@@ -47,7 +47,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+"""2: the OlmoEarth v1 recipe's modules (patch-embedding target, channel embeddings,
+contrastive head); a format-1 checkpoint is refused with its format named."""
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 SUMMARY_FILE = "summary.json"
@@ -65,7 +67,8 @@ class PretrainSettings:
     storage_options: dict[str, Any] = field(default_factory=dict)
     loader: LoaderParams = field(default_factory=LoaderParams)
     optim: OptimParams = field(default_factory=OptimParams)
-    model_size: str = "nano"
+    model: LatentMIMConfig = field(default_factory=LatentMIMConfig)
+    """Size and recipe options (model/nn/olmoearth.py); YAML `model_size` and `model:`."""
     steps: int = 1000
     workers: int = 2
     """DataLoader worker processes."""
@@ -113,13 +116,15 @@ def _setup(settings: PretrainSettings) -> _Runtime:
     return _Runtime(device, rank, world_size, world_size > 1, autocast=want_cuda)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and other vectors (the usual ViT recipe)."""
+def _param_groups(model: nn.Module, optim: OptimParams) -> list[dict[str, Any]]:
+    """Weight decay on every parameter (the reference's), or with decay_on "matrices"
+    none on biases, norms and other vectors (the usual ViT recipe)."""
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
+            (decay if p.ndim >= 2 or optim.decay_on == "all" else no_decay).append(p)
+    weight_decay = optim.weight_decay
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -191,7 +196,7 @@ class _Trainer:
         self.settings = settings
         self.rt = _setup(settings)
         torch.manual_seed(settings.seed)
-        self.model = LatentMIM(LatentMIMConfig(size=settings.model_size)).to(self.rt.device)
+        self.model = LatentMIM(settings.model).to(self.rt.device)
         self.forward_model: nn.Module = self.model
         if settings.compile and self.rt.device.type == "cuda":
             # compiling a Module returns a Module (OptimizedModule); the stubs say any callable
@@ -204,13 +209,13 @@ class _Trainer:
                 find_unused_parameters=True,
             )
         self.optimizer = torch.optim.AdamW(
-            _param_groups(self.model, settings.optim.weight_decay),
+            _param_groups(self.model, settings.optim),
             lr=settings.optim.lr,
-            betas=(0.9, 0.95),
+            betas=(settings.optim.beta1, settings.optim.beta2),
         )
+        warmup = settings.optim.warmup_for(settings.steps)
         self.scheduler = warmup_cosine(
-            self.optimizer,
-            WarmupCosine(settings.optim.warmup_steps, settings.steps, settings.optim.min_lr_ratio),
+            self.optimizer, WarmupCosine(warmup, settings.steps, settings.optim.min_lr_ratio)
         )
         dataset = CorpusStream(
             settings.store,
@@ -287,32 +292,36 @@ class _Trainer:
         s = self.settings
         started = time.perf_counter()
         wait = 0.0
-        totals = {"loss": 0.0, "patch_discrimination": 0.0, "contrastive": 0.0}
-        tokens = samples = errors = 0
+        keys = ("loss", "patch_discrimination", "contrastive")
+        sums: dict[str, torch.Tensor] = {}  # device tensors: read once, after the step
+        samples = errors = 0
         pooled = []
         for micro in range(s.optim.accumulation):
             t0 = time.perf_counter()
             item = next(items)
             wait += time.perf_counter() - t0
             out = self._micro_step(item, last=micro == s.optim.accumulation - 1)
-            for key in totals:
-                totals[key] += float(out[key].detach()) / s.optim.accumulation
-            tokens += int(out["encoded_tokens"]) + int(out["decoded_tokens"])
+            step_values = {k: out[k].detach().float() for k in keys}
+            step_values["tokens"] = out["encoded_tokens"] + out["decoded_tokens"]
+            for key, value in step_values.items():
+                sums[key] = value if key not in sums else sums[key] + value
             samples += item.batch_size
             errors += item.decode_errors
-            pooled.append(out["pooled"].detach().float().cpu())
+            pooled.append(out["pooled"].detach().float())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        totals = {k: float(sums[k]) / s.optim.accumulation for k in keys}
+        tokens = int(sums["tokens"])
         if self.rt.distributed:
             mean = torch.tensor([totals["loss"]], dtype=torch.float64)
             dist.all_reduce(mean)
             totals["loss_mean_ranks"] = float(mean) / self.rt.world_size
         elapsed = time.perf_counter() - started
-        embeddings = torch.cat(pooled)
+        embeddings = torch.cat(pooled).cpu()
         row: dict[str, Any] = {
             "step": self.step,
             "epoch": self.loader.epoch,

@@ -6,7 +6,12 @@ import math
 
 import pytest
 import torch
-from terracube.model.nn.losses import instance_contrastive_loss, pack, patch_discrimination_loss
+from terracube.model.nn.losses import (
+    gather_tokens,
+    instance_contrastive_loss,
+    pack,
+    patch_discrimination_loss,
+)
 from terracube.model.train.diagnostics import effective_rank, embedding_std
 
 
@@ -15,23 +20,42 @@ def _unit(v: list[float]) -> list[float]:
     return [x / norm for x in v]
 
 
-def reference_patch_discrimination(pred, target, present, scope, temperature) -> float:
-    """Readable reference: for each present token i of sample b, softmax over the targets
-    of the present tokens j of sample b with the same scope; mean of -log p(i)."""
-    losses = []
+def _ce(p_i: list[float], targets: list[list[float]], i: int, temperature: float) -> float:
+    p = _unit(p_i)
+    logits = [sum(x * y for x, y in zip(p, _unit(t), strict=True)) / temperature for t in targets]
+    return math.log(sum(math.exp(v) for v in logits)) - logits[i]
+
+
+def reference_patch_discrimination(pred, target, present, scope, temperature, reduction) -> float:
+    """Readable reference. Each present token i of sample b: softmax over the targets of the
+    present tokens of sample b with the same scope, -log p(i). per_sample (the reference's
+    ModalityPatchDiscriminationLoss): 2 tau x the mean over a sample's tokens of a scope,
+    mean over samples having any, sum over scopes. token_mean: mean over every token."""
+    per_scope: dict[int, dict[int, list[float]]] = {}
     for b in range(len(pred)):
         for i in range(len(pred[b])):
             if not present[b][i]:
                 continue
-            p = _unit(pred[b][i])
-            logits = {}
-            for j in range(len(pred[b])):
-                if present[b][j] and scope[b][j] == scope[b][i]:
-                    t = _unit(target[b][j])
-                    logits[j] = sum(x * y for x, y in zip(p, t, strict=True)) / temperature
-            log_z = math.log(sum(math.exp(v) for v in logits.values()))
-            losses.append(log_z - logits[i])
-    return sum(losses) / len(losses)
+            same = [j for j in range(len(pred[b])) if present[b][j] and scope[b][j] == scope[b][i]]
+            ce = _ce(pred[b][i], [target[b][j] for j in same], same.index(i), temperature)
+            per_scope.setdefault(scope[b][i], {}).setdefault(b, []).append(ce)
+    if reduction == "token_mean":
+        every = [v for samples in per_scope.values() for vs in samples.values() for v in vs]
+        return sum(every) / len(every)
+    total = 0.0
+    for samples in per_scope.values():
+        means = [2 * temperature * sum(vs) / len(vs) for vs in samples.values()]
+        total += sum(means) / len(means)
+    return total
+
+
+def split_by_scope(pred, target, present, scope):
+    """(pred, target, present) per distinct scope id, packed per sample as the model does."""
+    out = []
+    for s in torch.unique(scope[present]).tolist():
+        index, slot = pack(present & (scope == s))
+        out.append((gather_tokens(pred, index), gather_tokens(target, index), slot))
+    return out
 
 
 def hand_made(seed: int = 0):
@@ -43,49 +67,82 @@ def hand_made(seed: int = 0):
     return pred, target, present, groups
 
 
+@pytest.mark.parametrize("reduction", ["per_sample", "token_mean"])
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
-def test_patch_discrimination_equals_reference_loop(temperature: float) -> None:
+def test_patch_discrimination_equals_reference_loop(temperature: float, reduction: str) -> None:
     pred, target, present, groups = hand_made()
-    got = patch_discrimination_loss(pred, target, present, groups, temperature)
+    scopes = split_by_scope(pred, target, present, groups)
+    got = patch_discrimination_loss(scopes, temperature, reduction)  # type: ignore[arg-type]
     want = reference_patch_discrimination(
-        pred.tolist(), target.tolist(), present.tolist(), groups.tolist(), temperature
+        pred.tolist(), target.tolist(), present.tolist(), groups.tolist(), temperature, reduction
     )
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(want, rel=1e-5)
 
 
+def test_the_two_reductions_differ_on_unequal_samples() -> None:
+    """Sample 0 has 5 tokens of scope 0 and sample 1 one: per_sample weighs the samples
+    equally, token_mean the tokens; the figures differ by more than the 2 tau factor."""
+    pred, target, present, _ = hand_made(4)
+    present = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    scopes = split_by_scope(pred, target, present, torch.zeros(2, 6, dtype=torch.long))
+    per_sample = patch_discrimination_loss(scopes, 0.1, "per_sample").item()
+    token_mean = patch_discrimination_loss(scopes, 0.1, "token_mean").item()
+    assert per_sample / 0.2 != pytest.approx(token_mean, rel=1e-3)
+
+
 def test_known_value_for_two_orthogonal_tokens() -> None:
-    # perfect predictions of two orthogonal targets: loss = log(1 + exp(-1/T))
+    # perfect predictions of two orthogonal targets: CE = log(1 + exp(-1/T)) per token
     pred = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])
     present = torch.ones(1, 2, dtype=torch.bool)
-    loss = patch_discrimination_loss(
-        pred, pred.clone(), present, torch.zeros(1, 2, dtype=torch.long), 0.1
-    )
-    assert loss.item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-6)
+    tau = 0.25
+    ce = math.log(1 + math.exp(-1 / tau))
+    scopes = [(pred, pred.clone(), present)]
+    mean = patch_discrimination_loss(scopes, tau, "token_mean").item()
+    assert mean == pytest.approx(ce, rel=1e-5)
+    assert patch_discrimination_loss(scopes, tau).item() == pytest.approx(2 * tau * ce, rel=1e-5)
+    # two scopes of that same sample: per_sample sums them, token_mean averages
+    two = scopes + scopes
+    assert patch_discrimination_loss(two, tau).item() == pytest.approx(4 * tau * ce, rel=1e-5)
+    assert patch_discrimination_loss(two, tau, "token_mean").item() == pytest.approx(ce, rel=1e-5)
 
 
 def test_restricted_negatives_differ_exactly_when_cross_group_negatives_exist() -> None:
     pred, target, present, groups = hand_made(1)
     everything = torch.zeros_like(groups)
-    restricted = patch_discrimination_loss(pred, target, present, groups)
-    unrestricted = patch_discrimination_loss(pred, target, present, everything)
+
+    def loss(scope: torch.Tensor) -> torch.Tensor:
+        return patch_discrimination_loss(
+            split_by_scope(pred, target, present, scope), 0.1, "token_mean"
+        )
+
+    restricted, unrestricted = loss(groups), loss(everything)
     assert abs(restricted.item() - unrestricted.item()) > 1e-3
     # with one group only, both scopes name the same negatives: bit-identical
-    one_group = torch.full_like(groups, 4)
-    assert torch.equal(
-        patch_discrimination_loss(pred, target, present, one_group),
-        patch_discrimination_loss(pred, target, present, everything),
-    )
+    assert torch.equal(loss(torch.full_like(groups, 4)), loss(everything))
     # restricting can only remove negatives, so the loss cannot grow
     assert restricted.item() < unrestricted.item()
 
 
+def test_a_sample_without_tokens_of_a_scope_adds_nothing_and_keeps_gradients_finite() -> None:
+    pred, target, present, groups = hand_made(3)
+    present[1] = False  # sample 1 decodes nothing
+    pred.requires_grad_(True)
+    scopes = split_by_scope(pred, target, present, groups)
+    loss = patch_discrimination_loss(scopes, 0.1)
+    loss.backward()
+    assert pred.grad is not None and torch.isfinite(pred.grad).all()
+    assert not pred.grad[1].any()
+    only_first = split_by_scope(pred[:1], target[:1], present[:1], groups[:1])
+    assert loss.item() == pytest.approx(patch_discrimination_loss(only_first, 0.1).item())
+
+
 def test_loss_is_float32_under_bf16_autocast() -> None:
     pred, target, present, groups = hand_made(2)
-    pred16, target16 = pred.bfloat16(), target.bfloat16()
+    scopes16 = split_by_scope(pred.bfloat16(), target.bfloat16(), present, groups)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = patch_discrimination_loss(pred16, target16, present, groups)
-    want = patch_discrimination_loss(pred16.float(), target16.float(), present, groups)
+        got = patch_discrimination_loss(scopes16)
+    want = patch_discrimination_loss([(p.float(), t.float(), s) for p, t, s in scopes16])
     assert got.dtype == torch.float32
     assert torch.equal(got, want)
 
@@ -96,23 +153,24 @@ def test_instance_contrastive_equals_reference_loop() -> None:
     temperature = 0.2
 
     def one_direction(x, y) -> float:
-        total = 0.0
-        for i in range(len(x)):
-            sims = [
-                sum(p * q for p, q in zip(_unit(x[i]), _unit(y[j]), strict=True)) / temperature
-                for j in range(len(y))
-            ]
-            total += math.log(sum(math.exp(s) for s in sims)) - sims[i]
-        return total / len(x)
+        return sum(_ce(x[i], y, i, temperature) for i in range(len(x))) / len(x)
 
-    want = 0.5 * (one_direction(a.tolist(), b.tolist()) + one_direction(b.tolist(), a.tolist()))
-    assert instance_contrastive_loss(a, b, temperature).item() == pytest.approx(want, rel=1e-5)
+    forward = one_direction(a.tolist(), b.tolist())
+    backward = one_direction(b.tolist(), a.tolist())
+    got = instance_contrastive_loss(a, b, temperature)  # one way: the reference's InfoNCE
+    assert got.item() == pytest.approx(forward, rel=1e-5)
+    symmetric = instance_contrastive_loss(a, b, temperature, direction="symmetric")
+    assert symmetric.item() == pytest.approx(0.5 * (forward + backward), rel=1e-5)
     # samples without encoded tokens are left out entirely
     present = torch.tensor([True, False, True, True])
     keep = present.nonzero().squeeze(1)
-    assert instance_contrastive_loss(a, b, temperature, present).item() == pytest.approx(
-        instance_contrastive_loss(a[keep], b[keep], temperature).item()
-    )
+    for direction in ("one_way", "symmetric"):
+        assert instance_contrastive_loss(
+            a, b, temperature, present, direction  # type: ignore[arg-type]
+        ).item() == pytest.approx(
+            instance_contrastive_loss(a[keep], b[keep], temperature, None, direction).item()  # type: ignore[arg-type]
+        )
+    assert instance_contrastive_loss(a, b, present=torch.tensor([True, False, False, False])) == 0
 
 
 def test_pack_front_packs_in_order() -> None:
@@ -121,7 +179,9 @@ def test_pack_front_packs_in_order() -> None:
     assert index.tolist() == [[1, 3, 0], [0, 1, 2], [0, 0, 0]]
     assert present.tolist() == [[True, True, False], [True, True, True], [False, False, False]]
     assert pack(torch.zeros(2, 3, dtype=torch.bool))[0].shape == (2, 0)
-    assert pack(torch.zeros(2, 3, dtype=torch.bool), min_length=1)[0].shape == (2, 1)
+    # a length from the host (the masks' own counts) sizes the result without a device read
+    index, present = pack(mask, 4)
+    assert index.shape == (3, 4) and present.sum(1).tolist() == [2, 3, 0]
 
 
 def test_effective_rank_and_std_show_collapse() -> None:

@@ -1,4 +1,5 @@
-"""Modality-aware masking: exact counts, decode-only maps, missing data, determinism."""
+"""Masking machinery and the "group_split" strategy: exact counts, decode-only maps,
+missing data, determinism, transport. The default strategy: test_masking_cross.py."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 from terracube.model.data.transport import pack, unpack
 from terracube.model.nn.groups import all_groups, decode_only_groups, encodable_groups
 from terracube.model.nn.synthetic import synthetic_batch
-from terracube.model.train.masking import ViewMasks, mask_batch, sample_view_masks
+from terracube.model.train.masking import MaskingParams, ViewMasks, mask_batch, sample_view_masks
 from torch.utils.data import DataLoader, IterableDataset
+
+GROUP_SPLIT = MaskingParams(strategy="group_split")
 
 
 def random_token_valid(batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -39,7 +42,7 @@ def per_sample_counts(masks: ViewMasks, token_valid: dict[str, torch.Tensor]):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_counts_are_exact_and_groups_are_chosen_within_bounds(seed: int) -> None:
     token_valid = random_token_valid(batch_size=64, seed=seed)
-    masks = sample_view_masks(token_valid, torch.Generator().manual_seed(seed))
+    masks = sample_view_masks(token_valid, torch.Generator().manual_seed(seed), GROUP_SPLIT)
     b = 64
     enc_groups = torch.zeros(b, dtype=torch.long)
     dec_groups = torch.zeros(b, dtype=torch.long)
@@ -76,7 +79,7 @@ def test_number_of_encoded_groups_is_uniform_over_two_to_all() -> None:
         g: torch.ones(4000, 1 if g in decode_only_groups() else 2, 2, 2, dtype=torch.bool)
         for g in all_groups()
     }
-    masks = sample_view_masks(token_valid, torch.Generator().manual_seed(0))
+    masks = sample_view_masks(token_valid, torch.Generator().manual_seed(0), GROUP_SPLIT)
     n_enc = sum((masks.encode[g].flatten(1).any(1)).long() for g in encodable_groups())
     counts = torch.bincount(n_enc, minlength=6)
     assert counts[:2].sum() == 0  # never fewer than 2 of the 5 encodable groups
@@ -134,7 +137,7 @@ def test_split_picks_every_valid_token_equally_often() -> None:
     would favour early or late tokens). 9 valid tokens of 10: 5 encoded, 4 decoded."""
     valid = torch.ones(6000, 1, 2, 5, dtype=torch.bool)
     valid[:, 0, 1, 4] = False
-    masks = sample_view_masks({"s2_10m": valid}, torch.Generator().manual_seed(3))
+    masks = sample_view_masks({"s2_10m": valid}, torch.Generator().manual_seed(3), GROUP_SPLIT)
     encode = masks.encode["s2_10m"].float().mean(0).flatten()
     decode = masks.decode["s2_10m"].float().mean(0).flatten()
     assert encode[9] == 0 and decode[9] == 0
@@ -148,12 +151,15 @@ def test_views_travel_as_one_tensor_each_and_come_back_equal() -> None:
     batch = synthetic_batch(batch_size=3, timesteps=2, size=8, patch_size=2)
     views = mask_batch(batch, torch.Generator().manual_seed(4))
     packed = pack(views)
-    assert len(packed.layout) == len(views)
+    assert all(v._counts is not None for v in views)  # the host counts travel too
+    assert len(packed.layout) == 2 * len(views)  # per view: its masks and its counts
     back = unpack(packed)
     for original, copy in zip(views, back, strict=True):
         for g in batch.groups:
             assert torch.equal(original.encode[g], copy.encode[g])
             assert torch.equal(original.decode[g], copy.decode[g])
+            assert torch.equal(copy.counts[g][0], copy.encode[g].flatten(1).sum(1))
+            assert torch.equal(copy.counts[g][1], copy.decode[g].flatten(1).sum(1))
     # masks built from separate tensors pickle group by group, and equally round-trip
     loose = ViewMasks(
         {"s2_10m": views[0].encode["s2_10m"].clone()}, {"s2_10m": views[0].decode["s2_10m"].clone()}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from terracube.model.nn.groups import all_groups, encodable_groups
+from terracube.model.nn.groups import all_groups, decode_only_groups, encodable_groups
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.nn.synthetic import synthetic_batch
 from terracube.model.train.masking import ViewMasks, mask_batch
@@ -28,17 +28,26 @@ def checkerboard_views(batch) -> list[ViewMasks]:
     return views
 
 
-def test_target_projection_is_frozen_through_adamw_steps() -> None:
+def test_target_is_the_initial_patch_embedding_and_stays_frozen_through_adamw_steps() -> None:
     torch.manual_seed(0)
     model = LatentMIM()
+    # at init the target is a copy of the online patch embedding, bias included ...
+    for g in encodable_groups():
+        online = model.tokenizer.embed[g]
+        assert torch.equal(model.target.weight(g), online.weight)
+        bias = model.target.bias(g)
+        assert bias is not None and torch.equal(bias, online.bias) and bias.abs().sum() > 0
+        assert model.target.weight(g).data_ptr() != online.weight.data_ptr()  # a copy
+    # ... and maps, never encoded, have target embeddings of their own
+    assert all(model.target.bias(g) is not None for g in decode_only_groups())
     before = {name: buf.clone() for name, buf in model.target.named_buffers()}
-    assert set(before) == {f"weight_{g}" for g in all_groups()}
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    assert set(before) == {f"{k}_{g}" for g in all_groups() for k in ("weight", "bias")}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.02)
     optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
     for buf in model.target.buffers():
         assert id(buf) not in optimised and not buf.requires_grad
     assert not list(model.target.parameters())
-    encoder_before = model.encoder.blocks[0].attn.q.weight.detach().clone()
+    online_before = model.tokenizer.embed["s2_10m"].weight.detach().clone()
     batch = synthetic_batch(batch_size=2, timesteps=2, size=8, patch_size=4)
     generator = torch.Generator().manual_seed(0)
     for _ in range(3):
@@ -48,16 +57,21 @@ def test_target_projection_is_frozen_through_adamw_steps() -> None:
     for name, buf in model.target.named_buffers():
         assert torch.equal(buf, before[name]), f"target {name} changed"
         assert buf.grad is None
-    assert not torch.equal(model.encoder.blocks[0].attn.q.weight, encoder_before)
+    assert not torch.equal(model.tokenizer.embed["s2_10m"].weight, online_before)
     # the frozen target travels with the checkpoint
     assert all(f"target.weight_{g}" in model.state_dict() for g in all_groups())
 
 
-def test_target_depends_only_on_the_seed() -> None:
-    a = LatentMIM(LatentMIMConfig(target_seed=1)).target.weight("s2_10m")
+def test_random_projection_target_depends_only_on_the_seed() -> None:
+    def target(seed: int) -> torch.Tensor:
+        config = LatentMIMConfig(target="random_projection", target_seed=seed, target_dim=64)
+        model = LatentMIM(config)
+        assert model.target.bias("s2_10m") is None and model.decoder.head.out_features == 64
+        return model.target.weight("s2_10m")
+
+    a = target(1)
     torch.manual_seed(123)
-    b = LatentMIM(LatentMIMConfig(target_seed=1)).target.weight("s2_10m")
-    c = LatentMIM(LatentMIMConfig(target_seed=2)).target.weight("s2_10m")
+    b, c = target(1), target(2)
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 

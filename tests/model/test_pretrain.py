@@ -218,12 +218,15 @@ def test_every_setting_is_defined_once_and_the_yaml_schema_reads_its_default() -
     import dataclasses
 
     from terracube.model.data.plan import LoaderParams
+    from terracube.model.train.masking import MaskingParams
     from terracube.model.train.pretrain import PretrainSettings
     from terracube.model.train.schedule import OptimParams
     from terracube.workflows.pretrain_config import (
         RUN_SET_LOADER_FIELDS,
         CheckpointConfig,
         DataConfig,
+        MaskingConfig,
+        ModelConfig,
         OptimConfig,
         PretrainConfig,
     )
@@ -252,11 +255,16 @@ def test_every_setting_is_defined_once_and_the_yaml_schema_reads_its_default() -
         run["checkpoint_interval"],
         run["keep_checkpoints"],
     )
+    assert schema(MaskingConfig) == defaults(MaskingParams)
+    model = defaults(LatentMIMConfig)
+    assert schema(ModelConfig) == {k: v for k, v in model.items() if k != "size"}
     top = schema(PretrainConfig)
-    for key in ("model_size", "steps", "seed", "device", "compile"):
+    assert top["model_size"] == run["model"].size  # type: ignore[attr-defined]
+    for key in ("steps", "seed", "device", "compile"):
         assert top[key] == run[key], key
     settings = PretrainConfig.model_validate({"data": {"store": "s"}}).settings()
     assert settings.loader == LoaderParams() and settings.optim == OptimParams()
+    assert settings.model == LatentMIMConfig()
 
 
 def test_a_crop_the_loader_refuses_is_a_config_error(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""FlexiViT PI-resize, patch embedding, and token encodings."""
+"""FlexiViT resizes (image bicubic, kernel PI), patch embedding, and token encodings."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from terracube.model.nn.batch import token_validity
-from terracube.model.nn.encodings import TokenEncodings, month_sincos
+import math
+
+import numpy as np
+from terracube.model.nn.encodings import ChannelEmbedding, fixed_encodings, month_sincos
 from terracube.model.nn.flexi import pi_resize_kernel, pi_resize_matrix
 from terracube.model.nn.tokenizer import FlexiPatchEmbed
 
@@ -47,7 +50,7 @@ def test_upsizing_beyond_the_base_preserves_tokens_of_upsampled_base_patches() -
 
 def test_patch_embedding_is_patch_size_consistent_and_ignores_invalid_pixels() -> None:
     torch.manual_seed(0)
-    embed = FlexiPatchEmbed(in_channels=2, dim=16).double()
+    embed = FlexiPatchEmbed(in_channels=2, dim=16, resize="pi_kernel").double()
     coarse = torch.randn(1, 1, 2, 4, 4, dtype=torch.float64)  # (B, T, C, H, W) at p = 2
     ones = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     tokens_p2 = embed(coarse, ones, 2)
@@ -76,12 +79,59 @@ def test_token_validity_threshold_is_half_the_pixels() -> None:
     assert token_validity(valid, 2).tolist() == [[[[False, True]]]]
 
 
+def test_image_bicubic_resize_is_the_reference_formula() -> None:
+    """At p != 8 the default tokenizer resizes the image so each p x p patch becomes
+    8 x 8 (bicubic, antialias) and applies the base conv with its bias."""
+    torch.manual_seed(0)
+    embed = FlexiPatchEmbed(in_channels=3, dim=5).double()
+    x = torch.randn(2, 1, 3, 8, 12, dtype=torch.float64)
+    ones = torch.ones(2, 1, 8, 12, dtype=torch.bool)
+    tokens = embed(x, ones, 4)
+    big = F.interpolate(x[:, 0], size=(16, 24), mode="bicubic", antialias=True)
+    expected = F.conv2d(big, embed.weight, embed.bias, stride=8).permute(0, 2, 3, 1)
+    torch.testing.assert_close(tokens[:, 0], expected)
+    assert tokens.shape == (2, 1, 2, 3, 5)
+    # at the base size nothing is resized: a plain strided conv
+    plain = F.conv2d(x[:, 0], embed.weight, embed.bias, stride=8).permute(0, 2, 3, 1)
+    torch.testing.assert_close(embed(x, ones, 8)[:, 0], plain)
+
+
+def reference_sincos(positions: np.ndarray, dim: int) -> np.ndarray:
+    """The reference's 1-D sin-cos written out: omega_k = 1 / 10000 ** (k / dim / 2)."""
+    omega = 1.0 / 10000 ** (np.arange(dim // 2) / dim / 2.0)
+    angles = positions[:, None] * omega[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def test_fixed_encodings_equal_the_reference_layout_by_hand() -> None:
+    dim, q = 32, 8
+    months = torch.tensor([[0, 5, 11]])
+    enc = fixed_encodings(dim, months, (2, 3), patch_size=4, gsd=10.0, device=torch.device("cpu"))
+    assert enc.shape == (1, 3, 2, 3, dim)
+    e = enc.double().numpy()
+    assert not e[..., :q].any()  # the channel quarter is the learned part
+    time = reference_sincos(np.arange(3.0), q)
+    for t in range(3):
+        np.testing.assert_allclose(e[0, t, 1, 2, q : 2 * q], time[t], atol=1e-6)
+        angle = 2 * math.pi * months[0, t].item() / 12
+        want = [math.sin(angle)] * (q // 2) + [math.cos(angle)] * (q // 2)
+        np.testing.assert_allclose(e[0, t, 0, 0, 2 * q : 3 * q], want, atol=1e-6)
+    ratio = 4 * 10.0 / 10.0  # patch size x gsd / 10 m
+    cols = reference_sincos(np.arange(3.0) * ratio, q // 2)
+    rows = reference_sincos(np.arange(2.0) * ratio, q // 2)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_allclose(
+                e[0, 0, i, j, 3 * q :], np.concatenate([cols[j], rows[i]]), atol=1e-6
+            )
+
+
 def test_spatial_encoding_is_in_ground_metres() -> None:
-    enc = TokenEncodings(32)
+    cpu = torch.device("cpu")
     months = torch.tensor([[0, 5]])
-    a = enc(0, months, (3, 3), patch_size=4, gsd=10.0)
-    b = enc(0, months, (3, 3), patch_size=2, gsd=20.0)  # same ground spacing (40 m)
-    c = enc(0, months, (3, 3), patch_size=2, gsd=10.0)
+    a = fixed_encodings(32, months, (3, 3), patch_size=4, gsd=10.0, device=cpu)
+    b = fixed_encodings(32, months, (3, 3), patch_size=2, gsd=20.0, device=cpu)  # 40 m both
+    c = fixed_encodings(32, months, (3, 3), patch_size=2, gsd=10.0, device=cpu)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
     assert a.shape == (1, 2, 3, 3, 32)
@@ -89,11 +139,18 @@ def test_spatial_encoding_is_in_ground_metres() -> None:
 
 def test_month_encoding_is_cyclic_and_static_groups_have_no_time_part() -> None:
     e = month_sincos(torch.arange(12), 16)
-    dec_jan = (e[11] - e[0]).norm()
-    jan_feb = (e[0] - e[1]).norm()
-    torch.testing.assert_close(dec_jan, jan_feb)
-    enc = TokenEncodings(32)
-    static = enc(5, None, (2, 2), patch_size=4, gsd=10.0) - enc.group_embedding.weight[5]
+    torch.testing.assert_close((e[11] - e[0]).norm(), (e[0] - e[1]).norm())
+    static = fixed_encodings(32, None, (2, 2), patch_size=4, gsd=10.0, device=torch.device("cpu"))
     assert static.shape == (1, 1, 2, 2, 32)
-    assert not static[..., :16].any()  # time + month quarters are empty
-    assert static[..., 16:].abs().sum() > 0
+    assert not static[..., :24].any()  # channel, time and month quarters are empty
+    assert static[..., 24:].abs().sum() > 0
+
+
+def test_channel_embedding_starts_at_zero_and_fills_only_the_first_quarter() -> None:
+    emb = ChannelEmbedding(32)
+    assert not emb.weight.any()
+    with torch.no_grad():
+        emb.weight.add_(1.0)
+    out = emb(torch.tensor([[0, 3]]))
+    assert out.shape == (1, 2, 32)
+    assert bool((out[..., :8] == 1).all()) and not out[..., 8:].any()

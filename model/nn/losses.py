@@ -60,7 +60,9 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def scope_cross_entropy(pred: Tensor, target: Tensor, present: Tensor, temperature: float) -> Tensor:
+def scope_cross_entropy(
+    pred: Tensor, target: Tensor, present: Tensor, temperature: float
+) -> Tensor:
     """(B, K) cross-entropy of each token's prediction against its sample's K targets of one
     scope (its own target the positive, absent slots excluded); 0 where not present."""
     p = F.normalize(pred.float(), dim=-1)

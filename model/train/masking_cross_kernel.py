@@ -146,9 +146,9 @@ def cross_random_views(
                 at = starts[g] + b * sizes[g]
                 for j in range(at, at + sizes[g]):
                     s = status[j]
-                    if s == _ENCODED and not encoded[g]:
-                        s = _TARGET
-                    elif s == _DECODED and encoded[g] and not decoded[g]:
+                    if (s == _ENCODED and not encoded[g]) or (
+                        s == _DECODED and encoded[g] and not decoded[g]
+                    ):
                         s = _TARGET
                     status[j] = s
                     n_enc += s == _ENCODED

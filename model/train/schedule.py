@@ -20,7 +20,6 @@ from typing import Literal
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-
 REFERENCE_WARMUP_STEPS = 8000
 REFERENCE_TOTAL_STEPS = 667_200
 

@@ -166,7 +166,11 @@ def test_instance_contrastive_equals_reference_loop() -> None:
     keep = present.nonzero().squeeze(1)
     for direction in ("one_way", "symmetric"):
         assert instance_contrastive_loss(
-            a, b, temperature, present, direction  # type: ignore[arg-type]
+            a,
+            b,
+            temperature,
+            present,
+            direction,  # type: ignore[arg-type]
         ).item() == pytest.approx(
             instance_contrastive_loss(a[keep], b[keep], temperature, None, direction).item()  # type: ignore[arg-type]
         )

@@ -12,7 +12,9 @@ from terracube.model.train.masking import MaskingParams, mask_batch, sample_view
 
 def full_validity(batch: int, timesteps: int, side: int) -> dict[str, torch.Tensor]:
     return {
-        g: torch.ones(batch, 1 if g in decode_only_groups() else timesteps, side, side, dtype=torch.bool)
+        g: torch.ones(
+            batch, 1 if g in decode_only_groups() else timesteps, side, side, dtype=torch.bool
+        )
         for g in all_groups()
     }
 
@@ -42,7 +44,9 @@ def test_encoded_and_decoded_fractions_equal_the_recipe_within_sampling_error() 
     dec = sum(masks.decode[g].flatten(1).sum(1) for g in all_groups()).double() / tokens
     want_enc, want_dec = expected_fractions(token_valid)
     # 5 encodable groups of 7, maps 2 x 16 of 352 tokens: 0.35 x 320/352 and 0.35 + 0.15 x 32/352
-    assert want_enc == pytest.approx(0.35 * 320 / 352) and want_dec == pytest.approx(0.35 + 0.15 * 32 / 352)
+    assert want_enc == pytest.approx(0.35 * 320 / 352) and want_dec == pytest.approx(
+        0.35 + 0.15 * 32 / 352
+    )
     for got, want in ((enc, want_enc), (dec, want_dec)):
         error = 4 * got.std().item() / len(got) ** 0.5
         assert abs(got.mean().item() - want) < error, (got.mean().item(), want, error)

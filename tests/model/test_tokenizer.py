@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from terracube.model.nn.batch import token_validity
-import math
-
-import numpy as np
 from terracube.model.nn.encodings import ChannelEmbedding, fixed_encodings, month_sincos
 from terracube.model.nn.flexi import pi_resize_kernel, pi_resize_matrix
 from terracube.model.nn.tokenizer import FlexiPatchEmbed

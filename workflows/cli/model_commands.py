@@ -1,4 +1,4 @@
-"""The model-side `terracube` commands: stats, pretrain, evaluate, demo.
+"""The model-side `terracube` commands: stats, pretrain, evaluate, model-info, demo.
 
 A sub-app the main app merges in (`app.add_typer(model_app)` in app.py), so this module never imports app.py.
 Like the data commands, a problem the user can fix prints one `error:` line and
@@ -151,6 +151,45 @@ def evaluate(
         results = run_evaluation(path, task, data, out, params)
     sys.stdout.write(markdown_table(results))
     typer.echo(f"results: {out / 'results.json'}")
+
+
+@model_app.command("model-info")
+def model_info(
+    size: Annotated[str, typer.Option(help="Model size: nano, tiny, base or large.")] = "nano",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A pretraining YAML whose model: and masking: sections to report."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option(help="Synthetic samples to measure the masking fractions on.")
+    ] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Parameter counts, depths, drop path, the recipe's options, and the measured share of
+    tokens encoded and decoded under its masking (docs/model.md has the parity table)."""
+    import dataclasses
+    import json
+
+    from terracube.model.nn.encoder import SIZES
+    from terracube.model.nn.olmoearth import LatentMIMConfig
+    from terracube.model.train.masking import MaskingParams
+    from terracube.model.train.recipe_info import format_info
+    from terracube.model.train.recipe_info import model_info as describe
+
+    with model_errors(ValueError):
+        if size not in SIZES:
+            raise ValueError(f"--size {size!r} is unknown; choose one of: {', '.join(SIZES)}")
+        if samples < 2:
+            raise ValueError(f"--samples {samples}: measure on at least 2 samples")
+        recipe, masking = LatentMIMConfig(size=size), MaskingParams()
+        if config is not None:
+            from terracube.workflows.pretrain_config import load_pretrain_config
+
+            settings = load_pretrain_config(config).settings()
+            recipe = dataclasses.replace(settings.model, size=size)
+            masking = settings.loader.masking
+        info = describe(recipe, masking, samples)
+    typer.echo(json.dumps(info) if as_json else format_info(info))
 
 
 @model_app.command()

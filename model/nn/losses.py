@@ -19,6 +19,7 @@ come with the masks (see `pack`), so a CUDA step never waits on one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Literal
 
@@ -32,6 +33,14 @@ PatchReduction = Literal["per_sample", "token_mean"]
 PATCH_REDUCTIONS: tuple[str, ...] = ("per_sample", "token_mean")
 ContrastiveDirection = Literal["one_way", "symmetric"]
 CONTRASTIVE_DIRECTIONS: tuple[str, ...] = ("one_way", "symmetric")
+
+
+def float32_region(device_type: str) -> contextlib.AbstractContextManager[object]:
+    """Autocast off (fp32) on devices that autocast; as is elsewhere ("meta", whose
+    tensors the tests use to prove the step never reads a value back)."""
+    if device_type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 _ABSENT = -1e9
@@ -83,7 +92,7 @@ def patch_discrimination_loss(
     (B, K) bool) holding one scope's decoded tokens per sample (see the module doc)."""
     if reduction not in PATCH_REDUCTIONS:
         raise ValueError(f"reduction={reduction!r}; choose one of {PATCH_REDUCTIONS}")
-    with torch.autocast(scopes[0][0].device.type if scopes else "cpu", enabled=False):
+    with float32_region(scopes[0][0].device.type if scopes else "cpu"):
         total: Tensor | None = None
         count: Tensor | None = None
         for pred, target, present in scopes:
@@ -121,7 +130,7 @@ def instance_contrastive_loss(
     encoded token in a view) are neither anchors nor negatives; 0 with fewer than two."""
     if direction not in CONTRASTIVE_DIRECTIONS:
         raise ValueError(f"direction={direction!r}; choose one of {CONTRASTIVE_DIRECTIONS}")
-    with torch.autocast(first.device.type, enabled=False):
+    with float32_region(first.device.type):
         a = F.normalize(first.float(), dim=-1)
         b = F.normalize(second.float(), dim=-1)
         keep = (

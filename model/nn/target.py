@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 from terracube.model.nn.groups import all_groups, group_channels
+from terracube.model.nn.losses import float32_region
 from terracube.model.nn.tokenizer import PatchResize, Tokenizer, patch_embed
 from torch import Tensor, nn
 
@@ -75,7 +76,7 @@ class FrozenTarget(nn.Module):
     @torch.no_grad()
     def forward(self, group: str, data: Tensor, valid: Tensor, patch_size: int) -> Tensor:
         """(B, T, C, H, W) -> (B, T, H/p, W/p, target_dim) float32 targets, no autograd."""
-        with torch.autocast(data.device.type, enabled=False):
+        with float32_region(data.device.type):
             bias = self.bias(group)
             return patch_embed(
                 data.float(),

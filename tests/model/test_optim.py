@@ -128,3 +128,20 @@ def test_bf16_autocast_step_keeps_fp32_losses_and_targets() -> None:
     assert seq.targets is not None and seq.targets.dtype == torch.float32
     out["loss"].backward()
     assert model.tokenizer.embed["s2_10m"].weight.grad.abs().sum() > 0
+
+
+def test_a_training_step_reads_nothing_back_from_the_device() -> None:
+    """On the "meta" device a tensor has no values, so any host read in forward or backward
+    (`bool(t.any())`, `int(t.sum())`, `.item()`, `.tolist()`) raises. Packed lengths come
+    from the masks' host counts instead; on CUDA the step therefore never waits."""
+    batch = synthetic_batch(batch_size=2, timesteps=2, size=16, patch_size=4, valid_fraction=0.9)
+    views = mask_batch(batch, torch.Generator().manual_seed(0))
+    model = LatentMIM().to("meta")
+    out = model(batch.to("meta"), [v.to("meta") for v in views])
+    assert out["loss"].device.type == "meta" and out["encoded_tokens"].device.type == "meta"
+    out["loss"].backward()
+    assert model.encoder.blocks[0].attn.q.weight.grad is not None
+    # the same step on the host: the host counts size the packs exactly
+    cpu = LatentMIM()(batch, views)
+    encoded = sum(int(c[0].sum()) for v in views for c in v.counts.values())
+    assert int(cpu["encoded_tokens"]) == encoded

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 NegativeScope = Literal["modality", "band_group", "all"]
 NEGATIVE_SCOPES: tuple[str, ...] = ("modality", "band_group", "all")
@@ -69,18 +70,29 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def scope_cross_entropy(
-    pred: Tensor, target: Tensor, present: Tensor, temperature: float
-) -> Tensor:
-    """(B, K) cross-entropy of each token's prediction against its sample's K targets of one
-    scope (its own target the positive, absent slots excluded); 0 where not present."""
-    p = F.normalize(pred.float(), dim=-1)
-    t = F.normalize(target.float(), dim=-1)
+def _scope_ce(p: Tensor, t: Tensor, present: Tensor, temperature: float) -> Tensor:
     logits = torch.bmm(p, t.transpose(1, 2)) / temperature  # (B, K, K)
     logits = logits.masked_fill(~present[:, None, :], _ABSENT)
     positive = torch.diagonal(logits, dim1=1, dim2=2)
     ce = torch.logsumexp(logits, dim=-1) - positive
     return torch.where(present, ce, 0.0)
+
+
+def scope_cross_entropy(
+    pred: Tensor, target: Tensor, present: Tensor, temperature: float
+) -> Tensor:
+    """(B, K) cross-entropy of each token's prediction against its sample's K targets of one
+    scope (its own target the positive, absent slots excluded); 0 where not present.
+
+    The (B, K, K) logits are recomputed in backward rather than kept: at p=4 a sample's
+    Sentinel-2 scope holds ~3,300 decoded tokens, and the logits with their masked copy
+    and softmax would hold ~1.4 GB per view until the backward pass (B=8)."""
+    p = F.normalize(pred.float(), dim=-1)
+    t = F.normalize(target.float(), dim=-1)
+    if torch.is_grad_enabled() and (p.requires_grad or t.requires_grad):
+        ce: Tensor = checkpoint(_scope_ce, p, t, present, temperature, use_reentrant=False)
+        return ce
+    return _scope_ce(p, t, present, temperature)
 
 
 def patch_discrimination_loss(

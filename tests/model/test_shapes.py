@@ -163,3 +163,24 @@ def test_bad_batches_get_clear_errors() -> None:
         )
     with pytest.raises(KeyError, match="choose one of"):
         LatentMIMConfig(size="huge")
+
+
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_per_sample_attention_equals_masked_batched_attention(self_attention: bool) -> None:
+    """The CPU path (each sample over its own tokens) gives the masked batched result on
+    every valid row; padding rows are zero."""
+    import torch.nn.functional as F
+    from terracube.model.nn.attention import attention_mask, front_packed, per_sample_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    lengths = [7, 3, 0]
+    valid = torch.arange(7)[None, :] < torch.tensor(lengths)[:, None]
+    assert front_packed(valid) and not front_packed(valid.flip(1))
+    got = per_sample_attention(q, k, v, lengths, self_attention)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(valid))
+    for i, n in enumerate(lengths):
+        rows = n if self_attention else 7
+        if n:
+            torch.testing.assert_close(got[i, :, :rows], want[i, :, :rows])
+        assert not got[i, :, rows:].any()

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from terracube.model.nn.groups import all_groups, group_channels
 from terracube.model.nn.losses import float32_region
-from terracube.model.nn.tokenizer import PatchResize, Tokenizer, patch_embed
+from terracube.model.nn.tokenizer import FlexiPatchEmbed, PatchResize, Tokenizer, patch_embed
 from torch import Tensor, nn
 
 TargetKind = Literal["patch_embed_copy", "random_projection"]
@@ -47,9 +47,10 @@ class FrozenTarget(nn.Module):
     @classmethod
     def copy_of(cls, tokenizer: Tokenizer, resize: PatchResize) -> FrozenTarget:
         """Targets from the tokenizer's current (initial) weights, one per group it holds."""
-        kernels: dict[str, tuple[Tensor, Tensor | None]] = {
-            g: (e.weight, e.bias) for g, e in tokenizer.embed.items()
-        }
+        kernels: dict[str, tuple[Tensor, Tensor | None]] = {}
+        for g, embed in tokenizer.embed.items():
+            assert isinstance(embed, FlexiPatchEmbed)
+            kernels[g] = (embed.weight, embed.bias)
         return cls(kernels, resize)
 
     @classmethod

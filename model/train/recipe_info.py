@@ -24,6 +24,7 @@ from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.train.masking import MaskingParams, sample_view_masks
 
 CHUNK = 32
+Tensor = torch.Tensor
 
 
 def masking_fractions(
@@ -49,9 +50,9 @@ def masking_fractions(
             token_valid[g] = token_validity(pixels, patch_size)
         view = sample_view_masks(token_valid, generator, params)
         tokens = sum(v[0].numel() for v in token_valid.values())
-        counts = view.counts
-        encoded.append(sum(c[0] for c in counts.values()).double() / tokens)
-        decoded.append(sum(c[1] for c in counts.values()).double() / tokens)
+        counts = torch.stack(list(view.counts.values()))  # (groups, 2, B)
+        encoded.append(counts[:, 0].sum(0).double() / tokens)
+        decoded.append(counts[:, 1].sum(0).double() / tokens)
         done += b
     out: dict[str, float] = {}
     for name, parts in (("encoded", encoded), ("decoded", decoded)):
@@ -59,9 +60,6 @@ def masking_fractions(
         out[f"{name}_fraction"] = float(values.mean())
         out[f"{name}_fraction_stderr"] = float(values.std() / math.sqrt(len(values)))
     return out
-
-
-Tensor = torch.Tensor
 
 
 def model_info(

@@ -428,10 +428,8 @@ class CorpusStream(IterableDataset):
         months = next(arena)
         np.stack([c.months for c in crops], out=months.numpy())
         batch = RawBatch(raw, valid, months, patch_size=geo.patch, crop=geo.crop)
-        generator = torch.Generator().manual_seed(plan.masking_seed)
-        views = mask_batch(
-            batch, generator, self.params.num_views, out=next(arena), params=self.params.masking
-        )
+        generator, p = torch.Generator().manual_seed(plan.masking_seed), self.params
+        views = mask_batch(batch, generator, p.num_views, out=next(arena), params=p.masking)
         return LoaderItem(
             batch,
             views,

@@ -10,7 +10,8 @@ the clock splits each step into waiting for the next batch and the rest (the
 host-to-device copy, the forward, backward and optimizer step), with one device
 synchronisation per step. MFU is the step's analytic FLOPs (benchmarks/model_step.py's
 count) over its time and the device's peak dense bf16 rate. The last line is one JSON
-object: base_step_s, base_mfu, data_wait_share, samples_per_s, tokens_per_s,
+object: base_step_s, base_mfu, data_wait_share, samples_per_s, tokens_per_s (encoded +
+decoded tokens),
 peak_cuda_mb. `--device cpu` runs the same code (tiny settings) as a smoke test.
 
 Run: benchmarks/gpu_step.sh (sets up the environment), or

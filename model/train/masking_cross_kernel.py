@@ -77,6 +77,17 @@ def _draw(
 
 
 @numba.njit(cache=True, nogil=True)
+def _modality_runs(modality: np.ndarray) -> np.ndarray:
+    """First group of each modality's run of groups, then the group count."""
+    runs = [0]
+    for g in range(1, modality.shape[0]):
+        if modality[g] != modality[g - 1]:
+            runs.append(g)
+    runs.append(modality.shape[0])
+    return np.array(runs, np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
 def cross_random_views(
     valid: np.ndarray,
     starts: np.ndarray,
@@ -103,16 +114,12 @@ def cross_random_views(
     present = np.empty(groups, np.bool_)
     encoded = np.empty(groups, np.bool_)
     decoded = np.empty(groups, np.bool_)
+    runs = _modality_runs(modality)
     for v in range(out.shape[0]):
         for b in range(batch):
-            first = 0
-            while first < groups:  # 1. base mask, one modality at a time
-                last = first
-                while last < groups and modality[last] == modality[first]:
-                    last += 1
-                _draw(status, valid, starts, sizes, b, first, last,
+            for r in range(runs.shape[0] - 1):  # 1. base mask, one modality at a time
+                _draw(status, valid, starts, sizes, b, runs[r], runs[r + 1],
                       encode_ratio, decode_ratio, False, state)  # fmt: skip
-                first = last
             n_present = 0
             for g in range(groups):  # 2. present groups
                 at = starts[g] + b * sizes[g]
@@ -154,15 +161,10 @@ def cross_random_views(
                     n_enc += s == _ENCODED
                     n_dec += s == _DECODED
             if n_enc == 0 or n_dec == 0:  # 5. fallback
-                first = 0
-                while first < groups:
-                    last = first
-                    while last < groups and modality[last] == modality[first]:
-                        last += 1
-                    if encodable[first]:
-                        _draw(status, valid, starts, sizes, b, first, last,
+                for r in range(runs.shape[0] - 1):
+                    if encodable[runs[r]]:
+                        _draw(status, valid, starts, sizes, b, runs[r], runs[r + 1],
                               encode_ratio, decode_ratio, True, state)  # fmt: skip
-                    first = last
                 n_enc = 0
                 for g in range(groups):
                     at = starts[g] + b * sizes[g]

@@ -22,9 +22,9 @@ from terracube.model.nn.encoder import count_parameters
 from terracube.model.nn.groups import all_groups
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.train.masking import MaskingParams, sample_view_masks
+from torch import Tensor
 
 CHUNK = 32
-Tensor = torch.Tensor
 
 
 def masking_fractions(

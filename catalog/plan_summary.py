@@ -18,6 +18,7 @@ from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.plan import Plan
 from terracube.catalog.registry import modality
 from terracube.catalog.stac.items import AssetRef
+from terracube.catalog.stac.rejections import reason_table
 
 REQUESTS_PER_ASSET_READ = 2
 """COG header + one windowed range request."""
@@ -38,6 +39,31 @@ def window_bytes(
     pixels = math.ceil(TILE_SIZE_M / res) ** 2
     size = pixels * np.dtype(ref.dtype or fallback_dtype).itemsize
     return min(size, ref.file_size) if ref.file_size else size
+
+
+def modalities_without_data(plan: Plan) -> list[str]:
+    """Searched modalities that have no item for any tile in any period.
+
+    A lon/lat-swapped bbox that is still valid, an AOI at sea, a wrong collection or
+    time range all look like this; the CLI says so and exits non-zero (--allow-empty).
+    """
+    avail = plan.availability
+    if not len(avail):
+        return []
+    per_modality = avail.groupby("modality").has_data.any()
+    return sorted(str(m) for m in per_modality[~per_modality].index)
+
+
+def empty_plan_message(plan: Plan, names: list[str]) -> str:
+    """What to check when `names` found nothing anywhere."""
+    bounds = [round(float(v), 4) for v in plan.samples.total_bounds] if len(plan.samples) else []
+    span = plan.scheme.span(plan.scheme.start)
+    return (
+        f"no data for {', '.join(names)} in any of {plan.samples.tile_id.nunique()} tile(s) "
+        f"(lon/lat bounds {bounds}) over {span[0]:%Y-%m-%d}..{span[1]:%Y-%m-%d}. Check that the "
+        "AOI is lon/lat in that order and on land, the time range, the collection and the "
+        "query of those modalities; pass --allow-empty to plan and build anyway"
+    )
 
 
 def summarize(plan: Plan) -> dict[str, Any]:
@@ -85,7 +111,9 @@ def summarize(plan: Plan) -> dict[str, Any]:
         },
         "empty_periods": empty_periods,
         "tiles_without_data": tiles_without_data,
+        "modalities_without_data": modalities_without_data(plan),
         "rejected_items": len(plan.search.get("rejected", [])),
+        "rejected_by_reason": reason_table(plan.search.get("rejected", [])),
     }
 
 
@@ -107,4 +135,13 @@ def print_summary(
     for name, tiles in summary["tiles_without_data"].items():
         if tiles:
             out.write(f"  {name}: {len(tiles)} tile(s) without data\n")
+    reasons = summary["rejected_by_reason"]
+    if reasons:
+        out.write(f"{summary['rejected_items']} item(s) set aside (all in plan.json):\n")
+        width = max(len(r) for r in reasons)
+        for reason, row in reasons.items():
+            examples = ", ".join(row["examples"])
+            more = ", ..." if row["count"] > len(row["examples"]) else ""
+            out.write(f"  {reason:<{width}}  {row['count']:>6}  e.g. {examples}{more}\n")
+            out.write(f"  {'':<{width}}          {row['message']}\n")
     return summary

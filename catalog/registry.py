@@ -268,8 +268,8 @@ MODALITIES: dict[str, Modality] = {
             "Sentinel-2 L2A",
             temporal=True,
             groups=S2_GROUPS,
-            # Earth Search v1 and Planetary Computer; Earth Search collection-1 reprocessing
-            stac_collections=("sentinel-2-l2a", "sentinel-2-c1-l2a"),
+            # Earth Search v1 and Planetary Computer; Earth Search collection-1; Earth Search v0 COGs
+            stac_collections=("sentinel-2-l2a", "sentinel-2-c1-l2a", "sentinel-s2-l2a-cogs"),
             mask=MaskBand(
                 "SCL",
                 ("SCL", "scl"),

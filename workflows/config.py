@@ -76,11 +76,47 @@ class SamplingConfig(_Strict):
         return self
 
 
+MAX_PERIODS = 120
+
+
 class TimeConfig(_Strict):
     start: date
-    periods: int = Field(default=12, gt=0, le=120)
+    periods: int = Field(default=12, gt=0, le=MAX_PERIODS)
     period: Literal["month"] | Annotated[int, Field(gt=0)] = "month"
     """'month' or a period length in days."""
+    end: date | None = None
+    """Last day to cover (inclusive), as stackstac / odc-stac / rslearn users write it;
+    sets `periods` to the fewest periods from `start` that reach it. Give one of the two."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _periods_from_end(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("end") is None:
+            return data
+        if "periods" in data:
+            raise ValueError("give time.periods or time.end, not both")
+        from terracube.catalog.timescheme import TimeScheme
+
+        try:
+            start = date.fromisoformat(str(data.get("start")))
+        except ValueError:
+            return data  # the start field's own check names it
+        try:
+            end = date.fromisoformat(str(data["end"]))
+        except ValueError:
+            raise ValueError(f"time.end {data['end']!r} is not a date (YYYY-MM-DD)") from None
+        if end < start:
+            raise ValueError(f"time.end {end} is before time.start {start}")
+        period = data.get("period", "month")
+        days = None if period == "month" else int(period)
+        for periods in range(1, MAX_PERIODS + 1):
+            _, stop = TimeScheme(start, periods, days).span()
+            if stop.date() > end:
+                return {**data, "periods": periods}
+        raise ValueError(
+            f"time.end {end} is more than {MAX_PERIODS} periods after time.start; "
+            "use longer periods (time.period: <days>) or a later start"
+        )
 
 
 class StaticSource(_Strict):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +33,14 @@ from terracube.catalog.registry import (
     RadiometryKind,
     modality,
 )
-from terracube.catalog.s2_baseline import S2_BOA_ADD_OFFSET_DN, s2_offset_applies
+from terracube.catalog.s2_baseline import (
+    METADATA_ASSET_KEYS,
+    S2_BOA_ADD_OFFSET_DN,
+    BaselineError,
+    item_baseline,
+    s2_offset_applies,
+)
+from terracube.catalog.stac.asset_keys import is_jp2_key, keys_for
 from terracube.catalog.stac.http import HrefPolicy, check_asset_href
 
 COLLECTION_MODALITIES: dict[str, str] = {
@@ -57,7 +64,33 @@ MODALITY_PROPERTY = "terracube:modality"
 
 
 class ItemNormalizationError(ValueError):
-    """A STAC item that cannot be turned into a NormalizedItem; the message says why."""
+    """A STAC item that cannot be turned into a NormalizedItem; the message says why.
+
+    `reason` is a short fixed phrase (REASONS) the plan summary counts items by.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed item") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+REASONS = (
+    "unknown collection",
+    "unsupported collection",
+    "unsupported platform",
+    "missing band",
+    "missing mask",
+    "relative href",
+    "no geometry",
+    "bad datetime",
+    "unknown S2 baseline",
+    "non-integral DN offset",
+    "unsafe href",
+    "other modality",
+    "malformed item",
+)
+"""Every `reason` an item is refused for; `malformed item` covers content that broke a
+reader (a wrong type, a field of the wrong shape)."""
 
 
 @dataclass(frozen=True)
@@ -172,7 +205,8 @@ def resolve_href(href: str, base: str | None, item_id: str) -> str:
     if base is None:
         raise ItemNormalizationError(
             f"item {item_id}: asset href {href!r} is relative and the item has no self href; "
-            "pass base_href (the item's own URL or path) to normalize_item"
+            "pass base_href (the item's own URL or path) to normalize_item",
+            "relative href",
         )
     if _is_url(base):
         return urljoin(base, href)
@@ -197,11 +231,15 @@ def _epsg_from(fields: Mapping[str, Any]) -> int | None:
 def _parse_datetime(props: Mapping[str, Any], item_id: str) -> datetime:
     raw = props.get("datetime") or props.get("start_datetime")
     if not raw:
-        raise ItemNormalizationError(f"item {item_id}: neither datetime nor start_datetime set")
+        raise ItemNormalizationError(
+            f"item {item_id}: neither datetime nor start_datetime set", "bad datetime"
+        )
     try:
         when = datetime.fromisoformat(str(raw))
     except ValueError as err:
-        raise ItemNormalizationError(f"item {item_id}: bad datetime {raw!r}: {err}") from None
+        raise ItemNormalizationError(
+            f"item {item_id}: bad datetime {raw!r}: {err}", "bad datetime"
+        ) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
@@ -232,26 +270,52 @@ def _asset_names(
     return from_key, from_eo
 
 
+def _is_jp2(key: str, asset: Mapping[str, Any]) -> bool:
+    return is_jp2_key(key) or "jp2" in str(asset.get("type", "")).lower()
+
+
 def _find_asset(
-    aliases: tuple[str, ...], assets: Mapping[str, Mapping[str, Any]], item_eo: list[Any]
+    modality_name: str,
+    band_name: str,
+    aliases: tuple[str, ...],
+    assets: Mapping[str, Mapping[str, Any]],
+    item_eo: list[Any],
 ) -> str | None:
-    """Asset key publishing `aliases`; a key match beats an eo:bands match."""
+    """Asset key holding `band_name`: a provider table's COG key (asset_keys.py), then a
+    registry alias or an eo:bands name on a non-JP2 asset, then a JP2 key, then a JP2
+    asset by alias or eo:bands name. A COG is always preferred to the JP2 original."""
+    cog_keys, jp2_keys = keys_for(modality_name, band_name)
+    for key in cog_keys:
+        if key in assets and not _is_jp2(key, assets[key]):
+            return key
     wanted = set(aliases)
-    by_eo = None
+    by_key: dict[bool, str] = {}
+    by_eo: dict[bool, str] = {}
     for key, asset in assets.items():
         from_key, from_eo = _asset_names(key, asset, item_eo)
+        jp2 = _is_jp2(key, asset)
         if from_key & wanted:
+            by_key.setdefault(jp2, key)
+        if from_eo & wanted:
+            by_eo.setdefault(jp2, key)
+    if False in by_key or False in by_eo:
+        return by_key.get(False) or by_eo[False]
+    for key in (*cog_keys, *jp2_keys):
+        if key in assets:
             return key
-        if by_eo is None and from_eo & wanted and "jp2" not in str(asset.get("type", "")):
-            by_eo = key
-    return by_eo
+    return by_key.get(True) or by_eo.get(True)
 
 
 # --------------------------------------------------------------------------- conversion
 
 
 def _conversion(
-    mod: Modality, band: Band, raster: Mapping[str, Any], props: Mapping[str, Any], item_id: str
+    mod: Modality,
+    band: Band,
+    raster: Mapping[str, Any],
+    props: Mapping[str, Any],
+    item_id: str,
+    metadata: Callable[[], bytes | None] | None = None,
 ) -> Conversion:
     kind = band.radiometry.kind
     has_scale = "scale" in raster or "offset" in raster
@@ -262,17 +326,25 @@ def _conversion(
             if abs(dn_offset - round(dn_offset)) > 1e-6:
                 raise ItemNormalizationError(
                     f"item {item_id}: raster:bands offset/scale of {band.name} give a "
-                    f"non-integral DN offset {dn_offset}"
+                    f"non-integral DN offset {dn_offset}",
+                    "non-integral DN offset",
                 )
             return Conversion(kind, float(round(dn_offset)), scale, 0.0, "raster:bands")
-        baseline = props.get("s2:processing_baseline")
+        try:
+            baseline, where = item_baseline(props, metadata)
+        except BaselineError as err:
+            raise ItemNormalizationError(
+                f"item {item_id}: {err}. Give the items an s2:processing_baseline "
+                "(or raster:bands scale/offset), or search a provider that publishes one",
+                "unknown S2 baseline",
+            ) from None
         applies = s2_offset_applies(baseline)
         return Conversion(
             kind,
             -float(S2_BOA_ADD_OFFSET_DN) if applies else 0.0,
             scale,
             0.0,
-            "s2:processing_baseline",
+            where,
         )
     if kind is RadiometryKind.IDENTITY:
         if has_scale:
@@ -307,11 +379,13 @@ def modality_of(data: Mapping[str, Any], overrides: Mapping[str, str] | None = N
     if collection in UNSUPPORTED_COLLECTIONS:
         raise ItemNormalizationError(
             f"item {item_id}: collection {collection!r} is not supported: "
-            f"{UNSUPPORTED_COLLECTIONS[collection]}"
+            f"{UNSUPPORTED_COLLECTIONS[collection]}",
+            "unsupported collection",
         )
     raise ItemNormalizationError(
         f"item {item_id}: unknown collection {collection!r}; known: {', '.join(sorted(table))}. "
-        f"Set the item property {MODALITY_PROPERTY!r} or pass collection_modalities."
+        f"Set the item property {MODALITY_PROPERTY!r} or pass collection_modalities.",
+        "unknown collection",
     )
 
 
@@ -353,6 +427,7 @@ def normalize_item(
     collection_modalities: Mapping[str, str] | None = None,
     required_bands: Iterable[str] | None = None,
     require_mask: bool = True,
+    fetch: Callable[[str], bytes] | None = None,
 ) -> NormalizedItem:
     """Normalize one STAC item. `policy` checks every asset href (pass it for remote catalogs).
 
@@ -361,6 +436,9 @@ def normalize_item(
     `require_mask=False` accepts products that publish no mask band (Major TOM and
     SSL4EO S2 patches have no SCL): their `mask` is None, and the build uses them
     only with BuildParams(allow_unmasked=True). A mask that is present is still used.
+    `fetch(href) -> bytes` reads a metadata asset; it is called only for an S2 item
+    whose baseline no property names (at most once per item), after `policy` allowed
+    the href.
     """
     data, pystac_self = _item_dict(item)
     item_id = str(data.get("id") or "<no id>")
@@ -372,7 +450,8 @@ def normalize_item(
         raise ItemNormalizationError(
             f"item {item_id}: platform {platform!r} is not among {accepted}, the platforms whose "
             f"band numbering the registry's {mod.title} follows. Filter the search with "
-            f"platform in {accepted}."
+            f"platform in {accepted}.",
+            "unsupported platform",
         )
     base = base_href or pystac_self or _self_href(data)
     assets: Mapping[str, Mapping[str, Any]] = data.get("assets") or {}
@@ -384,23 +463,27 @@ def normalize_item(
         else {b.name for b in mod.bands if b.name not in optional}
     )
 
+    metadata = _metadata_reader(assets, base, item_id, policy, fetch)
     refs: list[AssetRef] = []
     missing: list[str] = []
     for band in mod.bands:
-        key = _find_asset(band.aliases, assets, item_eo)
+        key = _find_asset(mod.name, band.name, band.aliases, assets, item_eo)
         if key is None:
             missing.append(band.name)
             continue
-        conversion = _conversion(mod, band, _raster_band(assets[key]), props, item_id)
+        conversion = _conversion(mod, band, _raster_band(assets[key]), props, item_id, metadata)
         refs.append(_asset_ref(band.name, key, assets[key], data, base, conversion, policy))
     lacking = sorted(required & set(missing))
     if lacking:
         raise ItemNormalizationError(
             f"item {item_id} ({data.get('collection')}): no asset for required band(s) "
-            f"{', '.join(lacking)} of {mod.name}; asset keys present: {', '.join(assets) or 'none'}"
+            f"{', '.join(lacking)} of {mod.name}; asset keys present: {', '.join(assets) or 'none'}",
+            "missing band",
         )
     mask = (
-        _mask_ref(mod.mask, assets, item_eo, data, base, policy, require_mask) if mod.mask else None
+        _mask_ref(mod.name, mod.mask, assets, item_eo, data, base, policy, require_mask)
+        if mod.mask
+        else None
     )
 
     epsg = _epsg_from(props)
@@ -408,7 +491,7 @@ def normalize_item(
         epsg = next((e for r in refs if (e := _epsg_from(assets[r.asset_key])) is not None), None)
     geometry = data.get("geometry")
     if not geometry:
-        raise ItemNormalizationError(f"item {item_id}: has no geometry")
+        raise ItemNormalizationError(f"item {item_id}: has no geometry", "no geometry")
     cloud = props.get("eo:cloud_cover")
     return NormalizedItem(
         id=item_id,
@@ -425,7 +508,35 @@ def normalize_item(
     )
 
 
+def _metadata_reader(
+    assets: Mapping[str, Mapping[str, Any]],
+    base: str | None,
+    item_id: str,
+    policy: HrefPolicy | None,
+    fetch: Callable[[str], bytes] | None,
+) -> Callable[[], bytes | None] | None:
+    """A once-only reader of the item's first metadata XML asset, or None without one."""
+    if fetch is None:
+        return None
+    key = next((k for k in METADATA_ASSET_KEYS if k in assets and assets[k].get("href")), None)
+    if key is None:
+        return None
+    cache: list[bytes | None] = []
+
+    def read() -> bytes | None:
+        if not cache:
+            assert key is not None
+            href = resolve_href(str(assets[key]["href"]), base, item_id)
+            if policy is not None:
+                check_asset_href(href, policy)
+            cache.append(fetch(href))
+        return cache[0]
+
+    return read
+
+
 def _mask_ref(
+    modality_name: str,
     mask: MaskBand,
     assets: Mapping[str, Mapping[str, Any]],
     item_eo: list[Any],
@@ -434,14 +545,15 @@ def _mask_ref(
     policy: HrefPolicy | None,
     required: bool = True,
 ) -> AssetRef | None:
-    key = _find_asset(mask.aliases, assets, item_eo)
+    key = _find_asset(modality_name, mask.name, mask.aliases, assets, item_eo)
     if key is None and not required:
         return None
     if key is None:
         raise ItemNormalizationError(
             f"item {data.get('id')}: no {mask.name} mask asset (looked for "
             f"{', '.join(mask.aliases)}); clouds cannot be masked without it. For products "
-            "without one (Major TOM, SSL4EO) pass require_mask=False"
+            "without one (Major TOM, SSL4EO) pass require_mask=False",
+            "missing mask",
         )
     return _asset_ref(mask.name, key, assets[key], data, base, _mask_conversion(), policy)
 

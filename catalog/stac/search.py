@@ -25,8 +25,9 @@ from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.grid import Tile
 from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import modality
-from terracube.catalog.stac.http import RequestCounter, UnsafeHrefError
-from terracube.catalog.stac.items import ItemNormalizationError, NormalizedItem, normalize_item
+from terracube.catalog.stac.http import RequestCounter
+from terracube.catalog.stac.items import NormalizedItem, normalize_item
+from terracube.catalog.stac.rejections import metadata_fetcher, rejection
 from terracube.catalog.stac.sources import Bbox, ItemSource, Query, SourceError, dedupe_items
 from terracube.catalog.timescheme import TimeScheme
 
@@ -151,8 +152,8 @@ class SearchResult:
     http_requests: int
     """Every request the source sent (landing page and retries included)."""
     cache_hits: int
-    rejected: list[tuple[str, str]] = field(default_factory=list)
-    """(item id, reason) for items that could not be normalized or were unsafe."""
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    """{item_id, reason, message} per item set aside (catalog/stac/rejections.py)."""
     pages: list[int] = field(default_factory=list)
     """Requests to a /search endpoint per entry of `requests` (0: cache hit or no HTTP);
     without faults that is the number of result pages."""
@@ -234,9 +235,13 @@ def search_tiles(
 
 def _normalize_all(
     found: Mapping[str, list[dict[str, Any]]], collections: Mapping[str, str], source: ItemSource
-) -> tuple[dict[str, list[NormalizedItem]], list[tuple[str, str]]]:
+) -> tuple[dict[str, list[NormalizedItem]], list[dict[str, str]]]:
+    """Normalize every item found; anything an item holds that cannot be used (a bad
+    field, an unsafe href, a reader error on its content) sets that item aside with its
+    reason, never stops the plan."""
     items: dict[str, list[NormalizedItem]] = {}
-    rejected: list[tuple[str, str]] = []
+    rejected: list[dict[str, str]] = []
+    fetch = metadata_fetcher(source)
     for name, raw in found.items():
         items[name] = []
         # the collection searched for `name` holds `name`, whatever the provider called it
@@ -244,15 +249,18 @@ def _normalize_all(
         for item in dedupe_items(raw):
             try:
                 normalized = normalize_item(
-                    item, policy=source.href_policy, collection_modalities=searched
+                    item, policy=source.href_policy, collection_modalities=searched, fetch=fetch
                 )
-            except (ItemNormalizationError, UnsafeHrefError) as err:
-                rejected.append((str(item.get("id")), str(err)))
+            except Exception as err:  # item content must not crash a plan
+                rejected.append(rejection(item, err))
                 continue
             if normalized.modality == name:
                 items[name].append(normalized)
             else:
-                rejected.append((normalized.id, f"is {normalized.modality}, searched {name}"))
+                message = f"item {normalized.id}: is {normalized.modality}, searched {name}"
+                rejected.append(
+                    {"item_id": normalized.id, "reason": "other modality", "message": message}
+                )
     return items, rejected
 
 

@@ -394,6 +394,11 @@ class StaticCatalogSource:
 def dedupe_items(items: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Items found by overlapping region searches, each once (first seen wins)."""
     seen: dict[tuple[str, str], dict[str, Any]] = {}
-    for item in items:
-        seen.setdefault((str(item.get("collection")), str(item["id"])), dict(item))
+    for n, item in enumerate(items):
+        if not isinstance(item, Mapping):  # kept, so that normalizing refuses it out loud
+            seen[("", f"<entry {n}>")] = item
+            continue
+        item_id = item.get("id")
+        key = str(item_id) if item_id is not None else f"<entry {n} without id>"
+        seen.setdefault((str(item.get("collection")), key), dict(item))
     return list(seen.values())

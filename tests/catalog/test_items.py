@@ -212,11 +212,12 @@ def test_unknown_collection_and_missing_band_name_the_item(es_s2) -> None:
         normalize_item(odd)
     assert normalize_item(odd, collection_modalities={"my-odd-collection": "sentinel2_l2a"})
     broken = copy.deepcopy(es_s2)
-    del broken["assets"]["rededge1"]
-    with pytest.raises(ItemNormalizationError, match=r"S2A_13TDE_20231008_0_L2A.*B05"):
+    del broken["assets"]["rededge1"], broken["assets"]["rededge1-jp2"]
+    with pytest.raises(ItemNormalizationError, match=r"S2A_13TDE_20231008_0_L2A.*B05") as info:
         normalize_item(broken)
+    assert info.value.reason == "missing band"
     no_scl = copy.deepcopy(es_s2)
-    del no_scl["assets"]["scl"]
+    del no_scl["assets"]["scl"], no_scl["assets"]["scl-jp2"]
     with pytest.raises(ItemNormalizationError, match="SCL"):
         normalize_item(no_scl)
 
@@ -224,7 +225,7 @@ def test_unknown_collection_and_missing_band_name_the_item(es_s2) -> None:
 def test_mask_less_s2_normalizes_with_require_mask_false(es_s2) -> None:
     """Major TOM / SSL4EO style: every band, no SCL; the mask is None, nothing else changes."""
     no_scl = copy.deepcopy(es_s2)
-    del no_scl["assets"]["scl"]
+    del no_scl["assets"]["scl"], no_scl["assets"]["scl-jp2"]
     with pytest.raises(ItemNormalizationError, match="require_mask=False"):
         normalize_items([es_s2, no_scl])
     full, bare = normalize_items([es_s2, no_scl], require_mask=False)
@@ -233,7 +234,7 @@ def test_mask_less_s2_normalizes_with_require_mask_false(es_s2) -> None:
     assert bare.assets == full.assets and bare.bands == full.bands
     assert bare.asset("B04").conversion.dn_offset == -1000.0  # baseline 05.09 offset kept
     # A missing band is still an error: require_mask relaxes the mask only.
-    del no_scl["assets"]["red"]
+    del no_scl["assets"]["red"], no_scl["assets"]["red-jp2"]
     with pytest.raises(ItemNormalizationError, match="B04"):
         normalize_item(no_scl, require_mask=False)
 

@@ -129,6 +129,7 @@ def test_provider_tables_are_read_off_the_registry() -> None:
     assert COLLECTION_MODALITIES == {
         "sentinel-2-l2a": "sentinel2_l2a",
         "sentinel-2-c1-l2a": "sentinel2_l2a",
+        "sentinel-s2-l2a-cogs": "sentinel2_l2a",
         "sentinel-1-rtc": "sentinel1",
         "landsat-c2-l2": "landsat_c2l2",
         "landsat-c2l2-sr": "landsat_c2l2",

@@ -243,8 +243,9 @@ def test_search_records_unsafe_items_from_remote_sources(
     )
     assert result.items["worldcover"] == []
     assert len(result.rejected) == 1
-    item_id, reason = result.rejected[0]
-    assert item_id == "ESA_WorldCover_10m_2021_v200_N00E006" and "local files" in reason
+    refused = result.rejected[0]
+    assert refused["item_id"] == "ESA_WorldCover_10m_2021_v200_N00E006"
+    assert refused["reason"] == "unsafe href" and "local files" in refused["message"]
 
 
 def test_profiles_say_what_a_provider_lacks() -> None:

@@ -25,9 +25,10 @@ from rich.console import Console
 from terracube.catalog.registry import is_osm
 from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.plan import Plan
+from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
 from terracube.pipeline.corpus.store import Corpus, CorpusCodecs, CorpusError, create_corpus, local_root
 from terracube.workflows.cluster import open_executor
-from terracube.workflows.config import BuildConfig, OsmFileSource, redacted
+from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
 from terracube.workflows.build.failures import FailureTable
 from terracube.workflows.planning import (
     corpus_groups,
@@ -56,6 +57,8 @@ class BuildOptions:
     synchronous: bool = False
     """Run every task in this process, no Dask (the single-process reference path)."""
     show_progress: bool = True
+    allow_empty: bool = False
+    """Build a plan in which a modality has no data anywhere (else EmptyPlanError)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,10 @@ def shard_tasks(
 # --------------------------------------------------------------------------- build
 
 
+class EmptyPlanError(ConfigError):
+    """The plan has a modality with no data in any tile; nothing was written."""
+
+
 def build_corpus(
     config: BuildConfig,
     options: BuildOptions = BuildOptions(),
@@ -208,6 +215,13 @@ def build_corpus(
     """Build (or resume) the corpus of `config`; returns what this run did."""
     started = time.monotonic()
     plan = load_or_make_plan(config)
+    empty = modalities_without_data(plan)
+    if empty and not options.allow_empty:
+        raise EmptyPlanError(empty_plan_message(plan, empty))
+    if empty:
+        (console or Console(stderr=True)).print(
+            f"warning: {empty_plan_message(plan, empty)}", markup=False
+        )
     return run_build(config, plan, options, builder, console, started)
 
 

@@ -73,15 +73,24 @@ def plan(
         bool, typer.Option("--dry-run", help="Search and summarise only; write nothing.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Exit 0 even when a modality has no data anywhere."),
+    ] = False,
 ) -> None:
     """Search the catalogs and plan which items feed which tile and period.
 
     Prints tiles, items, estimated bytes and requests, and the tiles without data per
-    modality. Without --dry-run the plan tables (GeoParquet) are written to
-    `<store>.run/plan/` beside a local store (else `<config dir>/<name>.run/plan/`),
-    where `terracube build` picks them up.
+    modality, and the items set aside counted by reason. Without --dry-run the plan
+    tables (GeoParquet) are written to `<store>.run/plan/` beside a local store (else
+    `<config dir>/<name>.run/plan/`), where `terracube build` picks them up. A modality
+    with no data in any tile is an error (exit 2) unless --allow-empty.
     """
-    from terracube.catalog.plan_summary import print_summary
+    from terracube.catalog.plan_summary import (
+        empty_plan_message,
+        modalities_without_data,
+        print_summary,
+    )
     from terracube.workflows.build.runner import make_and_save_plan, plan_dir
     from terracube.workflows.config import load_config
     from terracube.workflows.planning import plan_build
@@ -92,6 +101,12 @@ def plan(
     print_summary(result, as_json=as_json, stream=sys.stdout)
     if not dry_run and not as_json:
         typer.echo(f"plan written to {plan_dir(cfg)}")
+    empty = modalities_without_data(result)
+    if empty:
+        label = "warning" if allow_empty else "error"
+        typer.echo(f"{label}: {empty_plan_message(result, empty)}", err=True)
+        if not allow_empty:
+            raise typer.Exit(EXIT_USER_ERROR)
 
 
 @app.command()
@@ -113,13 +128,18 @@ def build(
         typer.Option("--synchronous", help="Build in this process without Dask (reference path)."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    allow_empty: Annotated[
+        bool,
+        typer.Option("--allow-empty", help="Build even when a modality has no data anywhere."),
+    ] = False,
 ) -> None:
     """Build (or resume) the corpus of CONFIG: one Dask task per corpus shard.
 
     Re-running the same command skips finished samples and never rewrites a
     finished shard. Writes the store named in the config, plus `<store>.run/` with the plan,
     a JSON-lines run log and failures.json (tile, modality, error, attempts).
-    Exit status 0 when every tile is done or empty, 3 when some failed.
+    Exit status 0 when every tile is done or empty, 3 when some failed, 2 (before
+    anything is written) when a modality has no data in any tile, unless --allow-empty.
     """
     from terracube.workflows.build.runner import BuildOptions, build_corpus
     from terracube.workflows.config import ConfigError, load_config
@@ -132,6 +152,7 @@ def build(
             retry_failed=retry_failed,
             synchronous=synchronous,
             show_progress=progress,
+            allow_empty=allow_empty,
         )
         if options.scheduler and (options.workers is not None or synchronous):
             raise ConfigError(

@@ -1,0 +1,100 @@
+"""Items the plan set aside, with their reason, and how the plan says so.
+
+A provider's catalog holds items terracube cannot use (another platform, a band the
+product lacks, an unknown baseline, a field of the wrong type). None of them may stop
+a plan, and none may vanish: each becomes a `Rejection` (item id, a fixed reason from
+items.REASONS, the full message), `plan --dry-run` prints them counted by reason with
+example ids, and `plan.json` keeps every one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from terracube.catalog.stac.http import (
+    RemoteServiceError,
+    UnsafeHrefError,
+    make_session,
+    request_with_retries,
+)
+from terracube.catalog.stac.items import ItemNormalizationError
+from terracube.catalog.stac.sources import ItemSource, href_signer
+
+EXAMPLES_PER_REASON = 3
+
+
+def rejection(item: Mapping[str, Any] | Any, err: Exception) -> dict[str, str]:
+    """The record of one refused item: id, reason (items.REASONS), message."""
+    item_id = str(item.get("id")) if isinstance(item, Mapping) else "<not an item>"
+    if isinstance(err, ItemNormalizationError):
+        reason = err.reason
+    elif isinstance(err, UnsafeHrefError):
+        reason = "unsafe href"
+    else:
+        reason = "malformed item"
+    message = str(err) if reason != "malformed item" else f"{type(err).__name__}: {err}"
+    if item_id not in message:
+        message = f"item {item_id}: {message}"
+    return {"item_id": item_id, "reason": reason, "message": message}
+
+
+def reason_table(rejected: Iterable[Mapping[str, str] | Sequence[str]]) -> dict[str, Any]:
+    """{reason: {"count", "examples" (item ids), "message" (the first one)}}, most first.
+
+    Also reads the (item id, message) pairs of plans written before reasons existed.
+    """
+    table: dict[str, dict[str, Any]] = {}
+    for entry in rejected:
+        if isinstance(entry, Mapping):
+            item_id, reason, message = entry["item_id"], entry["reason"], entry["message"]
+        else:
+            item_id, message = entry[0], entry[1]
+            reason = "unrecorded reason"
+        row = table.setdefault(reason, {"count": 0, "examples": [], "message": message})
+        row["count"] += 1
+        if len(row["examples"]) < EXAMPLES_PER_REASON:
+            row["examples"].append(item_id)
+    return dict(sorted(table.items(), key=lambda kv: -kv[1]["count"]))
+
+
+def metadata_fetcher(source: ItemSource) -> Callable[[str], bytes] | None:
+    """Reads a metadata asset of `source`'s items (local path or http(s)), retried and
+    counted on the source's counter; signed where the source's profile signs assets.
+
+    Object-store hrefs (s3://, gs://) are not read at plan time: such an item with no
+    baseline in its properties is refused, not guessed.
+    """
+    profile = getattr(source, "profile", None)
+    sign = href_signer(profile) if profile is not None else None
+    session = None
+
+    def fetch(href: str) -> bytes:
+        nonlocal session
+        scheme = urlsplit(href).scheme
+        if scheme in ("", "file"):
+            return Path(urlsplit(href).path if scheme else href).read_bytes()
+        if scheme not in ("http", "https"):
+            raise ItemNormalizationError(
+                f"metadata asset {href} is on an object store, not read at plan time",
+                "unknown S2 baseline",
+            )
+        session = session or make_session()
+        try:
+            response = request_with_retries(
+                session, "GET", sign(href) if sign else href, counter=source.counter
+            )
+        except RemoteServiceError as err:
+            raise ItemNormalizationError(
+                f"metadata asset {href} could not be read: {err}", "unknown S2 baseline"
+            ) from None
+        if response.status_code >= 400:
+            raise ItemNormalizationError(
+                f"metadata asset {href} answered HTTP {response.status_code}",
+                "unknown S2 baseline",
+            )
+        return response.content
+
+    return fetch

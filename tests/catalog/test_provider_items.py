@@ -1,0 +1,225 @@
+"""Real provider items at the edges: asset-key variants, baselines from every place a
+provider puts them, and items that must be set aside with their reason, not crash a plan.
+
+Items: the recorded Earth Search v1 / Planetary Computer responses of the pystac-client
+test cassettes (../shared/fixtures/real/pystac-client, Apache-2.0; "Contains modified
+Copernicus Sentinel data"), and the recorded items of tests/catalog/data/ (SOURCES.md
+there names each one's repository, commit and path).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+import pytest
+from terracube.catalog.plan_summary import print_summary
+from terracube.catalog.s2_baseline import (
+    BASELINE_NAME_PROPERTIES,
+    baseline_in_metadata,
+    baseline_in_name,
+)
+from terracube.catalog.stac.asset_keys import PROVIDER_KEYS
+from terracube.catalog.stac.http import HrefPolicy
+from terracube.catalog.stac.items import REASONS, ItemNormalizationError, normalize_item
+from terracube.catalog.stac.search import search_tiles
+from terracube.catalog.stac.sources import StaticCatalogSource
+
+from tests.catalog.test_items import ES_S2_LANDSAT, PC_S2
+from tests.catalog.test_sources import tile_at
+
+DATA = Path(__file__).parent / "data"
+ES_ID = "S2A_13TDE_20231008_0_L2A"
+
+
+def _es_s2(fixtures_dir: Path) -> dict[str, Any]:
+    features = json.loads((fixtures_dir / ES_S2_LANDSAT).read_text())["features"]
+    return copy.deepcopy(next(f for f in features if f["id"] == ES_ID))
+
+
+def _without_baseline_properties(item: dict[str, Any]) -> dict[str, Any]:
+    """The item as a provider that publishes no baseline property nor raster:bands."""
+    for key in ("s2:processing_baseline", *BASELINE_NAME_PROPERTIES):
+        item["properties"].pop(key, None)
+    for asset in item["assets"].values():
+        for band in asset.get("raster:bands", []):
+            band.pop("scale", None), band.pop("offset", None)
+    return item
+
+
+# --------------------------------------------------------------------------- asset keys
+
+
+def test_jp2_only_item_is_read_from_its_jp2_assets_with_the_same_conversion(
+    fixtures_dir: Path,
+) -> None:
+    """Earth Search v1 publishes `red` (COG) beside `red-jp2`; with both, the COG is read;
+    with only the JP2 originals, every band and the SCL come from them, with the
+    raster:bands offset of the JP2 (-0.1 / 1e-4 = -1000 DN at baseline 05.09)."""
+    both = normalize_item(_es_s2(fixtures_dir))
+    assert both.asset("B04").asset_key == "red" and both.mask is not None
+    assert both.mask.asset_key == "scl"
+    jp2_only = _es_s2(fixtures_dir)
+    for key in [k for k in jp2_only["assets"] if f"{k}-jp2" in jp2_only["assets"]]:
+        del jp2_only["assets"][key]
+    item = normalize_item(jp2_only)
+    assert item.bands == both.bands and item.missing_bands == ()
+    assert {r.band: r.asset_key for r in item.assets}["B04"] == "red-jp2"
+    assert all(r.asset_key.endswith("-jp2") for r in item.assets)
+    assert item.asset("B04").href == "s3://sentinel-s2-l2a/tiles/13/T/DE/2023/10/8/0/B04.jp2"
+    assert item.mask is not None and item.mask.asset_key == "scl-jp2"
+    for ref in item.assets:
+        assert ref.conversion.dn_offset == -1000.0 and ref.conversion.source == "raster:bands"
+        assert ref.transform == both.asset(ref.band).transform
+
+
+def test_every_provider_table_names_registry_bands_only() -> None:
+    from terracube.catalog.registry import modality
+
+    for table in PROVIDER_KEYS:
+        mod = modality(table.modality)
+        names = {b.name for b in mod.bands} | ({mod.mask.name} if mod.mask else set())
+        assert set(table.keys) <= names, table.provider
+        assert set(table.collections) & set(mod.stac_collections), table.provider
+
+
+# --------------------------------------------------------------------------- baselines
+
+
+def test_baseline_names_in_product_and_granule_ids() -> None:
+    assert baseline_in_name(
+        "S2A_MSIL2A_20231008T175231_N0509_R141_T13TDE_20231008T233154.SAFE"
+    ) == ("05.09")
+    assert baseline_in_name("S2A_OPER_MSI_L2A_TL_2APS_20231008T233154_A043324_T13TDE_N05.09") == (
+        "05.09"
+    )
+    assert baseline_in_name("S2B_MSIL2A_20200606T101559_N0214_R065_T32TQM_20200606T135146") == (
+        "02.14"
+    )
+    assert baseline_in_name("S2B_33UUP_20230101_0_L2A") is None
+    xml = b"<n1:Level-2A_User_Product><PROCESSING_BASELINE>04.00</PROCESSING_BASELINE>"
+    assert baseline_in_metadata(xml) == "04.00"
+    assert baseline_in_metadata(b"<TILE_ID metadataLevel='Brief'>S2A_..._T33NZA_N04.00</TILE_ID>")
+    assert baseline_in_metadata(b"<nothing/>") is None
+
+
+@pytest.mark.parametrize(
+    ("keep", "expected_source"),
+    [
+        ("s2:product_uri", "s2:product_uri"),
+        ("s2:granule_id", "s2:granule_id"),
+    ],
+)
+def test_baseline_read_from_the_product_or_granule_name(
+    fixtures_dir: Path, keep: str, expected_source: str
+) -> None:
+    """The real item without s2:processing_baseline nor raster:bands: its N0509 is read
+    from the name that is left, and the 1000 DN offset is removed exactly once."""
+    original = _es_s2(fixtures_dir)
+    item = _without_baseline_properties(_es_s2(fixtures_dir))
+    item["properties"][keep] = original["properties"][keep]
+    conv = normalize_item(item).asset("B04").conversion
+    assert conv.dn_offset == -1000.0 and conv.source == expected_source
+
+
+def test_unreadable_baseline_falls_back_to_the_name_or_is_refused(fixtures_dir: Path) -> None:
+    item = _es_s2(fixtures_dir)
+    bare = _without_baseline_properties(_es_s2(fixtures_dir))
+    bare["properties"]["s2:processing_baseline"] = "04"
+    with pytest.raises(ItemNormalizationError, match=r"unreadable .* '04'") as info:
+        normalize_item(bare)
+    assert info.value.reason == "unknown S2 baseline"
+    bare["properties"]["s2:product_uri"] = item["properties"]["s2:product_uri"]
+    conv = normalize_item(bare).asset("B04").conversion
+    assert conv.dn_offset == -1000.0 and conv.source == "s2:product_uri"
+
+
+def test_no_baseline_anywhere_is_refused_not_converted(fixtures_dir: Path) -> None:
+    """Planetary Computer's real item: its baseline is in five places (property, product
+    URI, granule, datatake and datastrip ids, all N02.12); each alone suffices, and with
+    none left (PC item ids carry no Nxxyy) it is refused, never stored 1000 DN off."""
+    pc = json.loads((fixtures_dir / PC_S2).read_text())["features"][0]
+    props = pc["properties"]
+    assert normalize_item(pc).asset("B04").conversion.source == "s2:processing_baseline"
+    names = ["s2:product_uri", "s2:granule_id", "s2:datatake_id", "s2:datastrip_id"]
+    del props["s2:processing_baseline"]
+    for name in names:
+        alone = copy.deepcopy(pc)
+        for other in names:
+            if other != name:
+                del alone["properties"][other]
+        conv = normalize_item(alone).asset("B04").conversion
+        assert (conv.source, conv.dn_offset) == (name, 0.0)  # 02.12 < 04.00: no offset
+    for name in names:
+        del props[name]
+    with pytest.raises(ItemNormalizationError, match="baseline unknown") as info:
+        normalize_item(pc)
+    assert info.value.reason == "unknown S2 baseline"
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def _catalog(items: list[dict[str, Any]], root: Path) -> Path:
+    catalog = pystac.Catalog("edge", "items at the edges")
+    for feature in items:
+        item = pystac.Item.from_dict(feature)
+        item.clear_links()
+        catalog.add_item(item)
+    catalog.normalize_hrefs(str(root))
+    catalog.save(pystac.CatalogType.SELF_CONTAINED)
+    return root / "catalog.json"
+
+
+def test_bad_items_are_set_aside_with_reasons_and_the_plan_goes_on(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """Beside the good real item: baseline "04" with no name, a missing band, a field of
+    the wrong type. The plan keeps the good one, and the dry-run table counts the others
+    by reason with their ids."""
+    good = _es_s2(fixtures_dir)
+    bad_baseline = _without_baseline_properties(_es_s2(fixtures_dir))
+    bad_baseline["id"], bad_baseline["properties"]["s2:processing_baseline"] = "bad-baseline", "04"
+    del bad_baseline["assets"]["granule_metadata"]  # no metadata to read: tests stay offline
+    no_red = _es_s2(fixtures_dir)
+    no_red["id"] = "no-red"
+    del no_red["assets"]["red"], no_red["assets"]["red-jp2"]
+    wrong_type = _es_s2(fixtures_dir)
+    wrong_type["id"] = "wrong-type"
+    wrong_type["assets"]["red"]["proj:transform"] = 42  # not a list
+    path = _catalog([good, bad_baseline, no_red, wrong_type], tmp_path / "cat")
+    source = StaticCatalogSource(path, href_policy=HrefPolicy(allow_local_files=True))
+    start, end = datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 31, tzinfo=UTC)
+    result = search_tiles(source, [tile_at(-105.1, 40.17)], start, end, ["sentinel2_l2a"])
+    assert [i.id for i in result.items["sentinel2_l2a"]] == [ES_ID]
+    reasons = {r["item_id"]: r["reason"] for r in result.rejected}
+    assert reasons == {
+        "bad-baseline": "unknown S2 baseline",
+        "no-red": "missing band",
+        "wrong-type": "malformed item",
+    }
+    assert set(reasons.values()) <= set(REASONS)
+
+    from terracube.catalog.plan import PlanParams
+    from terracube.catalog.stac.search import search_and_plan
+    from terracube.catalog.timescheme import TimeScheme
+
+    plan = search_and_plan(
+        {"sentinel2_l2a": source},
+        [tile_at(-105.1, 40.17)],
+        TimeScheme(start=start.date(), periods=1),
+        plan_params=PlanParams(),
+    )
+    text = io.StringIO()
+    summary = print_summary(plan, stream=text)
+    assert summary["rejected_items"] == 3
+    assert summary["rejected_by_reason"]["missing band"]["examples"] == ["no-red"]
+    assert summary["rejected_by_reason"]["malformed item"]["count"] == 1
+    out = text.getvalue()
+    assert "3 item(s) set aside" in out
+    assert "unknown S2 baseline" in out and "bad-baseline" in out and "'04'" in out

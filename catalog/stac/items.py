@@ -12,7 +12,6 @@ only adds provider facts: which collection id holds which modality.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,27 +20,25 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import affine
-import numpy as np
 import pystac
 import shapely
 from pyproj import CRS
-from terracube.catalog.registry import (
-    MODALITIES,
-    Band,
-    MaskBand,
-    Modality,
-    RadiometryKind,
-    modality,
-)
-from terracube.catalog.s2_baseline import (
-    METADATA_ASSET_KEYS,
-    S2_BOA_ADD_OFFSET_DN,
-    BaselineError,
-    item_baseline,
-    s2_offset_applies,
-)
+from terracube.catalog.registry import MODALITIES, MaskBand, modality
+from terracube.catalog.s2_baseline import METADATA_ASSET_KEYS
 from terracube.catalog.stac.asset_keys import is_jp2_key, keys_for
+from terracube.catalog.stac.conversion import Conversion, band_conversion, mask_conversion
 from terracube.catalog.stac.http import HrefPolicy, check_asset_href
+from terracube.catalog.stac.item_errors import REASONS, ItemNormalizationError
+
+__all__ = [
+    "REASONS",
+    "AssetRef",
+    "Conversion",
+    "ItemNormalizationError",
+    "NormalizedItem",
+    "normalize_item",
+    "normalize_items",
+]
 
 COLLECTION_MODALITIES: dict[str, str] = {
     c: m.name for m in MODALITIES.values() for c in m.stac_collections
@@ -61,75 +58,6 @@ OPTIONAL_BANDS: dict[str, frozenset[str]] = {
 
 
 MODALITY_PROPERTY = "terracube:modality"
-
-
-class ItemNormalizationError(ValueError):
-    """A STAC item that cannot be turned into a NormalizedItem; the message says why.
-
-    `reason` is a short fixed phrase (REASONS) the plan summary counts items by.
-    """
-
-    def __init__(self, message: str, reason: str = "malformed item") -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-REASONS = (
-    "unknown collection",
-    "unsupported collection",
-    "unsupported platform",
-    "missing band",
-    "missing mask",
-    "relative href",
-    "no geometry",
-    "bad datetime",
-    "unknown S2 baseline",
-    "non-integral DN offset",
-    "unsafe href",
-    "other modality",
-    "malformed item",
-)
-"""Every `reason` an item is refused for; `malformed item` covers content that broke a
-reader (a wrong type, a field of the wrong shape)."""
-
-
-@dataclass(frozen=True)
-class Conversion:
-    """Exactly how one asset's source DN become the registry's stored value.
-
-    stored = DN + dn_offset (S2 baseline offset; 0 elsewhere), or 10 log10(DN) for
-    LINEAR_TO_DB; physical = stored * scale + offset. `source` says where the numbers
-    came from: "raster:bands", "s2:processing_baseline" or "registry".
-    """
-
-    kind: RadiometryKind
-    dn_offset: float = 0.0
-    scale: float = 1.0
-    offset: float = 0.0
-    source: str = "registry"
-
-    def to_stored(self, dn: np.ndarray, nodata: float | None = None) -> np.ndarray:
-        """Apply the conversion; source nodata maps to the stored nodata of the kind."""
-        dn = np.asarray(dn)
-        invalid = np.zeros(dn.shape, bool) if nodata is None else _equal_nodata(dn, nodata)
-        if self.kind is RadiometryKind.LINEAR_TO_DB:
-            linear = dn.astype(np.float64)
-            invalid |= ~(linear > 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                db = 10.0 * np.log10(np.where(invalid, 1.0, linear))
-            return np.where(invalid, np.nan, db).astype(np.float32)
-        if self.kind is RadiometryKind.S2_BASELINE_OFFSET:
-            shifted = dn.astype(np.int64) + int(self.dn_offset)
-            # 0 is nodata; valid dark pixels clip to 1 rather than become nodata.
-            stored = np.clip(shifted, 1, np.iinfo(np.uint16).max)
-            return np.where(invalid | (dn == 0), 0, stored).astype(np.uint16)
-        return np.where(invalid, 0, dn).astype(dn.dtype)
-
-
-def _equal_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
-    if isinstance(nodata, float) and math.isnan(nodata):
-        return np.isnan(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
-    return values == nodata
 
 
 @dataclass(frozen=True)
@@ -306,63 +234,6 @@ def _find_asset(
     return by_key.get(True) or by_eo.get(True)
 
 
-# --------------------------------------------------------------------------- conversion
-
-
-def _conversion(
-    mod: Modality,
-    band: Band,
-    raster: Mapping[str, Any],
-    props: Mapping[str, Any],
-    item_id: str,
-    metadata: Callable[[], bytes | None] | None = None,
-) -> Conversion:
-    kind = band.radiometry.kind
-    has_scale = "scale" in raster or "offset" in raster
-    if kind is RadiometryKind.S2_BASELINE_OFFSET:
-        scale = float(raster.get("scale", band.radiometry.scale))
-        if has_scale:
-            dn_offset = float(raster.get("offset", 0.0)) / scale
-            if abs(dn_offset - round(dn_offset)) > 1e-6:
-                raise ItemNormalizationError(
-                    f"item {item_id}: raster:bands offset/scale of {band.name} give a "
-                    f"non-integral DN offset {dn_offset}",
-                    "non-integral DN offset",
-                )
-            return Conversion(kind, float(round(dn_offset)), scale, 0.0, "raster:bands")
-        try:
-            baseline, where = item_baseline(props, metadata)
-        except BaselineError as err:
-            raise ItemNormalizationError(
-                f"item {item_id}: {err}. Give the items an s2:processing_baseline "
-                "(or raster:bands scale/offset), or search a provider that publishes one",
-                "unknown S2 baseline",
-            ) from None
-        applies = s2_offset_applies(baseline)
-        return Conversion(
-            kind,
-            -float(S2_BOA_ADD_OFFSET_DN) if applies else 0.0,
-            scale,
-            0.0,
-            where,
-        )
-    if kind is RadiometryKind.IDENTITY:
-        if has_scale:
-            return Conversion(
-                kind,
-                0.0,
-                float(raster.get("scale", 1.0)),
-                float(raster.get("offset", 0.0)),
-                "raster:bands",
-            )
-        return Conversion(kind, 0.0, band.radiometry.scale, band.radiometry.offset, "registry")
-    return Conversion(kind, source="registry")
-
-
-def _mask_conversion() -> Conversion:
-    return Conversion(RadiometryKind.CLASSES, source="registry")
-
-
 # --------------------------------------------------------------------------- main entry
 
 
@@ -471,7 +342,7 @@ def normalize_item(
         if key is None:
             missing.append(band.name)
             continue
-        conversion = _conversion(mod, band, _raster_band(assets[key]), props, item_id, metadata)
+        conversion = band_conversion(band, _raster_band(assets[key]), props, item_id, metadata)
         refs.append(_asset_ref(band.name, key, assets[key], data, base, conversion, policy))
     lacking = sorted(required & set(missing))
     if lacking:
@@ -555,7 +426,7 @@ def _mask_ref(
             "without one (Major TOM, SSL4EO) pass require_mask=False",
             "missing mask",
         )
-    return _asset_ref(mask.name, key, assets[key], data, base, _mask_conversion(), policy)
+    return _asset_ref(mask.name, key, assets[key], data, base, mask_conversion(), policy)
 
 
 def normalize_items(

@@ -20,7 +20,7 @@ from terracube.catalog.stac.http import (
     make_session,
     request_with_retries,
 )
-from terracube.catalog.stac.items import ItemNormalizationError
+from terracube.catalog.stac.item_errors import ItemNormalizationError
 from terracube.catalog.stac.sources import ItemSource, href_signer
 
 EXAMPLES_PER_REASON = 3

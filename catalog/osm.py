@@ -1,25 +1,26 @@
 """OpenStreetMap features for tiles, mapped to the registry's 30 categories.
 
-Features come from a local extract (.osm or .osm.bz2, read by osmnx offline) or from
+Features come from a local extract (.osm.pbf, .osm, .osm.bz2: catalog/osm_extract.py,
+pyosmium reading, osmnx geometry rules, clipped elements set aside and counted) or from
 Overpass (one query per region polygon, never per tile). Each feature gets one row per
 matching category (TagRule.matches); `features_for_tile` returns the features meeting a
 tile, clipped to it, in the tile's CRS, ready to rasterize.
-
-.osm.pbf is not read: osmnx 2.x parses XML only. Convert with `osmium cat x.osm.pbf -o
-x.osm` (osmium-tool) first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import pandas as pd
 import shapely
 from terracube.catalog.grid import Tile
 from terracube.catalog.registry import OSM_CATEGORIES
+
+if TYPE_CHECKING:
+    from terracube.catalog.osm_extract import ExtractReport
 
 OSM_TAG_QUERY: dict[str, bool | str | list[str]] = {c.rule.key: True for c in OSM_CATEGORIES}
 """osmnx tag filter fetching every key any category looks at (filtered exactly later)."""
@@ -52,20 +53,18 @@ def categorize(raw: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     )
 
 
-def read_extract(path: str | Path, polygon: shapely.Geometry | None = None) -> gpd.GeoDataFrame:
-    """Categorized features of a local .osm / .osm.bz2 extract (offline)."""
-    import osmnx
+def empty_features() -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame(
+        {"osm_type": [], "osm_id": [], "category": []}, geometry=[], crs="EPSG:4326"
+    )
 
-    path = Path(path)
-    if path.name.endswith(".pbf"):
-        raise ValueError(
-            f"{path}: osmnx reads OSM XML only, not PBF; convert it first with "
-            f"`osmium cat {path.name} -o {path.name.removesuffix('.pbf')}` (osmium-tool)"
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"OSM extract {path} does not exist")
-    raw = osmnx.features_from_xml(path, polygon=polygon, tags=OSM_TAG_QUERY)
-    return categorize(raw)
+
+def read_extract(path: str | Path, polygon: shapely.Geometry | None = None) -> gpd.GeoDataFrame:
+    """Categorized features of a local extract (PBF or XML, offline); see read_osm_extract
+    for what was set aside."""
+    from terracube.catalog.osm_extract import read_osm_extract
+
+    return read_osm_extract(path, polygon)[0]
 
 
 def fetch_overpass(region: shapely.Geometry) -> gpd.GeoDataFrame:
@@ -81,16 +80,20 @@ def fetch_overpass(region: shapely.Geometry) -> gpd.GeoDataFrame:
 class OsmFeatures:
     """Categorized features of one region, indexed for per-tile queries."""
 
-    def __init__(self, features: gpd.GeoDataFrame) -> None:
+    def __init__(self, features: gpd.GeoDataFrame, report: ExtractReport | None = None) -> None:
         if features.crs is None or features.crs.to_epsg() != 4326:
             raise ValueError(
                 f"OsmFeatures wants lon/lat (EPSG:4326) features, got CRS {features.crs}"
             )
         self.features = features.reset_index(drop=True)
+        self.report = report
+        """What reading the extract set aside (None for Overpass)."""
 
     @classmethod
     def from_extract(cls, path: str | Path, polygon: shapely.Geometry | None = None) -> OsmFeatures:
-        return cls(read_extract(path, polygon))
+        from terracube.catalog.osm_extract import read_osm_extract
+
+        return cls(*read_osm_extract(path, polygon))
 
     def features_for_tile(self, tile: Tile) -> gpd.GeoDataFrame:
         """Features meeting the tile, clipped to its square, in the tile CRS."""

@@ -114,6 +114,7 @@ def summarize(plan: Plan) -> dict[str, Any]:
         "modalities_without_data": modalities_without_data(plan),
         "rejected_items": len(plan.search.get("rejected", [])),
         "rejected_by_reason": reason_table(plan.search.get("rejected", [])),
+        "warnings": list(plan.search.get("warnings", [])),
     }
 
 
@@ -135,6 +136,8 @@ def print_summary(
     for name, tiles in summary["tiles_without_data"].items():
         if tiles:
             out.write(f"  {name}: {len(tiles)} tile(s) without data\n")
+    for warning in summary["warnings"]:
+        out.write(f"warning: {warning}\n")
     reasons = summary["rejected_by_reason"]
     if reasons:
         out.write(f"{summary['rejected_items']} item(s) set aside (all in plan.json):\n")

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import shapely
 from terracube.catalog.grid import Tile, cover
+from terracube.catalog.osm_extract import ExtractError, extract_bounds
 from terracube.catalog.plan import Plan, PlanParams
-from terracube.catalog.registry import MODALITIES, modality
+from terracube.catalog.registry import MODALITIES, is_osm, modality
 from terracube.catalog.stac.http import RetryPolicy
 from terracube.catalog.stac.search import (
     STATIC_SEARCH_START,
@@ -206,6 +208,41 @@ def check_sources(config: BuildConfig) -> None:
             ) from None
 
 
+def check_osm_extract(config: BuildConfig, tiles: Sequence[Tile]) -> list[str]:
+    """Plan-time check of a local OSM extract: readable, and meeting the AOI.
+
+    Raises ConfigError when the file cannot be read or meets none of the tiles; returns
+    a warning when some tiles reach beyond it (their OSM layers miss what lies outside).
+    """
+    name = next((n for n in config.modalities if is_osm(n)), None)
+    source = config.modalities[name] if name else None
+    if not isinstance(source, OsmFileSource):
+        return []
+    path = config.resolve(source.path)
+    try:
+        bounds = extract_bounds(path)
+    except ExtractError as exc:
+        raise ConfigError(f"modalities.{name}.path: {exc}") from None
+    if bounds is None:
+        raise ConfigError(f"modalities.{name}.path: {path} holds no node; is it the right file?")
+    box = shapely.box(*bounds)
+    shown = ", ".join(f"{v:.4f}" for v in bounds)
+    meets = [t for t in tiles if box.intersects(t.footprint_lonlat())]
+    if not meets:
+        raise ConfigError(
+            f"modalities.{name}.path: the extract {path.name} covers lon/lat {shown}, which "
+            f"meets none of the {len(tiles)} tile(s) of the AOI: use the extract of the "
+            "AOI's region (or check that the AOI is lon/lat in that order)"
+        )
+    beyond = [t for t in tiles if not box.contains(t.footprint_lonlat())]
+    if beyond:
+        return [
+            f"{name}: {len(beyond)} of {len(tiles)} tile(s) reach beyond the extract "
+            f"{path.name} (lon/lat {shown}); their OSM layers miss what lies outside it"
+        ]
+    return []
+
+
 def plan_build(
     config: BuildConfig,
     cache_dir: Path | None = None,
@@ -214,6 +251,7 @@ def plan_build(
 ) -> Plan:
     """Search every source once per region x collection, then plan all modalities together."""
     tiles = select_tiles(config)
+    warnings = check_osm_extract(config, tiles)
     check_sources(config)
     cache = SearchCache(cache_dir) if cache_dir is not None else None
     if config.sampling.mode == "stratified":
@@ -227,7 +265,7 @@ def plan_build(
         shared = make_group_source(config, names)
         sources.update(dict.fromkeys(names, shared))
     try:
-        return search_and_plan(
+        plan = search_and_plan(
             sources,
             tiles,
             scheme,
@@ -238,6 +276,8 @@ def plan_build(
         )
     except SearchError as exc:
         raise ConfigError(f"modalities.{exc.modality}: {exc}") from None
+    plan.search["warnings"] = [*plan.search.get("warnings", []), *warnings]
+    return plan
 
 
 def stratified_tiles(

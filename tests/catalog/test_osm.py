@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import shapely
 from terracube.catalog.grid import cover
-from terracube.catalog.osm import OsmFeatures, categories_of, read_extract
+from terracube.catalog.osm import OsmFeatures, categories_of
 from terracube.catalog.registry import OSM_CATEGORIES
 
 OSMNX = "osm/osmnx"
@@ -63,8 +63,3 @@ def test_every_feature_in_a_tile_is_in_its_set(fixtures_dir: Path, extract: str)
         square = shapely.box(*tile.bounds).buffer(1e-6)
         assert all(square.covers(g) for g in got.geometry)
     assert seen_any
-
-
-def test_pbf_gets_a_clear_error(fixtures_dir: Path) -> None:
-    with pytest.raises(ValueError, match=r"osmium cat aguascalientes\.osm\.pbf"):
-        read_extract(fixtures_dir / OSMNX / "aguascalientes.osm.pbf")

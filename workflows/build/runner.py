@@ -24,6 +24,7 @@ import shapely
 from rich.console import Console
 from terracube.catalog.registry import is_osm
 from terracube.catalog.osm import OsmFeatures, fetch_overpass
+from terracube.catalog.osm_extract import ExtractError
 from terracube.catalog.plan import Plan
 from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
 from terracube.pipeline.corpus.store import Corpus, CorpusCodecs, CorpusError, create_corpus, local_root
@@ -166,7 +167,10 @@ def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
         return None
     region = shapely.union_all(list(plan.samples.geometry))
     if isinstance(source, OsmFileSource):
-        return OsmFeatures.from_extract(config.resolve(source.path), polygon=region)
+        try:
+            return OsmFeatures.from_extract(config.resolve(source.path), polygon=region)
+        except ExtractError as err:
+            raise ConfigError(f"modalities.openstreetmap.path: {err}") from None
     return OsmFeatures(fetch_overpass(region))
 
 
@@ -244,6 +248,8 @@ def run_build(
     todo_tiles = sum(len(w.todo) for w in works)
     needs_osm = any(is_osm(m) for w in works for todo in w.todo.values() for m in todo)
     osm = load_osm(config, plan) if needs_osm else None
+    if osm is not None and osm.report is not None and osm.report.total:
+        console.print(f"openstreetmap: {osm.report.describe()}", markup=False)
     failures = FailureTable(folder / "failures.json", config.secret_values)
     log_path = folder / f"build-{utc_now().replace(':', '').replace('+0000', 'Z')}.jsonl"
     counts: Counter[str] = Counter()
@@ -261,6 +267,13 @@ def run_build(
             retry_failed=options.retry_failed,
             scheduler="synchronous" if options.synchronous else (options.scheduler or "local"),
         )
+        if osm is not None and osm.report is not None:
+            log.write(
+                "osm_extract",
+                path=osm.report.path,
+                clipped_relations=dict(osm.report.clipped_relations),
+                clipped_ways=dict(osm.report.clipped_ways),
+            )
         with open_executor(
             scheduler=options.scheduler,
             workers=options.workers,

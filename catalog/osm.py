@@ -59,11 +59,24 @@ def empty_features() -> gpd.GeoDataFrame:
     )
 
 
-def read_extract(path: str | Path, polygon: shapely.Geometry | None = None) -> gpd.GeoDataFrame:
-    """Categorized features of a local extract (PBF or XML, offline); see read_osm_extract
-    for what was set aside."""
-    from terracube.catalog.osm_extract import read_osm_extract
+def read_osm_extract(
+    path: str | Path, polygon: shapely.Geometry | None = None
+) -> tuple[gpd.GeoDataFrame, ExtractReport]:
+    """Categorized features of a local extract (any libosmium format, offline), and what
+    was set aside as clipped, counted per category (catalog/osm_extract.py)."""
+    from terracube.catalog.osm_extract import ExtractReport, read_raw_features
 
+    raw, removed = read_raw_features(Path(path), OSM_TAG_QUERY, polygon)
+    report = ExtractReport(str(path))
+    for tags in removed["ways"]:
+        report.clipped_ways.update(categories_of(tags))
+    for tags in removed["relations"]:
+        report.clipped_relations.update(categories_of(tags))
+    return (empty_features() if raw is None else categorize(raw)), report
+
+
+def read_extract(path: str | Path, polygon: shapely.Geometry | None = None) -> gpd.GeoDataFrame:
+    """Categorized features of a local extract (PBF or XML, offline)."""
     return read_osm_extract(path, polygon)[0]
 
 
@@ -91,8 +104,6 @@ class OsmFeatures:
 
     @classmethod
     def from_extract(cls, path: str | Path, polygon: shapely.Geometry | None = None) -> OsmFeatures:
-        from terracube.catalog.osm_extract import read_osm_extract
-
         return cls(*read_osm_extract(path, polygon))
 
     def features_for_tile(self, tile: Tile) -> gpd.GeoDataFrame:

@@ -15,7 +15,7 @@ extract, which tests/catalog/test_osm_extract.py checks feature by feature.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,26 +163,20 @@ def read_elements(
     return [*nodes, *kept_ways, *kept_relations], removed
 
 
-def read_osm_extract(
-    path: str | Path, polygon: shapely.Geometry | None = None
-) -> tuple[gpd.GeoDataFrame, ExtractReport]:
-    """Categorized features of a local extract (any libosmium format), and what was set aside."""
+def read_raw_features(
+    path: Path, tags: Mapping[str, bool | str | list[str]], polygon: shapely.Geometry | None
+) -> tuple[gpd.GeoDataFrame | None, dict[str, list[dict[str, str]]]]:
+    """osmnx features (None when there are none) of the extract's intact elements, and the
+    tags of the ways and relations set aside."""
     from osmnx import features as ox_features
     from osmnx._errors import InsufficientResponseError
-    from terracube.catalog.osm import OSM_TAG_QUERY, categories_of, categorize, empty_features
 
-    path = Path(path)
-    keys = frozenset(OSM_TAG_QUERY)
-    elements, removed = read_elements(path, keys, frozenset(ox_features._RELATION_TYPES))
-    report = ExtractReport(str(path))
-    for tags in removed["ways"]:
-        report.clipped_ways.update(categories_of(tags))
-    for tags in removed["relations"]:
-        report.clipped_relations.update(categories_of(tags))
+    relation_types = frozenset(ox_features._RELATION_TYPES)
+    elements, removed = read_elements(path, frozenset(tags), relation_types)
     try:
         raw = ox_features._create_gdf(
-            [{"elements": elements}], polygon or shapely.Polygon(), OSM_TAG_QUERY
+            [{"elements": elements}], polygon or shapely.Polygon(), dict(tags)
         )
     except InsufficientResponseError:
-        return empty_features(), report
-    return categorize(raw), report
+        return None, removed
+    return raw, removed

@@ -62,17 +62,44 @@ def _equal_nodata(values: np.ndarray, nodata: float) -> np.ndarray:
     return values == nodata
 
 
+OFFSET_APPLIED_PROPERTIES = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
+"""Earth Search (v1, v0): true when Element84 already removed the +1000 DN from the COGs.
+
+Said by its maintainers (cirrus-geo/cirrus-earth-search#21: new scenes "have the
+BOA_ADD_OFFSET applied"; Element84/earth-search#9: raster:bands may still say -0.1 "even
+when it has been applied", the flag "is the truth"; allenai/rslearn#689 fixed the same
+double subtraction). Only the COGs were rewritten: the JP2 originals beside them keep
+ESA's DN, so for those the baseline rule still holds."""
+
+
+def offset_already_applied(props: Mapping[str, Any]) -> bool | None:
+    """The Earth Search flag when the item carries one (True / False), else None."""
+    for key in OFFSET_APPLIED_PROPERTIES:
+        if isinstance(props.get(key), bool):
+            return bool(props[key])
+    return None
+
+
 def band_conversion(
     band: Band,
     raster: Mapping[str, Any],
     props: Mapping[str, Any],
     item_id: str,
     metadata: Callable[[], bytes | None] | None = None,
+    jp2: bool = False,
 ) -> Conversion:
+    """How this band's DN become stored values. For S2: an Earth Search COG whose flag
+    says the offset was already removed is stored as is; else raster:bands scale/offset;
+    else the item's processing baseline, wherever it carries it (or the item is refused).
+    `jp2` marks the provider's JPEG 2000 original, which the flag does not cover."""
     kind = band.radiometry.kind
     has_scale = "scale" in raster or "offset" in raster
     if kind is RadiometryKind.S2_BASELINE_OFFSET:
         scale = float(raster.get("scale", band.radiometry.scale))
+        applied = offset_already_applied(props)
+        if applied and not jp2:
+            key = next(k for k in OFFSET_APPLIED_PROPERTIES if k in props)
+            return Conversion(kind, 0.0, scale, 0.0, key)
         if has_scale:
             dn_offset = float(raster.get("offset", 0.0)) / scale
             if abs(dn_offset - round(dn_offset)) > 1e-6:

@@ -342,7 +342,9 @@ def normalize_item(
         if key is None:
             missing.append(band.name)
             continue
-        conversion = band_conversion(band, _raster_band(assets[key]), props, item_id, metadata)
+        conversion = band_conversion(
+            band, _raster_band(assets[key]), props, item_id, metadata, _is_jp2(key, assets[key])
+        )
         refs.append(_asset_ref(band.name, key, assets[key], data, base, conversion, policy))
     lacking = sorted(required & set(missing))
     if lacking:

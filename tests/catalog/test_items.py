@@ -68,10 +68,23 @@ def test_earth_search_and_planetary_computer_s2_give_the_same_band_set(es_s2, pc
     assert pc.mask is not None and pc.mask.asset_key == "SCL"
 
 
-def test_earth_search_baseline_05_offset_comes_from_raster_bands_once(es_s2) -> None:
+def test_earth_search_cogs_flagged_as_offset_applied_are_stored_as_they_are(es_s2) -> None:
+    """The real ES v1 item says earthsearch:boa_offset_applied: true (Element84 removed
+    the +1000 from its COGs) beside raster:bands offset -0.1, which its maintainers say
+    can be stale: the flag wins, so the COG DN are stored unchanged, never -1000 twice."""
+    assert es_s2["properties"]["earthsearch:boa_offset_applied"] is True
     item = normalize_item(es_s2)
     conv = item.asset("B02").conversion
     assert conv.kind is RadiometryKind.S2_BASELINE_OFFSET
+    assert (conv.dn_offset, conv.scale, conv.source) == (
+        0.0,
+        1e-4,
+        "earthsearch:boa_offset_applied",
+    )
+    assert conv.to_stored(np.array([0, 1500], np.uint16), nodata=0).tolist() == [0, 1500]
+    unflagged = copy.deepcopy(es_s2)
+    unflagged["properties"]["earthsearch:boa_offset_applied"] = False
+    conv = normalize_item(unflagged).asset("B02").conversion
     assert (conv.dn_offset, conv.scale, conv.source) == (-1000.0, 1e-4, "raster:bands")
     dn = np.array([0, 1000, 1500, 11000, 500], dtype=np.uint16)
     assert conv.to_stored(dn, nodata=0).tolist() == [0, 1, 500, 10000, 1]
@@ -95,7 +108,9 @@ def test_planetary_computer_style_item_at_baseline_04_gets_minus_1000(pc_s2) -> 
 def test_earth_search_metadata_is_never_combined_with_the_baseline_rule(es_s2) -> None:
     """ES publishes raster:bands offset -0.1 AND baseline 05.09: exactly -1000, not -2000."""
     assert es_s2["properties"]["s2:processing_baseline"] == "05.09"
-    item = normalize_item(es_s2)
+    unflagged = copy.deepcopy(es_s2)
+    del unflagged["properties"]["earthsearch:boa_offset_applied"]
+    item = normalize_item(unflagged)
     assert {a.conversion.dn_offset for a in item.assets} == {-1000.0}
 
 
@@ -232,7 +247,7 @@ def test_mask_less_s2_normalizes_with_require_mask_false(es_s2) -> None:
     assert full.mask is not None and full.mask.asset_key == "scl"  # present masks still used
     assert bare.mask is None
     assert bare.assets == full.assets and bare.bands == full.bands
-    assert bare.asset("B04").conversion.dn_offset == -1000.0  # baseline 05.09 offset kept
+    assert bare.asset("B04").conversion == full.asset("B04").conversion
     # A missing band is still an error: require_mask relaxes the mask only.
     del no_scl["assets"]["red"], no_scl["assets"]["red-jp2"]
     with pytest.raises(ItemNormalizationError, match="B04"):

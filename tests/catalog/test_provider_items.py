@@ -25,6 +25,7 @@ from terracube.catalog.s2_baseline import (
     baseline_in_name,
 )
 from terracube.catalog.stac.asset_keys import PROVIDER_KEYS
+from terracube.catalog.stac.conversion import OFFSET_APPLIED_PROPERTIES
 from terracube.catalog.stac.http import HrefPolicy
 from terracube.catalog.stac.items import REASONS, ItemNormalizationError, normalize_item
 from terracube.catalog.stac.search import search_tiles
@@ -44,7 +45,7 @@ def _es_s2(fixtures_dir: Path) -> dict[str, Any]:
 
 def _without_baseline_properties(item: dict[str, Any]) -> dict[str, Any]:
     """The item as a provider that publishes no baseline property nor raster:bands."""
-    for key in ("s2:processing_baseline", *BASELINE_NAME_PROPERTIES):
+    for key in ("s2:processing_baseline", *BASELINE_NAME_PROPERTIES, *OFFSET_APPLIED_PROPERTIES):
         item["properties"].pop(key, None)
     for asset in item["assets"].values():
         for band in asset.get("raster:bands", []):

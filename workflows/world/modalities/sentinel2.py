@@ -139,7 +139,7 @@ def write_sentinel2(scene: Scene, ctx: WorldContext) -> tuple[dict[str, Any], np
         ["data", "reflectance"],
         RasterSpec(grid.shape(res), grid.transform(res), "uint8", 0, res),
     )
-    return _item(scene, sky, scl_blocks, assets, offset_applies), sky
+    return _item(scene, sky, scl_blocks, assets), sky
 
 
 def _item(
@@ -147,7 +147,6 @@ def _item(
     sky: np.ndarray,
     scl: np.ndarray,
     assets: dict[str, dict[str, Any]],
-    offset_applies: bool,
 ) -> dict[str, Any]:
     grid = scene.grid
     square = scene.item_id.split("_")[1]
@@ -180,7 +179,9 @@ def _item(
         "s2:thin_cirrus_percentage": share(10),
         "s2:snow_ice_percentage": share(11),
         "sat:relative_orbit": scene.relative_orbit,
-        "earthsearch:boa_offset_applied": offset_applies,
+        # Earth Search's flag: True would mean the +1000 was already removed from the
+        # COGs; the world's DN are ESA's own (offset kept), so it is always False here.
+        "earthsearch:boa_offset_applied": False,
         "terracube:sky_all_cloud": bool(np.all(sky == CLOUD_HIGH)),
         "terracube:clear_percentage": round(100.0 * float((sky == CLEAR).mean()), 4),
     }

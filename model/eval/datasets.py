@@ -12,10 +12,16 @@ the registry normalisation is applied as is, and that domain gap is part of the
 benchmark. The files carry no acquisition date, so every sample gets one fixed
 month (a parameter), which therefore carries no label information.
 
-BigEarthNet v1 (Sumbul et al.), Sentinel-2 part: one folder per patch holding
-`<patch>_B01.tif` .. `<patch>_B12.tif` (B8A included, no B10) at native 10 / 20 /
-60 m (120 / 60 / 20 px) and `<patch>_labels_metadata.json` with `"labels"` (multi-
-label) and `"acquisition_date"`. Coarser bands are repeated onto the 10 m grid.
+BigEarthNet v1 (Sumbul et al.), Sentinel-2 part (`BigEarthNet-v1.0/`): one folder per
+patch holding `<patch>_B01.tif` .. `<patch>_B12.tif` (B8A included, no B10) at native
+10 / 20 / 60 m (120 / 60 / 20 px) and `<patch>_labels_metadata.json` with `"labels"`
+(multi-label) and `"acquisition_date"` ("2017-06-13 10:10:31"). Coarser bands are
+repeated onto the 10 m grid. Sentinel-1 part (BigEarthNet-S1-v1.0, Montanaro et al.):
+`<patch>_VV.tif`, `<patch>_VH.tif` (float32 backscatter in dB, 120 px at 10 m, no
+nodata) and a JSON with `"acquisition_time"` ("2017-06-13T16:50:43") and
+`"corresponding_s2_patch"`, the S2 patch of the same 1200 m cell: that key pairs the
+two (the S1 date may be a day off the S2 one; names are not parsed, some S2 names lack
+a digit of the hour). Checked on real v1.0 patches (tests/data/bigearthnet/SOURCES.md).
 
 Mapping is by registry band name/alias; a group with any band missing is a missing
 group (absent, or not present for that sample), never zeros.
@@ -28,6 +34,7 @@ import re
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -56,6 +63,9 @@ BIGEARTHNET_SIZE = 120
 """BigEarthNet patch edge at 10 m (1200 m); 20 m bands are 60 px, 60 m bands 20 px."""
 
 _S2_GROUPS: tuple[BandGroup, ...] = MODALITIES["sentinel2_l2a"].groups
+_S1_GROUPS: tuple[BandGroup, ...] = MODALITIES["sentinel1"].groups
+ARCHIVE_S2, ARCHIVE_S1 = "BigEarthNet-v1.0", "BigEarthNet-S1-v1.0"
+"""Folder names the two v1.0 archives unpack to."""
 
 
 def registry_layout(source_bands: Sequence[str]) -> tuple[dict[str, list[int]], list[str]]:
@@ -176,53 +186,118 @@ def _read_band(path: Path) -> np.ndarray:
     return band.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def _read_patch(folder: Path) -> tuple[dict[str, np.ndarray], list[str], int]:
-    """Registry groups found in one patch (B, 120, 120), its labels and acquisition month."""
-    meta_path = folder / f"{folder.name}_labels_metadata.json"
-    meta = json.loads(meta_path.read_text())
+def _metadata(folder: Path) -> tuple[Path, dict[str, Any]]:
+    path = folder / f"{folder.name}_labels_metadata.json"
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object")
     labels = meta.get("labels")
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ValueError(f"{meta_path}: 'labels' must be a list of class names, got {labels!r}")
-    date = meta.get("acquisition_date")
+        raise ValueError(f"{path}: 'labels' must be a list of class names, got {labels!r}")
+    return path, meta
+
+
+def _is_s1(meta: dict[str, Any]) -> bool:
+    return "corresponding_s2_patch" in meta
+
+
+def _month(meta_path: Path, meta: dict[str, Any]) -> int:
+    key = "acquisition_time" if _is_s1(meta) else "acquisition_date"
+    example = "2017-06-13T16:50:43" if _is_s1(meta) else "2017-06-13 10:10:31"
+    date = meta.get(key)
     try:
-        month = datetime.fromisoformat(str(date)).month - 1
+        return datetime.fromisoformat(str(date)).month - 1
     except ValueError:
-        raise ValueError(
-            f"{meta_path}: acquisition_date={date!r} is not a date like '2017-06-13 10:10:31'"
-        ) from None
+        raise ValueError(f"{meta_path}: {key}={date!r} is not a date like {example!r}") from None
+
+
+def _read_patch(folder: Path) -> tuple[dict[str, np.ndarray], list[str], int]:
+    """Registry groups found in one S2 or S1 patch (B, 120, 120), its labels and month."""
+    meta_path, meta = _metadata(folder)
+    month = _month(meta_path, meta)
     groups: dict[str, np.ndarray] = {}
-    for group in _S2_GROUPS:
+    for group in _S1_GROUPS if _is_s1(meta) else _S2_GROUPS:
         paths = [folder / f"{folder.name}_{b.name}.tif" for b in group.bands]
         if all(p.is_file() for p in paths):
             groups[group.name] = np.stack([_read_band(p) for p in paths])
-    return groups, labels, month
+    return groups, list(meta["labels"]), month
+
+
+def _patch_folders(root: Path) -> tuple[list[Path], list[Path]]:
+    """(S2 patch folders, S1 patch folders) under `root`, or under its BigEarthNet-v1.0 /
+    BigEarthNet-S1-v1.0 children when `root` is the folder holding both archives."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BigEarthNet folder {root} does not exist")
+    parts = [root / ARCHIVE_S2, root / ARCHIVE_S1]
+    roots = [p for p in parts if p.is_dir()] or [root]
+    s2, s1 = [], []
+    for folder in (f for r in roots for f in bigearthnet_patches(r)):
+        (s1 if _is_s1(_metadata(folder)[1]) else s2).append(folder)
+    return s2, s1
+
+
+def _pair(s2: list[Path], s1: list[Path]) -> dict[str, Path]:
+    """S2 patch name -> its S1 patch folder (from the S1 JSON's corresponding_s2_patch)."""
+    pairs: dict[str, Path] = {}
+    for folder in s1:
+        partner = str(_metadata(folder)[1]["corresponding_s2_patch"])
+        if partner in pairs:
+            raise ValueError(
+                f"{folder.name} and {pairs[partner].name} both name {partner} as their S2 patch"
+            )
+        pairs[partner] = folder
+    return pairs
 
 
 def read_bigearthnet(root: Path, class_names: Sequence[str] | None = None) -> EvalSet:
-    """All BigEarthNet v1 S2 patches under `root` as a multi-label set.
+    """BigEarthNet v1 patches under `root` as a multi-label set: S2 patches with their S1
+    partner's `s1` group where the S1 half is there too, or S1 patches alone.
 
-    `class_names` fixes the label columns (default: every label found, sorted). A group
-    missing in some patches is marked not present there; one missing everywhere is absent."""
-    folders = bigearthnet_patches(root)
-    patches = [_read_patch(f) for f in folders]
+    `root` is a folder of patches (S2, S1 or both) or the folder holding the
+    BigEarthNet-v1.0 and BigEarthNet-S1-v1.0 archives. `class_names` fixes the label
+    columns (default: every label found, sorted). A group missing in some patches is
+    marked not present there; one missing everywhere is absent."""
+    s2, s1 = _patch_folders(root)
+    samples = s2 or s1
+    pairs = _pair(s2, s1) if s2 else {}
+    patches = []
+    for folder in samples:
+        data, labels, month = _read_patch(folder)
+        partner = pairs.get(folder.name)
+        if partner is not None:
+            s1_data, s1_labels, _ = _read_patch(partner)
+            if sorted(s1_labels) != sorted(labels):
+                raise ValueError(
+                    f"{partner.name} labels {s1_labels} differ from its S2 patch "
+                    f"{folder.name} labels {labels}"
+                )
+            data = {**data, **s1_data}
+        patches.append((data, labels, month))
     found = sorted({label for _, labels, _ in patches for label in labels})
     names = tuple(class_names) if class_names is not None else tuple(found)
     unknown = sorted(set(found) - set(names))
     if unknown:
         raise ValueError(f"BigEarthNet labels {unknown} are not in class_names")
-    groups = [g.name for g in _S2_GROUPS if any(g.name in p[0] for p in patches)]
+    all_groups = (*_S2_GROUPS, *_S1_GROUPS)
+    groups = [g for g in all_groups if any(g.name in p[0] for p in patches)]
     if not groups:
-        raise ValueError(f"no BigEarthNet patch under {root} has a complete Sentinel-2 band group")
-    n = len(folders)
+        raise ValueError(f"no BigEarthNet patch under {root} has a complete band group")
+    n = len(samples)
     raw, present = {}, {}
     for g in groups:
-        n_bands = len(next(p[0][g] for p in patches if g in p[0]))
-        arr = np.zeros((n, 1, n_bands, BIGEARTHNET_SIZE, BIGEARTHNET_SIZE), dtype=np.uint16)
+        n_bands = len(g.bands)
+        arr = np.zeros((n, 1, n_bands, BIGEARTHNET_SIZE, BIGEARTHNET_SIZE), dtype=g.bands[0].dtype)
+        if arr.dtype.kind == "f":
+            arr[:] = np.nan
         ok = np.zeros((n, 1), dtype=bool)
         for i, (data, _, _) in enumerate(patches):
-            if g in data:
-                arr[i, 0], ok[i, 0] = data[g], True
-        raw[g], present[g] = arr, ok
+            if g.name in data:
+                arr[i, 0], ok[i, 0] = data[g.name], True
+        raw[g.name], present[g.name] = arr, ok
     labels = np.zeros((n, len(names)), dtype=bool)
     for i, (_, patch_labels, _) in enumerate(patches):
         labels[i, [names.index(x) for x in patch_labels]] = True
@@ -234,5 +309,5 @@ def read_bigearthnet(root: Path, class_names: Sequence[str] | None = None) -> Ev
         months=np.array([[m] for _, _, m in patches], dtype=np.int64),
         labels=labels,
         class_names=names,
-        split_keys=np.array([f.name for f in folders]),
+        split_keys=np.array([f.name for f in samples]),
     )

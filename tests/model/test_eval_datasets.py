@@ -5,9 +5,10 @@ SeaLake_3000) from kai-tub/rico-hdl integration tests; EuroSAT (Helber et al.),
 MIT License; contains modified Copernicus Sentinel data. See
 shared/fixtures/real/eurosat/SOURCES.md.
 
-No real BigEarthNet patch is available offline, so `write_bigearthnet_patch` writes a
-small synthetic folder following the published v1 layout (one GeoTIFF per band at
-native 10/20/60 m, `<patch>_labels_metadata.json` with "labels" and "acquisition_date").
+BigEarthNet: real v1.0 S2 and S1 patches in tests/data/bigearthnet/ (SOURCES.md there;
+CDLA-Permissive-1.0, contains modified Copernicus Sentinel data), and
+`write_bigearthnet_patch`, a synthetic folder in the published v1 layout for the edge
+cases (a missing band, bad metadata).
 """
 
 from __future__ import annotations
@@ -228,3 +229,52 @@ def test_evaluate_runs_on_real_eurosat_fixtures(tmp_path: Path) -> None:
     for row in results["rows"]:
         assert np.asarray(row["confusion"]).sum() == 1
         assert row["accuracy"] in (0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- BigEarthNet, real
+
+REAL_BEN = Path(__file__).parents[1] / "data" / "bigearthnet"
+"""Real BigEarthNet v1.0 patches: 2 S2 + their S1 partners, and one S1 patch whose S2
+partner is not here (tests/data/bigearthnet/SOURCES.md)."""
+
+
+def test_real_bigearthnet_pairs_s1_with_its_s2_patch() -> None:
+    ds = read_bigearthnet(REAL_BEN)
+    assert ds.split_keys.tolist() == [
+        "S2A_MSIL2A_20170613T101031_87_48",
+        "S2B_MSIL2A_20170924T93020_69_24",
+    ]
+    assert set(ds.raw) == {"s2_10m", "s2_20m", "s2_40m", "s1"}
+    assert ds.present["s1"].all() and ds.months.tolist() == [[5], [8]]  # S2 dates
+    s1 = ds.raw["s1"]
+    assert s1.dtype == np.float32 and s1.shape == (2, 1, 2, 120, 120)
+    vv = band_group("s1").band_names.index("VV")
+    folder = REAL_BEN / "BigEarthNet-S1-v1.0" / "S1A_IW_GRDH_1SDV_20170925T043256_35VPK_69_24"
+    with rasterio.open(folder / f"{folder.name}_VV.tif") as src:
+        np.testing.assert_array_equal(s1[1, 0, vv], src.read(1))  # dB values as published
+    assert -40 < float(s1.min()) and float(s1.max()) < 10  # backscatter in dB, not linear
+    assert ds.labels.sum(axis=1).tolist() == [2, 5]  # Peatbogs, Water bodies, ... in the second
+    assert "Peatbogs" in ds.class_names
+
+
+def test_real_bigearthnet_s1_alone() -> None:
+    ds = read_bigearthnet(REAL_BEN / "BigEarthNet-S1-v1.0")
+    assert set(ds.raw) == {"s1"} and len(ds.split_keys) == 3
+    assert ds.months.tolist() == [[5], [5], [8]]  # June, June, September (acquisition_time)
+    assert not np.isnan(ds.raw["s1"]).any()
+
+
+def test_bigearthnet_s1_pairing_errors_are_named(tmp_path: Path) -> None:
+    import shutil
+
+    for part in ("BigEarthNet-v1.0", "BigEarthNet-S1-v1.0"):
+        shutil.copytree(REAL_BEN / part, tmp_path / part)
+    s1 = tmp_path / "BigEarthNet-S1-v1.0" / "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
+    meta_path = s1 / f"{s1.name}_labels_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "labels": ["Pastures"]}))
+    with pytest.raises(ValueError, match="labels .* differ from its S2 patch"):
+        read_bigearthnet(tmp_path)
+    meta_path.write_text(json.dumps({**meta, "acquisition_time": None}))
+    with pytest.raises(ValueError, match="acquisition_time=None is not a date"):
+        read_bigearthnet(tmp_path / "BigEarthNet-S1-v1.0")

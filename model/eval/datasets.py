@@ -234,7 +234,8 @@ def _patch_folders(root: Path) -> tuple[list[Path], list[Path]]:
         raise FileNotFoundError(f"BigEarthNet folder {root} does not exist")
     parts = [root / ARCHIVE_S2, root / ARCHIVE_S1]
     roots = [p for p in parts if p.is_dir()] or [root]
-    s2, s1 = [], []
+    s2: list[Path] = []
+    s1: list[Path] = []
     for folder in (f for r in roots for f in bigearthnet_patches(r)):
         (s1 if _is_s1(_metadata(folder)[1]) else s2).append(folder)
     return s2, s1
@@ -266,17 +267,17 @@ def read_bigearthnet(root: Path, class_names: Sequence[str] | None = None) -> Ev
     pairs = _pair(s2, s1) if s2 else {}
     patches = []
     for folder in samples:
-        data, labels, month = _read_patch(folder)
+        data, patch_labels, month = _read_patch(folder)
         partner = pairs.get(folder.name)
         if partner is not None:
             s1_data, s1_labels, _ = _read_patch(partner)
-            if sorted(s1_labels) != sorted(labels):
+            if sorted(s1_labels) != sorted(patch_labels):
                 raise ValueError(
                     f"{partner.name} labels {s1_labels} differ from its S2 patch "
-                    f"{folder.name} labels {labels}"
+                    f"{folder.name} labels {patch_labels}"
                 )
             data = {**data, **s1_data}
-        patches.append((data, labels, month))
+        patches.append((data, patch_labels, month))
     found = sorted({label for _, labels, _ in patches for label in labels})
     names = tuple(class_names) if class_names is not None else tuple(found)
     unknown = sorted(set(found) - set(names))

@@ -35,6 +35,9 @@ def parse_processing_baseline(value: str) -> tuple[int, int]:
     return int(major), int(minor)
 
 
+BASELINE_PROPERTIES = ("s2:processing_baseline", "sentinel:processing_baseline")
+"""Properties holding the baseline itself ("05.11"): STAC s2 extension; Earth Search v0."""
+
 BASELINE_NAME_PROPERTIES = (
     "s2:product_uri",
     "sentinel:product_id",
@@ -94,17 +97,18 @@ def item_baseline(
 ) -> tuple[str, str]:
     """(baseline "MM.mm", where it was read) for an S2 L2A item.
 
-    Looks at `s2:processing_baseline`, then the names in BASELINE_NAME_PROPERTIES, then
+    Looks at BASELINE_PROPERTIES, then the names in BASELINE_NAME_PROPERTIES, then
     (only if still unknown) the metadata XML that `metadata()` returns. Raises
     BaselineError when the property is unreadable and nothing else says, or when
     nothing says at all.
     """
-    raw = properties.get("s2:processing_baseline")
+    key = next((k for k in BASELINE_PROPERTIES if properties.get(k) not in (None, "")), None)
+    raw = properties.get(key) if key else None
     unreadable = None
     if raw not in (None, ""):
         try:
             major, minor = parse_processing_baseline(str(raw))
-            return f"{major:02d}.{minor:02d}", "s2:processing_baseline"
+            return f"{major:02d}.{minor:02d}", str(key)
         except ValueError as err:
             unreadable = str(err)
     for key in BASELINE_NAME_PROPERTIES:

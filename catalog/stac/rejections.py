@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from terracube.catalog.stac.conversion import offset_already_applied
 from terracube.catalog.stac.http import (
     RemoteServiceError,
     UnsafeHrefError,
@@ -21,6 +22,7 @@ from terracube.catalog.stac.http import (
     request_with_retries,
 )
 from terracube.catalog.stac.item_errors import ItemNormalizationError
+from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.stac.sources import ItemSource, href_signer
 
 EXAMPLES_PER_REASON = 3
@@ -98,3 +100,30 @@ def metadata_fetcher(source: ItemSource) -> Callable[[str], bytes] | None:
         return response.content
 
     return fetch
+
+
+def doubtful_offset_flags(
+    found: Mapping[str, Sequence[Mapping[str, Any]]], items: Mapping[str, Sequence[NormalizedItem]]
+) -> str | None:
+    """A warning when kept Earth Search items say `boa_offset_applied: false` and so get
+    -1000 DN: Element84 reports that flag wrong for some scenes whose COGs had already
+    lost the offset (Element84/earth-search#66, #71; cirrus-geo/cirrus-earth-search#33),
+    which would then be stored 1000 DN low. Nothing in the item tells which."""
+    kept = {i.id: i for group in items.values() for i in group}
+    doubtful = []
+    for raw in (r for group in found.values() for r in group):
+        item = kept.get(str(raw.get("id")))
+        props = raw.get("properties") or {}
+        if item is None or offset_already_applied(props) is not False:
+            continue
+        if any(a.conversion.dn_offset != 0 for a in item.assets):
+            doubtful.append(item.id)
+    if not doubtful:
+        return None
+    ids = sorted(set(doubtful))
+    return (
+        f"{len(ids)} Earth Search item(s) say boa_offset_applied: false at baseline >= 04.00 "
+        f"(e.g. {', '.join(ids[:3])}) and get -1000 DN; Element84 reports that flag wrong for "
+        "some scenes whose COGs already lost the offset (Element84/earth-search#66, #71). "
+        "Check a few against ESA's JP2 or search sentinel-2-c1-l2a, which has no such flag"
+    )

@@ -27,7 +27,7 @@ from terracube.catalog.plan import Plan, PlanParams, make_plan
 from terracube.catalog.registry import modality
 from terracube.catalog.stac.http import RequestCounter
 from terracube.catalog.stac.items import NormalizedItem, normalize_item
-from terracube.catalog.stac.rejections import metadata_fetcher, rejection
+from terracube.catalog.stac.rejections import doubtful_offset_flags, metadata_fetcher, rejection
 from terracube.catalog.stac.sources import Bbox, ItemSource, Query, SourceError, dedupe_items
 from terracube.catalog.timescheme import TimeScheme
 
@@ -154,6 +154,8 @@ class SearchResult:
     cache_hits: int
     rejected: list[dict[str, str]] = field(default_factory=list)
     """{item_id, reason, message} per item set aside (catalog/stac/rejections.py)."""
+    warnings: list[str] = field(default_factory=list)
+    """What was kept but may be wrong, said once per search (e.g. doubtful offset flags)."""
     pages: list[int] = field(default_factory=list)
     """Requests to a /search endpoint per entry of `requests` (0: cache hit or no HTTP);
     without faults that is the number of result pages."""
@@ -230,7 +232,16 @@ def search_tiles(
                 cache.put(request, answer)
             found[name].extend(answer)
     items, rejected = _normalize_all(found, collections, source)
-    return SearchResult(items, requests, source.counter.requests - before, hits, rejected, pages)
+    doubtful = doubtful_offset_flags(found, items)
+    return SearchResult(
+        items,
+        requests,
+        source.counter.requests - before,
+        hits,
+        rejected=rejected,
+        pages=pages,
+        warnings=[doubtful] if doubtful else [],
+    )
 
 
 def _normalize_all(
@@ -297,6 +308,7 @@ def search_and_plan(
         "search_pages": 0,
         "cache_hits": 0,
         "rejected": [],
+        "warnings": [],
     }
     for names in groups.values():
         source = sources[names[0]]
@@ -322,6 +334,7 @@ def search_and_plan(
             search["search_pages"] += result.search_pages
             search["cache_hits"] += result.cache_hits
             search["rejected"] += result.rejected
+            search["warnings"] += result.warnings
     plan = make_plan(
         tiles,
         scheme,

@@ -18,6 +18,7 @@ from typing import Any
 
 import pystac
 import pytest
+import shapely
 from terracube.catalog.plan_summary import print_summary
 from terracube.catalog.s2_baseline import (
     BASELINE_NAME_PROPERTIES,
@@ -224,3 +225,133 @@ def test_bad_items_are_set_aside_with_reasons_and_the_plan_goes_on(
     out = text.getvalue()
     assert "3 item(s) set aside" in out
     assert "unknown S2 baseline" in out and "bad-baseline" in out and "'04'" in out
+
+
+# --------------------------------------------------------------------------- recorded items
+
+STAC = Path(__file__).parents[1] / "data" / "stac"
+
+
+def _recorded(name: str) -> dict[str, Any]:
+    return json.loads((STAC / name).read_text())
+
+
+def test_earth_search_v1_2025_item_prefers_cogs_and_trusts_the_offset_flag() -> None:
+    raw = _recorded("es-v1-sentinel-2-l2a_S2B_20EPT_20250731_0_L2A.json")
+    item = normalize_item(raw)
+    assert (item.epsg, item.platform, item.missing_bands) == (32720, "sentinel-2b", ())
+    assert {r.asset_key for r in item.assets} == {
+        "coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3",
+        "nir", "nir08", "nir09", "swir16", "swir22",
+    }  # fmt: skip
+    conv = item.asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (0.0, "earthsearch:boa_offset_applied")
+    # Its JP2 originals (ESA's own DN): the -0.1 of raster:bands holds, -1000 DN.
+    for key in [k for k in raw["assets"] if f"{k}-jp2" in raw["assets"]]:
+        del raw["assets"][key]
+    jp2 = normalize_item(raw)
+    assert jp2.asset("B04").asset_key == "red-jp2"
+    assert (jp2.asset("B04").conversion.dn_offset, jp2.asset("B04").conversion.source) == (
+        -1000.0,
+        "raster:bands",
+    )
+    assert jp2.mask is not None and jp2.mask.asset_key == "scl-jp2"
+
+
+def test_earth_search_collection_1_item_applies_its_raster_offset() -> None:
+    item = normalize_item(_recorded("es-v1-sentinel-2-c1-l2a_S2B_T20EPT_20250731T131905_L2A.json"))
+    assert item.modality == "sentinel2_l2a" and item.epsg == 32720
+    conv = item.asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (-1000.0, "raster:bands")
+
+
+def test_earth_search_v0_items_read_their_baseline_from_the_product_id() -> None:
+    """2020: only `sentinel:product_id` says N0214 (no offset); 2025: the v0-only
+    `sentinel:processing_baseline` says 05.11 and `sentinel:boa_offset_applied` true."""
+    old = normalize_item(_recorded("es-v0-sentinel-s2-l2a-cogs_S2A_28QCH_20200714_0_L2A.json"))
+    assert (old.modality, old.epsg, old.asset("B04").asset_key) == ("sentinel2_l2a", 32628, "B04")
+    assert old.mask is not None and old.mask.asset_key == "SCL"
+    assert old.asset("B04").transform is not None and old.asset("B04").transform.a == 10.0
+    conv = old.asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (0.0, "sentinel:product_id")
+    new = _recorded("es-v0-sentinel-s2-l2a-cogs_S2B_20EPT_20250731_0_L2A_N0511.json")
+    conv = normalize_item(new).asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (0.0, "sentinel:boa_offset_applied")
+    new["properties"]["sentinel:boa_offset_applied"] = False
+    conv = normalize_item(new).asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (-1000.0, "sentinel:processing_baseline")
+
+
+def test_planetary_computer_baseline_04_without_raster_bands_gets_minus_1000() -> None:
+    item = normalize_item(_recorded("pc-sentinel-2-l2a_S2B_T24XWR_20220612_N0400.json"))
+    assert (item.epsg, item.platform) == (32624, "sentinel-2b")
+    conv = item.asset("B11").conversion
+    assert (conv.dn_offset, conv.scale, conv.source) == (-1000.0, 1e-4, "s2:processing_baseline")
+
+
+def test_usgs_landsatlook_item_without_raster_bands_uses_the_registry_scale() -> None:
+    item = normalize_item(_recorded("usgs-landsat-c2l2-sr_LC08_L2SP_028030_20200114.json"))
+    assert (item.modality, item.epsg, item.platform) == ("landsat_c2l2", 32615, "landsat-8")
+    assert item.asset("SR_B4").asset_key == "red" and item.mask is not None
+    assert item.mask.asset_key == "qa_pixel"
+    conv = item.asset("SR_B4").conversion
+    assert (conv.scale, conv.offset, conv.source) == (2.75e-5, -0.2, "registry")
+
+
+@pytest.mark.parametrize(
+    ("xml", "dn_offset"),
+    [
+        ("s2-N0400_T33XWJ_20220413_MTD_MSIL2A.xml", -1000.0),
+        ("s2-N0400_T33XWJ_20220413_MTD_TL.xml", -1000.0),
+        ("s2-N0212_T01CCV_20191228_MTD_MSIL2A.xml", 0.0),
+        ("roda-s2l2a_T34VEL_20240108_metadata.xml", -1000.0),
+    ],
+)
+def test_baseline_read_from_real_metadata_xml_over_http(
+    asset_server, tmp_path: Path, xml: str, dn_offset: float
+) -> None:
+    """A Planetary Computer item stripped of every baseline property: its
+    product-metadata asset, served by the local HTTP server, is read once at plan time."""
+    (asset_server.root / xml).write_bytes((STAC / xml).read_bytes())
+    raw = _without_baseline_properties(
+        _recorded("pc-sentinel-2-l2a_S2B_T24XWR_20220612_N0400.json")
+    )
+    raw["assets"] = {k: v for k, v in raw["assets"].items() if not k.endswith("-metadata")} | {
+        "product-metadata": {"href": asset_server.url_for(xml), "roles": ["metadata"]}
+    }
+    path = _catalog([raw], tmp_path / "cat")
+    policy = HrefPolicy(loopback_hosts=frozenset({"127.0.0.1"}))
+    source = StaticCatalogSource(path, href_policy=policy)
+    footprint = shapely.geometry.shape(raw["geometry"]).centroid
+    when = datetime.fromisoformat(raw["properties"]["datetime"].replace("Z", "+00:00"))
+    result = search_tiles(
+        source,
+        [tile_at(footprint.x, footprint.y)],
+        when.replace(day=1),
+        when.replace(day=28),
+        ["sentinel2_l2a"],
+    )
+    assert result.rejected == []
+    conv = result.items["sentinel2_l2a"][0].asset("B04").conversion
+    assert (conv.dn_offset, conv.source) == (dn_offset, "metadata XML")
+    assert asset_server.stats(xml).requests == 1
+
+
+def test_a_doubtful_earth_search_flag_is_a_plan_warning(fixtures_dir: Path, tmp_path: Path) -> None:
+    """flag false at baseline 05.09: converted by raster:bands (-1000), but said out loud."""
+    item = _es_s2(fixtures_dir)
+    item["properties"]["earthsearch:boa_offset_applied"] = False
+    source = StaticCatalogSource(_catalog([item], tmp_path / "cat"))
+    start, end = datetime(2023, 10, 1, tzinfo=UTC), datetime(2023, 10, 31, tzinfo=UTC)
+    result = search_tiles(source, [tile_at(-105.1, 40.17)], start, end, ["sentinel2_l2a"])
+    assert result.items["sentinel2_l2a"][0].asset("B04").conversion.dn_offset == -1000.0
+    assert len(result.warnings) == 1 and ES_ID in result.warnings[0]
+    assert "Element84/earth-search#66" in result.warnings[0]
+    flagged = search_tiles(
+        StaticCatalogSource(_catalog([_es_s2(fixtures_dir)], tmp_path / "cat2")),
+        [tile_at(-105.1, 40.17)],
+        start,
+        end,
+        ["sentinel2_l2a"],
+    )
+    assert flagged.warnings == []

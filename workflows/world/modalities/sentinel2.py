@@ -179,9 +179,8 @@ def _item(
         "s2:thin_cirrus_percentage": share(10),
         "s2:snow_ice_percentage": share(11),
         "sat:relative_orbit": scene.relative_orbit,
-        # Earth Search's flag: True would mean the +1000 was already removed from the
-        # COGs; the world's DN are ESA's own (offset kept), so it is always False here.
-        "earthsearch:boa_offset_applied": False,
+        # No earthsearch:boa_offset_applied: true would mean Element84 removed the +1000
+        # from its COGs; the world's DN are ESA's own, read by raster:bands and baseline.
         "terracube:sky_all_cloud": bool(np.all(sky == CLOUD_HIGH)),
         "terracube:clear_percentage": round(100.0 * float((sky == CLEAR).mean()), 4),
     }

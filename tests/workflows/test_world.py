@@ -166,7 +166,7 @@ def test_s2_item_metadata_follows_earth_search(world: WorldManifest) -> None:
         props = item["properties"]
         baselines.append(props["s2:processing_baseline"])
         offset = props["s2:processing_baseline"] >= "04.00"
-        assert props["earthsearch:boa_offset_applied"] is offset
+        assert "earthsearch:boa_offset_applied" not in props  # ESA's DN: offset kept
         red = item["assets"]["red"]["raster:bands"][0]
         assert red["scale"] == 0.0001 and red["offset"] == pytest.approx(-0.1 if offset else 0.0)
         assert item["assets"]["red"]["proj:shape"] == [

@@ -10,6 +10,7 @@ import numpy as np
 import shapely
 import yaml
 from terracube.catalog.grid import Tile
+from terracube.catalog.s2_baseline import S2_BOA_ADD_OFFSET_DN, s2_offset_applies
 from terracube.workflows.world.config import (
     WorldSize,
     WorldSizeName,
@@ -198,7 +199,8 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
 
 
 def _scene_record(scene: Scene, sky_index: int, item: dict[str, Any]) -> dict[str, Any]:
-    offset = 1000 if item["properties"].get("earthsearch:boa_offset_applied") else 0
+    baseline = item["properties"].get("s2:processing_baseline")
+    offset = S2_BOA_ADD_OFFSET_DN if baseline and s2_offset_applies(baseline) else 0
     return {
         "item_id": scene.item_id,
         "modality": scene.modality,

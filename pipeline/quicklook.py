@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 from terracube.catalog.registry import band_group
+from terracube.pipeline.corpus.integrity import checked_record
 from terracube.pipeline.corpus.store import Corpus, SampleState
 
 ATTRIBUTION = (
@@ -47,7 +48,7 @@ def _worldcover_rgb(classes: np.ndarray) -> np.ndarray:
 def quicklook(store: str | os.PathLike[str], sample: int, out_png: str | os.PathLike[str]) -> Path:
     """Write the PNG of `sample` of the corpus at `store`; returns its path."""
     corpus = Corpus.open(store)
-    record = corpus.read_record(sample)
+    record = checked_record(corpus, sample)
     groups = corpus.params.groups
     panels: list[tuple[str, np.ndarray, dict]] = []
     starts = [str(d) for d in record.period_starts]

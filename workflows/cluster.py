@@ -124,6 +124,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+CONNECT_TIMEOUT = "5s"
+"""How long a build waits for a `--scheduler` to answer before it says so (Dask's own
+default retried for 30 s and then printed 80 lines)."""
+
+
+class SchedulerUnreachable(ConnectionError):
+    """No Dask scheduler answers at the address given; the message names it."""
+
+
 @contextlib.contextmanager
 def open_executor(
     scheduler: str | None = None,
@@ -153,7 +162,15 @@ def open_executor(
             )
         # set_as_default=False: the build submits through this client explicitly, and a
         # default client would leak into the caller's later dask computations.
-        with Client(scheduler, timeout="30s", set_as_default=False) as client:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise SchedulerUnreachable(
+                f"cannot reach the Dask scheduler at {scheduler} within {CONNECT_TIMEOUT} "
+                f"({type(exc).__name__}); start it (`dask scheduler`) or correct --scheduler / "
+                "cluster.scheduler"
+            ) from None
+        with client:
             yield DaskExecutor(client, max_in_flight)
         return
     with (

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -62,6 +63,7 @@ class DataConfig(_Strict):
     token_budget: int = Field(default=_LOADER.token_budget, gt=0)
     shuffle_buffer: int = Field(default=_LOADER.shuffle_buffer, gt=0)
     workers: int = Field(default=_RUN.workers, ge=0)
+    max_decode_error_share: float = Field(default=_RUN.max_decode_error_share, ge=0, le=1)
 
     def loader(self) -> LoaderParams:
         loader_keys = {f.name for f in dataclasses.fields(LoaderParams)}
@@ -162,6 +164,7 @@ class PretrainConfig(_Strict):
             keep_checkpoints=self.checkpoint.keep,
             compile=self.compile,
             device=self.device,
+            max_decode_error_share=self.data.max_decode_error_share,
         )
 
 
@@ -216,14 +219,16 @@ def load_pretrain_config(path: str | os.PathLike[str]) -> PretrainConfig:
 
 
 def run_pretrain(
-    config_path_or_model: str | os.PathLike[str] | PretrainConfig, stop_after: int | None = None
+    config_path_or_model: str | os.PathLike[str] | PretrainConfig,
+    stop_after: int | None = None,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """`terracube pretrain CONFIG`: train or resume; returns the newest checkpoint path."""
     if isinstance(config_path_or_model, PretrainConfig):
         config = config_path_or_model
     else:
         config = load_pretrain_config(config_path_or_model)
-    return train(config.settings(), stop_after=stop_after)
+    return train(config.settings(), stop_after=stop_after, on_step=on_step)
 
 
 if __name__ == "__main__":  # torchrun -m terracube.workflows.pretrain_config CONFIG

@@ -34,6 +34,42 @@ from terracube.model.nn.groups import all_groups
 from terracube.model.train.masking import ViewMasks
 from torch import Tensor
 
+TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
+"""Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
+
+
+def arena_specs(
+    groups: tuple[str, ...], geo: Any, batch: int, num_views: int
+) -> list[tuple[torch.dtype, tuple[int, ...]]]:
+    """(dtype, shape) of everything a batch of geometry `geo` (crop, patch, timesteps)
+    holds, in arena order: each group's values and validity, then the months and every
+    view's encode/decode masks (all groups' tokens side by side, as `mask_batch` lays
+    them out)."""
+    specs = []
+    tokens = 0
+    for g in groups:
+        group = band_group(g)
+        side = geo.crop // group_factor(g)
+        steps = geo.timesteps if group.temporal else 1
+        shape = (batch, steps, len(group.bands), side, side)
+        specs += [(TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
+        tokens += batch * steps * (geo.crop // geo.patch) ** 2
+    specs.append((torch.int64, (batch, geo.timesteps)))
+    specs.append((torch.bool, (num_views, 2, tokens)))
+    return specs
+
+
+@dataclass
+class SampleCrop:
+    """One sample cut to its batch's crop and timestep window, at native resolution."""
+
+    data: dict[str, Any]
+    """group -> its window, ([T_g,] band, side, side) storage dtype: compressed chunks read
+    but not yet decoded (`EncodedWindow`), or values (zarr fallback); None = failed."""
+    present: dict[str, np.ndarray]
+    """group -> bool (T_g,): modality done and timestep not missing."""
+    months: np.ndarray
+
 
 def group_factor(group: str) -> int:
     """Pixels of the shared 10 m grid per native pixel of `group`, along one axis."""
@@ -144,11 +180,14 @@ class LoaderItem:
     epoch: int
     index: int
     decode_errors: int = 0
+    """(sample, band group) reads of this batch that failed and were left out."""
     decoded_bytes: int = 0
     fallbacks: int = 0
     """Reads the compiled shard path failed and zarr's selection did instead (a damaged
     shard, or a fast-path bug): counted so a run and the tests can tell. A shard whose
     prefetch and synchronous read both fail counts twice: these are attempts."""
+    bad_shards: tuple[str, ...] = ()
+    """`path: reason` of damaged shards its worker met for the first time (`read_faults`)."""
     normalizers: dict[str, GroupNormalizer] = field(default_factory=dict, repr=False)
     _cpu: Batch | None = field(default=None, repr=False, compare=False)
     _slot: tuple[int, torch.Tensor, int] | None = field(default=None, repr=False, compare=False)

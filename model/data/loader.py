@@ -17,9 +17,11 @@ storage values at native resolution with pixel validity and the masks
 (`assemble.RawBatch`); `LoaderItem.to(device)` normalises it with the corpus
 statistics into the model's 10 m `Batch` on that device. A shard that fails to
 read or decode falls back to per-sample zarr reads of the same windows; a
-(sample, group) that still fails is logged, counted in `LoaderItem.decode_errors`,
-and treated like a missing modality (all pixels invalid), so batch counts — and
-therefore DDP step counts and resume positions — never change.
+(sample, group) that still fails is counted in `LoaderItem.decode_errors` and
+treated like a missing modality (all pixels invalid), so batch counts — and
+therefore DDP step counts and resume positions — never change; each damaged shard
+is logged once (`read_faults`). In a format-2 store a missing shard file or chunk is
+such a failure, never zeros; the trainer stops past a share of failed reads.
 
 `stream.StreamingLoader` (in `data/stream.py`) runs the DataLoader across
 epochs and keeps the resumable position. Costs and tuning: docs/loader.md.
@@ -28,23 +30,20 @@ epochs and keeps the resumable position. Costs and tuning: docs/loader.md.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from terracube.catalog.registry import band_group
-from terracube.model.data.assemble import LoaderItem, RawBatch, group_factor
+from terracube.model.data.assemble import LoaderItem, RawBatch, SampleCrop, arena_specs
 from terracube.model.data.pixel_stats import (
     group_normalizer,
     read_stats,
 )
 from terracube.model.data.plan import (
-    BatchGeometry,
     BatchPlan,
     LoaderParams,
     Slot,
@@ -56,6 +55,7 @@ from terracube.model.data.plan import (
     rank_batch_count,
     sample_window,
 )
+from terracube.model.data.read_faults import ReadFaults
 from terracube.model.data.remote import PREFETCH_SHARDS, ShardPrefetcher
 from terracube.model.data.transport import (
     ArenaRing,
@@ -65,8 +65,8 @@ from terracube.model.data.transport import (
     pack,
 )
 from terracube.model.train.masking import mask_batch
-from terracube.pipeline.corpus.schema import SampleState
-from terracube.pipeline.corpus.shard_format import fast_path_supported
+from terracube.pipeline.corpus.schema import COMPLETE_SHARDS_SINCE, SampleState
+from terracube.pipeline.corpus.shard_format import ShardMissingError, fast_path_supported
 from terracube.pipeline.corpus.shard_reader import ShardReader
 from terracube.pipeline.corpus.shard_whole import WholeShardReader
 from terracube.pipeline.corpus.shard_window import EncodedWindow
@@ -75,23 +75,6 @@ from terracube.pipeline.corpus.zstd_into import ZstdInto
 from torch.utils.data import IterableDataset, get_worker_info
 
 __all__ = ["CorpusStream", "LoaderItem", "dist_rank_world"]
-
-log = logging.getLogger(__name__)
-
-_TORCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16, "float32": torch.float32}
-"""Registry storage dtypes -> torch dtypes of the worker's raw tensors."""
-
-
-@dataclass
-class _SampleCrop:
-    """One sample cut to its batch's crop and timestep window, at native resolution."""
-
-    data: dict[str, EncodedWindow | np.ndarray | None]
-    """group -> its window, ([T_g,] band, side, side) storage dtype: compressed chunks read
-    but not yet decoded (`EncodedWindow`), or values (zarr fallback); None = failed."""
-    present: dict[str, np.ndarray]
-    """group -> bool (T_g,): modality done and timestep not missing."""
-    months: np.ndarray
 
 
 def dist_rank_world() -> tuple[int, int]:
@@ -128,6 +111,9 @@ class CorpusStream(IterableDataset):
         self.world_size = default_world if world_size is None else world_size
         Slot(self.rank, self.world_size)  # validates
         corpus = self._open()
+        self.complete = corpus.format_version >= COMPLETE_SHARDS_SINCE
+        """Format 2: a missing shard file or chunk is damage (`ShardMissingError`)."""
+        self.faults = ReadFaults()
         self.n_periods = corpus.n_periods
         self.groups = tuple(corpus.params.groups)
         temporal = sum(band_group(g).temporal for g in self.groups)
@@ -189,12 +175,12 @@ class CorpusStream(IterableDataset):
         zstd = ZstdInto()  # one decompression context for every array of this process
         fast = {name: arr for name, arr in arrays.items() if fast_path_supported(arr)}
         self._readers = {
-            g: ShardReader(arr, zstd)
+            g: ShardReader(arr, zstd, self.complete)
             for g, arr in fast.items()
             if g in self.groups and arr.chunks[0] == 1
         }
         self._whole_readers = {
-            name: WholeShardReader(arr, zstd)
+            name: WholeShardReader(arr, zstd, self.complete)
             for name, arr in fast.items()
             if name not in self.groups
         }
@@ -221,7 +207,9 @@ class CorpusStream(IterableDataset):
                 return {i: fetched[i - start] for i in windows}, 0, 0
             except Exception as exc:  # any store or index error: fall back per sample
                 self.fallbacks += 1
-                log.warning("shard %d of %s failed to read (%s); reading per sample", k, g, exc)
+                self.faults.note(g, k, exc, "reading its samples one by one")
+                if isinstance(exc, ShardMissingError):  # zarr would read it as fill values
+                    return dict.fromkeys(windows), len(windows), 0
         rows: dict[int, EncodedWindow | np.ndarray | None] = {}
         errors = nbytes = 0
         for i, window in windows.items():
@@ -231,13 +219,13 @@ class CorpusStream(IterableDataset):
             nbytes += 0 if row is None else row.nbytes
         return rows, errors, nbytes
 
-    @staticmethod
-    def _read_sample(arr: Any, g: str, sample: int, window: Window) -> np.ndarray | None:
-        """One sample's window through zarr; None (logged) when that fails too."""
+    def _read_sample(self, arr: Any, g: str, sample: int, window: Window) -> np.ndarray | None:
+        """One sample's window through zarr; None (noted) when that fails too."""
         try:
             return np.asarray(arr[(sample, *(slice(a, b) for a, b in window))])
         except Exception as exc:
-            log.warning("sample %d of %s skipped: %s", sample, g, exc)
+            shard = sample // len(self.shard_spans[0])
+            self.faults.note(g, shard, exc, f"sample {sample} left out")
             return None
 
     def _place(
@@ -250,9 +238,10 @@ class CorpusStream(IterableDataset):
                 return True, data.copy_to(target)
             except Exception as exc:
                 self.fallbacks += 1
-                log.warning(
-                    "sample %d of %s failed to decode (%s); reading it again", sample, g, exc
-                )
+                shard = sample // len(self.shard_spans[0])
+                self.faults.note(g, shard, exc, "reading it again through zarr")
+                if isinstance(exc, ShardMissingError):
+                    return False, 0
                 retry = self._read_sample(self._arrays()[g], g, sample, data.plan.window)
                 if retry is None:
                     return False, 0
@@ -303,22 +292,25 @@ class CorpusStream(IterableDataset):
         k: int,
         wanted: dict[int, tuple[BatchPlan, int]],
         fetched: dict[str, Any] | None = None,
-    ) -> tuple[dict[int, _SampleCrop], int, int]:
+    ) -> tuple[dict[int, SampleCrop], int, int]:
         """Shard k's wanted samples cut to their windows; decode errors; bytes decoded.
         `fetched`: what `_fetch_remote_shard` got for it ahead of time (remote stores)."""
         span = self.shard_spans[k]
         windows = self._shard_windows(k, wanted)
         mine = list(windows[self.groups[0]])
-        crops = {i: _SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
+        crops = {i: SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
         fetched = fetched or {}
         errors = nbytes = 0
         for g in self.groups:
             temporal = band_group(g).temporal
             got = fetched.get(g)
-            if got is None or isinstance(got, BaseException):
+            if isinstance(got, ShardMissingError):
+                self.faults.note(g, k, got, "its samples left out")
+                rows, group_errors, group_bytes = dict.fromkeys(windows[g]), len(windows[g]), 0
+            elif got is None or isinstance(got, BaseException):
                 if got is not None:
                     self.fallbacks += 1
-                    log.warning("shard %d of %s failed to read (%s); reading it again", k, g, got)
+                    self.faults.note(g, k, got, "reading it again")
                 rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows[g])
             else:
                 rows = {i: got[i - span.start] for i in windows[g]}
@@ -327,6 +319,9 @@ class CorpusStream(IterableDataset):
             nbytes += group_bytes
             fraction = self._metadata(arrays, f"{g}_valid_fraction", k, fetched)
             done = self.done[band_group(g).modality][span.start : span.stop]
+            if fraction is None:  # unreadable: nothing of the group can be trusted
+                errors += int(sum(done[i - span.start] for i in mine))
+                fraction = np.zeros(len(done), dtype=np.float32)
             # (shard samples, T or 1): timestep present and modality done, in one pass
             present = (fraction.reshape(len(done), -1) > 0) & done[:, None]
             for i in mine:
@@ -339,7 +334,12 @@ class CorpusStream(IterableDataset):
                     ]
                 else:
                     crops[i].present[g] = present[i - span.start]
-        days = self._metadata(arrays, "period_start", k, fetched).astype(np.int64)
+        days = self._metadata(arrays, "period_start", k, fetched)
+        if days is None:  # unknown months: leave the shard's samples out entirely
+            errors += len(mine) * len(self.groups)
+            days = np.zeros((len(span), self.n_periods), np.int64)
+            for crop in crops.values():
+                crop.present = {g: np.zeros_like(p) for g, p in crop.present.items()}
         months = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
         for i in mine:
             plan, b = wanted[i]
@@ -349,8 +349,9 @@ class CorpusStream(IterableDataset):
 
     def _metadata(
         self, arrays: dict[str, Any], name: str, k: int, fetched: Mapping[str, Any]
-    ) -> np.ndarray:
-        """A per-sample metadata array's shard k, from prefetched bytes when there are any."""
+    ) -> np.ndarray | None:
+        """A per-sample metadata array's shard k, from prefetched bytes when there are any;
+        None (noted) when it cannot be read."""
         got = fetched.get(name)
         reader = self._whole_readers.get(name)
         if reader is not None and got is not None and not isinstance(got, BaseException):
@@ -358,42 +359,29 @@ class CorpusStream(IterableDataset):
                 return reader.whole_from(k, got)
             except Exception as exc:
                 self.fallbacks += 1
-                log.warning("shard %d of %s failed to decode (%s); reading it again", k, name, exc)
-        return self._whole(arrays, name, k)
-
-    def _arena_specs(
-        self, geo: BatchGeometry, batch: int
-    ) -> list[tuple[torch.dtype, tuple[int, ...]]]:
-        """(dtype, shape) of everything a batch holds, in arena order: each group's values
-        and validity, then the months and every view's encode/decode masks (all groups'
-        tokens side by side, as `mask_batch` lays them out)."""
-        specs = []
-        tokens = 0
-        for g in self.groups:
-            group = band_group(g)
-            side = geo.crop // group_factor(g)
-            steps = geo.timesteps if group.temporal else 1
-            shape = (batch, steps, len(group.bands), side, side)
-            specs += [(_TORCH_DTYPES[group.dtype], shape), (torch.bool, (*shape[:2], side, side))]
-            tokens += batch * steps * (geo.crop // geo.patch) ** 2
-        specs.append((torch.int64, (batch, geo.timesteps)))
-        specs.append((torch.bool, (self.params.num_views, 2, tokens)))
-        return specs
+                self.faults.note(name, k, exc, "reading it again")
+                if isinstance(exc, ShardMissingError):
+                    return None
+        try:
+            return self._whole(arrays, name, k)
+        except Exception as exc:
+            self.faults.note(name, k, exc, "its samples left out")
+            return None
 
     def max_batch_bytes(self) -> int:
         """Upper bound of one batch's bytes in a ring slot, for the largest geometry the
         params allow."""
         b = self.params.batch_size
         return max(
-            carve_bytes(self._arena_specs(geo, b))
+            carve_bytes(arena_specs(self.groups, geo, b, self.params.num_views))
             for geo in possible_geometries(self.params, self.shape)
         )
 
-    def _assemble(self, plan: BatchPlan, crops: list[_SampleCrop]) -> LoaderItem:
+    def _assemble(self, plan: BatchPlan, crops: list[SampleCrop]) -> LoaderItem:
         """Storage values and validity at native resolution, in one (shared) arena: a ring
         slot of this worker's when one is free (see `data/transport.py`)."""
         geo = plan.geometry
-        specs = self._arena_specs(geo, len(crops))
+        specs = arena_specs(self.groups, geo, len(crops), self.params.num_views)
         info = get_worker_info()
         used = carve_bytes(specs)
         claim = None
@@ -476,7 +464,7 @@ class CorpusStream(IterableDataset):
             if remote and self.prefetch_shards
             else None
         )
-        ready: dict[int, _SampleCrop] = {}
+        ready: dict[int, SampleCrop] = {}
         pending_errors = 0
         reported = self.fallbacks
         for plan in plans:
@@ -494,6 +482,7 @@ class CorpusStream(IterableDataset):
             item.decoded_bytes += decoded
             item.decode_errors += pending_errors
             item.fallbacks, reported = self.fallbacks - reported, self.fallbacks
+            item.bad_shards = self.faults.take()
             pending_errors = 0
             for sample in plan.samples:
                 wanted.pop(sample)

@@ -19,6 +19,7 @@ import torch
 from terracube.model.data.assemble import LoaderItem
 from terracube.model.data.kernels import compile_kernels
 from terracube.model.data.loader import CorpusStream
+from terracube.model.data.read_faults import CorpusTooSmall
 from terracube.model.data.transport import ArenaRing, Packed, unpack
 from torch.utils.data import DataLoader
 
@@ -153,7 +154,7 @@ class StreamingLoader:
         """Endless: batches of this epoch from the position on, then the next epochs."""
         while True:
             if self.dataset.batches_in_epoch(self.epoch, self.num_workers) == 0:
-                raise ValueError(
+                raise CorpusTooSmall(
                     f"{self.dataset.store!r} gives rank {self.dataset.rank} no batch in an epoch "
                     f"(done samples per shard: {[len(e) for e in self.dataset.eligible]}); "
                     "lower batch_size or build more samples"

@@ -15,7 +15,7 @@ WorldCover class of the patch.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -126,12 +126,7 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} does not exist; pass a step_*.pt file")
-        state = load_checkpoint(path)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(
-                f"{path} is not a terracube pretraining checkpoint (format "
-                f"{state.get('format') if isinstance(state, dict) else None!r}, expected {CHECKPOINT_FORMAT})"
-            )
+        state = load_checkpoint(path, CHECKPOINT_FORMAT)
         settings = state.get("settings", {})
         config, seed = checkpoint_model_config(settings), int(settings.get("seed", 0))
         trained = init_model(config, seed)
@@ -192,8 +187,16 @@ def raw_pixel_features(batch: Batch, per_token: bool) -> torch.Tensor:
     return torch.cat(parts, dim=-1)
 
 
+Progress = Callable[[str, int, int], None]
+"""(stage, done, total): called as features are extracted and probes fitted."""
+
+
 def extract_features(
-    eval_set: EvalSet, encoders: Encoders, params: EvalParams, per_token: bool
+    eval_set: EvalSet,
+    encoders: Encoders,
+    params: EvalParams,
+    per_token: bool,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Features of every sample for each feature set, and the mask of usable rows/patches."""
     normalizers = eval_set.normalizers()
@@ -208,6 +211,8 @@ def extract_features(
         out["random-init"].append(random_init.float().cpu().numpy())
         out["raw-pixels"].append(raw_pixel_features(batch, per_token).cpu().numpy())
         masks.append(present.cpu().numpy())
+        if progress is not None:
+            progress("features", int(index[-1]) + 1, len(eval_set))
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}, np.concatenate(masks)
 
 
@@ -291,19 +296,21 @@ def evaluate(
     params: EvalParams | None = None,
     groups: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Probe the frozen encoder on `task` (data = corpus store or dataset folder); write
     results.json, results.md and confusion_matrix.png to `out_dir` and return the results.
 
     `groups` restricts the encoder input of corpus tasks (default: every encodable group);
-    `storage_options` open a remote corpus (fsspec)."""
+    `storage_options` open a remote corpus (fsspec); `progress` hears of each batch of
+    features and each feature set probed."""
     params = params or EvalParams()
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     eval_set = load_task(task, data, params, groups, storage_options)
     encoders = load_encoders(checkpoint, params)
     per_token = eval_set.kind == "segmentation"
-    features, usable = extract_features(eval_set, encoders, params, per_token)
+    features, usable = extract_features(eval_set, encoders, params, per_token, progress)
     labels = (
         token_labels(eval_set.labels, params.patch_size, len(eval_set.class_names))
         if per_token
@@ -313,7 +320,9 @@ def evaluate(
     n_classes = len(eval_set.class_names)
     rows: list[dict[str, Any]] = []
     sizes: dict[str, int] = {}
-    for name, feats in features.items():
+    for done, (name, feats) in enumerate(features.items()):
+        if progress is not None:
+            progress("probes", done, len(features))
         train_x, train_y = _rows_of(feats, train_rows, per_token, usable, labels)
         test_x, test_y = _rows_of(feats, test_rows, per_token, usable, labels)
         if per_token and len(train_y) > params.max_train_tokens:
@@ -332,6 +341,8 @@ def evaluate(
             if result.learning_rate is not None:
                 row["learning_rate"], row["epochs"] = result.learning_rate, result.epochs
             rows.append(row)
+    if progress is not None:
+        progress("probes", len(features), len(features))
     results: dict[str, Any] = {
         "task": task,
         "kind": eval_set.kind,

@@ -4,6 +4,11 @@ Only tensors and primitive containers go in (no pickled objects), so loading a
 checkpoint can never run code. A checkpoint is written to a temp file in the same
 folder, fsynced, then `os.replace`d over its name: a crash leaves the previous
 checkpoint intact and never a torn file.
+
+`load_checkpoint` recognises a file before trusting it: empty, not a `torch.save`
+archive, unreadable (truncated, random bytes) and not terracube's (no `format`) each
+raise `CheckpointError` naming the file, where torch raised an IndexError or an
+OSError 55 lines deep, or printed `Aborted.` for an empty file.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ import numpy as np
 import torch
 
 _NAME = re.compile(r"step_(\d{8})\.pt")
+_ZIP_MAGIC = b"PK\x03\x04"
+"""The first bytes of every `torch.save` file (a zip archive) since torch 1.6."""
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable terracube checkpoint; the message names it and what to do."""
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -61,9 +72,46 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with weights_only=True: tensors and primitives only, never arbitrary code."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+def load_checkpoint(path: Path, expected_format: int | None = None) -> dict[str, Any]:
+    """Load with weights_only=True (tensors and primitives only, never arbitrary code),
+    after recognising the file; `expected_format` also checks the recorded format."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be opened ({exc.strerror})") from None
+    if not head:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes), e.g. a copy that was cut off; delete it "
+            "or pass another step_*.pt"
+        )
+    if head != _ZIP_MAGIC:
+        raise CheckpointError(
+            f"{path} is not a checkpoint: torch.save files are zip archives and this one "
+            "does not start like one; pass a step_*.pt written by terracube pretrain"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:160]}); "
+            "it is probably truncated or damaged: delete it or pass another step_*.pt"
+        ) from None
+    if not isinstance(state, dict) or "format" not in state or "model" not in state:
+        raise CheckpointError(
+            f"{path} is a torch file but not a terracube pretraining checkpoint (it has no "
+            "'format' and 'model' entries)"
+        )
+    if expected_format is not None and state["format"] != expected_format:
+        raise CheckpointError(
+            f"{path} has checkpoint format {state['format']!r}; this terracube reads format "
+            f"{expected_format} (see CHECKPOINT_FORMAT in model/train/pretrain.py): "
+            "retrain, or use the terracube version that wrote it"
+        )
+    return state
 
 
 def rng_states() -> dict[str, Any]:

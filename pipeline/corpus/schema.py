@@ -15,10 +15,21 @@ from typing import Any
 from terracube.catalog.bands import BASE_RESOLUTION_M, TILE_SIZE_M
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES, BandGroup, band_group
 
-FORMAT_VERSION = 1
-"""Bumped on any change a reader of an older version could misread."""
+FORMAT_VERSION = 2
+"""Bumped on any change a reader of an older version could misread.
 
-SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+2: every written shard is a complete object — each array of a shard that holds any
+written sample has its shard file, with every inner chunk in it (fill-valued ones
+included) — and every zstd frame carries its content checksum. A missing shard file
+or chunk is therefore damage, never "all fill", and a flipped byte fails its frame's
+checksum instead of decoding to other numbers (`pipeline/corpus/integrity.py`).
+1: shards and chunks equal to the fill value were not written, and frames had no
+checksum: still read, and checked as far as that allows."""
+
+SUPPORTED_FORMAT_VERSIONS = frozenset({1, 2})
+
+COMPLETE_SHARDS_SINCE = 2
+"""The first format version whose written shards are complete objects (see FORMAT_VERSION)."""
 
 SAMPLE_DIM = "sample"
 TIME_DIM = "time"

@@ -28,6 +28,12 @@ class ShardDecodeError(ValueError):
     """A shard object is missing bytes or fails its index checksum or a chunk decode."""
 
 
+class ShardMissingError(ShardDecodeError):
+    """A shard file or inner chunk of a format-2 store (complete shards) is not there:
+    damage, which zarr's own reads would return as the fill value. Callers must not fall
+    back to zarr for it."""
+
+
 def _little(codec: object) -> bool:
     """Little-endian bytes (endian None: single-byte dtypes, where order does not apply)."""
     return isinstance(codec, BytesCodec) and codec_name(codec.endian) in (None, "little")

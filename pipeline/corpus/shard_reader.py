@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 from terracube.pipeline.corpus.shard_format import (
     ShardDecodeError,
+    ShardMissingError,
     fast_path_supported,
     index_error,
     locate,
@@ -78,7 +79,9 @@ class ShardReader:
     buffers and the zstd context.
     """
 
-    def __init__(self, arr: zarr.Array, zstd: ZstdInto | None = None) -> None:
+    def __init__(
+        self, arr: zarr.Array, zstd: ZstdInto | None = None, complete: bool = False
+    ) -> None:
         if not fast_path_supported(arr):
             raise ValueError(
                 f"{arr.path}: not the corpus's default shard layout; read it with zarr"
@@ -105,6 +108,20 @@ class ShardReader:
         self._status = np.zeros(2, dtype=np.int64)
         self._index_buffer = np.empty(self.layout.index_bytes, dtype=np.uint8)
         self._held: weakref.WeakSet[OpenShard] = weakref.WeakSet()
+        self.complete = complete
+        """The store writes complete shards (format 2): a missing shard file or chunk raises
+        `ShardMissingError` instead of reading as the fill value."""
+
+    def _require(self, path: str, present: np.ndarray | None) -> None:
+        """In a store of complete shards, refuse a missing file (None) or chunk."""
+        if not self.complete:
+            return
+        if present is None:
+            raise ShardMissingError(f"{self._root_prefix}{path}: shard file is missing")
+        if not present.all():
+            raise ShardMissingError(
+                f"{self._root_prefix}{path}: {int((~present).sum())} inner chunk(s) missing"
+            )
 
     # ------------------------------------------------------------------ bytes
     def _path(self, shard: int) -> str:
@@ -145,6 +162,7 @@ class ShardReader:
                 f"{file}: {index_error(int(status[0]), int(status[1]), self.layout)}"
             )
         present, offsets, sizes, written, largest = found
+        self._require(path, present)
         self._reused(largest)  # decoding reads each chunk into the reused buffer
         return LocatedChunks(self, path, chunks, present, offsets, sizes, written, held)
 
@@ -272,6 +290,7 @@ class ShardReader:
         chunks: ShardChunks,
         fetched: tuple[np.ndarray | OpenShard | None, np.ndarray, np.ndarray, np.ndarray] | None,
     ) -> LocatedChunks:
+        self._require(path, None if fetched is None else fetched[1])
         if fetched is None:
             buffer, present = None, np.zeros(len(chunks.flats), dtype=bool)
             positions = sizes = np.zeros(0, dtype=np.int64)

@@ -34,8 +34,10 @@ _FIRST = np.zeros(1, dtype=np.int64)
 class WholeShardReader(ShardReader):
     """A `ShardReader` that also reads whole shards of a per-sample array."""
 
-    def __init__(self, arr: zarr.Array, zstd: ZstdInto | None = None) -> None:
-        super().__init__(arr, zstd)
+    def __init__(
+        self, arr: zarr.Array, zstd: ZstdInto | None = None, complete: bool = False
+    ) -> None:
+        super().__init__(arr, zstd, complete)
         self._lone_raw: np.ndarray | None = None
         """One-chunk shards' whole-file reads (`read_lone_chunk`); allocated on first use."""
 
@@ -95,6 +97,7 @@ class WholeShardReader(ShardReader):
         layout = self.layout
         flats = np.arange(layout.n_chunks, dtype=np.int64)
         blocks = np.empty((layout.n_chunks, *layout.chunk_shape), dtype=self.dtype)
+        self._require(path, None if fetched is None else fetched[1])
         if fetched is None:
             blocks.fill(self.arr.fill_value)
         else:
@@ -115,6 +118,7 @@ class WholeShardReader(ShardReader):
         try:
             fd = os.open(file, os.O_RDONLY)
         except FileNotFoundError:
+            self._require(path, None)
             out.fill(self.arr.fill_value)
             return out
         if self._native:
@@ -131,6 +135,7 @@ class WholeShardReader(ShardReader):
             raise ShardDecodeError(f"{file}: {size} bytes cannot hold a shard index")
         index = parse_index(file, raw[data_end:], self.layout)  # one entry and its crc32c
         present, offsets, sizes = locate(file, index, _FIRST, data_end)
+        self._require(path, present)
         if not present[0]:
             out.fill(self.arr.fill_value)
             return out
@@ -155,6 +160,7 @@ class WholeShardReader(ShardReader):
         if done == 1:
             return out
         if done == 0:
+            self._require(file.removeprefix(self._root_prefix), np.zeros(1, dtype=bool))
             out.fill(self.arr.fill_value)
             return out
         if done == -1:

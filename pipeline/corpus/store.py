@@ -112,6 +112,12 @@ def shard_lock(root: Path | None, shard: int) -> Iterator[None]:
             fcntl.lockf(fh, fcntl.LOCK_UN, 1, shard)
 
 
+def complete_chunks() -> contextlib.AbstractContextManager[Any]:
+    """Arrays opened inside write every chunk, fill-valued ones included (format 2: a
+    written shard is a complete object, so a missing file or chunk is damage)."""
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
 # --------------------------------------------------------------------------- corpus
 
 
@@ -126,7 +132,7 @@ def _create_array(group: zarr.Group, spec: ArraySpec, codecs: CorpusCodecs) -> z
         dimension_names=spec.dims,
         attributes=spec.attrs,
         serializer="auto" if spec.dtype == "string" else BytesCodec(),
-        compressors=(ZstdCodec(level=codecs.zstd_level),),
+        compressors=(ZstdCodec(level=codecs.zstd_level, checksum=True),),
     )
 
 
@@ -234,7 +240,8 @@ class Corpus:
             group = zarr.open_group(store, mode="r+" if writable else "r", zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise CorpusError(
-                f"no corpus at {os.fspath(url)!r}; create it with create_corpus"
+                f"no corpus at {os.fspath(url)!r}; check the path, or build one with "
+                "`terracube build CONFIG`"
             ) from None
         return cls(group, url, storage_options)
 
@@ -296,7 +303,7 @@ class Corpus:
                 check_sample(s, self.params, f"sample {i}")
         rows = [sample_rows(s, self.specs) for s in samples]
         blocks = {name: np.stack([r[name] for r in rows]) for name in rows[0]}
-        with shard_lock(self._root, shard_index):
+        with shard_lock(self._root, shard_index), complete_chunks():
             for spec in self.specs:
                 if spec.role != "coord":
                     self.array(spec.name)[span.start : span.stop] = blocks[spec.name]
@@ -306,7 +313,7 @@ class Corpus:
         self._check_index(index)
         check_sample(sample, self.params, f"sample {index}")
         rows = sample_rows(sample, self.specs)
-        with shard_lock(self._root, self.shard_of(index)):
+        with shard_lock(self._root, self.shard_of(index)), complete_chunks():
             for spec in self.specs:
                 if spec.role != "coord":
                     self.array(spec.name)[index] = rows[spec.name]

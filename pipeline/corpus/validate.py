@@ -12,11 +12,12 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
 from terracube.catalog.registry import band_group
+from terracube.pipeline.corpus.integrity import REPAIR_HINT, missing_shards
 from terracube.pipeline.corpus.schema import (
     DAYS_FILL,
     SUPPORTED_FORMAT_VERSIONS,
@@ -36,9 +37,15 @@ class Problem:
 
     path: str
     message: str
+    shard: int | None = None
+    """The damaged shard (missing or undecodable file) that `terracube repair` rebuilds;
+    None for what a rebuild of shards cannot fix (attributes, array metadata)."""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+VERSION_KEY = "terracube_format_version"
 
 
 def _normalise(value: Any) -> Any:
@@ -57,7 +64,7 @@ def _open_root(url: str, storage_options: Mapping[str, Any] | None) -> zarr.Grou
 def _check_root(root: zarr.Group) -> tuple[CorpusParams | None, list[Problem]]:
     problems: list[Problem] = []
     attrs: dict[str, Any] = dict(root.attrs)  # any JSON: every use below checks its shape
-    version = attrs.get("terracube_format_version")
+    version = attrs.get(VERSION_KEY)
     if version is None:
         problems.append(
             Problem(
@@ -166,8 +173,9 @@ def _check_values(
                 problems.append(
                     Problem(
                         _shard_path(arr, name, shard),
-                        f"shard {shard} cannot be read ({type(exc).__name__}: {exc}); "
-                        f"rewrite samples {span.start}..{span.stop - 1}",
+                        f"cannot be decoded ({type(exc).__name__}: {exc}) (samples "
+                        f"{span.start}..{span.stop - 1}); {REPAIR_HINT}",
+                        shard,
                     )
                 )
         written = np.zeros(span.stop - span.start, dtype=bool)
@@ -253,7 +261,34 @@ def validate(
                 problems.append(
                     Problem(spec.name, f"band names are {names}, the registry has {expected}")
                 )
-    return problems + _check_values(arrays, params, read_data)
+    problems += _check_values(arrays, params, read_data)
+    version = root.attrs.get(VERSION_KEY)
+    if version in SUPPORTED_FORMAT_VERSIONS:
+        problems += _check_presence(root, params, int(cast(int, version)))
+    return problems
+
+
+def _readable(root: zarr.Group, name: str) -> np.ndarray | None:
+    """The whole per-sample array `name`, or None when it cannot be read (already reported
+    shard by shard by `_check_values`)."""
+    try:
+        return np.asarray(root[name][:])  # type: ignore[index]
+    except Exception:
+        return None
+
+
+def _check_presence(root: zarr.Group, params: CorpusParams, version: int) -> list[Problem]:
+    """Shard files a written sample needs that are not in the store (`integrity`)."""
+    states = {m: _readable(root, f"{m}_state") for m in params.modalities}
+    fractions = {g: _readable(root, f"{g}_valid_fraction") for g in params.groups}
+    damage = missing_shards(
+        root,
+        params,
+        version,
+        {m: v for m, v in states.items() if v is not None},
+        {g: v for g, v in fractions.items() if v is not None},
+    )
+    return [Problem(d.path, str(d).removeprefix(f"{d.path}: "), d.shard) for d in damage]
 
 
 def describe(

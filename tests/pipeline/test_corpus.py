@@ -123,7 +123,7 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[int, S
 def test_plain_xarray_reads_back_exactly(written: tuple[Path, dict[int, SampleData]]) -> None:
     path, samples = written
     ds = xr.open_zarr(path)
-    assert ds.attrs["terracube_format_version"] == 1
+    assert ds.attrs["terracube_format_version"] == 2
     assert list(ds["band_s2_20m"].values) == list(BAND_GROUPS["s2_20m"].band_names)
     assert ds["s2_10m"].dims == ("sample", "time", "band_s2_10m", "y10", "x10")
     assert ds["worldcover"].dims == ("sample", "band_worldcover", "y10", "x10")
@@ -341,6 +341,15 @@ def _corrupt(path: Path, how: str) -> None:
     elif how == "truncated shard":
         shard = path / "s2_10m" / "c" / "0" / "0" / "0" / "0" / "0"
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elif how == "flipped byte in a chunk":  # inside a frame: only its checksum can tell
+        shard = path / "s2_10m" / "c" / "0" / "0" / "0" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        raw[1000] ^= 0x01
+        shard.write_bytes(bytes(raw))
+    elif how == "deleted data shard":
+        (path / "s1" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
+    elif how == "deleted state shard":
+        (path / "worldcover_state" / "c" / "0").unlink()
     elif how == "valid fraction above 1":
         arr = zarr.open_array(path / "s1_valid_fraction", mode="r+")
         arr[0, 1] = 1.5
@@ -357,7 +366,10 @@ def _corrupt(path: Path, how: str) -> None:
         ("future format version", "zarr.json", "terracube_format_version=99 is not supported"),
         ("state code 7", "sentinel1_state", "sample 1 has state code 7"),
         ("wrong dtype", "epsg", "dtype is int64, expected int32"),
-        ("truncated shard", "s2_10m/c/0/0/0/0/0", "shard 0 cannot be read"),
+        ("truncated shard", "s2_10m/c/0/0/0/0/0", "cannot be decoded"),
+        ("flipped byte in a chunk", "s2_10m/c/0/0/0/0/0", "match checksum"),
+        ("deleted data shard", "s1/c/0/0/0/0/0", "shard file is missing"),
+        ("deleted state shard", "worldcover_state/c/0", "shard file is missing"),
         ("valid fraction above 1", "s1_valid_fraction", "sample 0 has values outside [0, 1]"),
         ("done sample without tile id", "tile_id", "sample 0 is written but has an empty tile_id"),
     ],

@@ -1,8 +1,9 @@
 """What a person watching a build sees: tiles done / empty / failed, throughput, ETA.
 
 A sample counts as `failed` when any of its modalities failed, `empty` when none is
-done and none failed (no data anywhere), else `done`. The bar is rich's; when the
-output is not a terminal (CI, a log file) rich prints nothing but the final summary.
+done and none failed (no data anywhere), else `done`. On a terminal the bar is rich's;
+elsewhere (CI, a log file, a cluster job) rich would print one final frame, so the
+same facts go out as a plain line every few seconds (`workflows/progress.py`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.progress import (
 )
 from terracube.pipeline.corpus.store import SampleState
 from terracube.workflows.build.tasks import ShardOutcome
+from terracube.workflows.progress import PLAIN_EVERY_S, LineProgress
 
 
 def sample_verdict(states: dict[str, int]) -> str:
@@ -49,11 +51,19 @@ class BuildProgress:
     """A rich progress bar over the tiles a run builds; `update` once per finished shard."""
 
     def __init__(
-        self, total_tiles: int, console: Console | None = None, enabled: bool = True
+        self,
+        total_tiles: int,
+        console: Console | None = None,
+        enabled: bool = True,
+        every_s: float = PLAIN_EVERY_S,
     ) -> None:
         self.console = console or Console(stderr=True)
-        self.enabled = enabled
+        self.enabled = enabled and total_tiles > 0
         self.total = total_tiles
+        self.plain = None
+        """Periodic plain lines instead of the bar when the console is not a terminal."""
+        if not self.console.is_terminal:
+            self.plain = LineProgress("build", total_tiles, "tiles", self.console.file, every_s)
         self.counts: Counter[str] = Counter()
         self.started = time.monotonic()
         self._progress = Progress(
@@ -86,17 +96,23 @@ class BuildProgress:
         return 60.0 * built / elapsed if elapsed > 0 else 0.0
 
     def __enter__(self) -> BuildProgress:
-        if self.enabled:
+        if self.enabled and self.plain is None:
             self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.enabled:
+        if self.enabled and self.plain is None:
             self._progress.stop()
 
     def update(self, outcome: ShardOutcome) -> None:
         new = tally([outcome])
         self.counts.update(new)
+        if self.plain is not None:
+            if self.enabled:
+                c = self.counts
+                detail = f"{c['done']} done, {c['empty']} empty, {c['failed']} failed"
+                self.plain.update(sum(c.values()), detail)
+            return
         self._progress.update(
             self._task,
             advance=sum(new.values()),
@@ -106,4 +122,4 @@ class BuildProgress:
 
     def note(self, message: str) -> None:
         if self.enabled:
-            self._progress.console.print(message)
+            self.console.print(message)

@@ -27,7 +27,13 @@ from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.osm_extract import ExtractError
 from terracube.catalog.plan import Plan
 from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
-from terracube.pipeline.corpus.store import Corpus, CorpusCodecs, CorpusError, create_corpus, local_root
+from terracube.pipeline.corpus.store import (
+    Corpus,
+    CorpusCodecs,
+    CorpusError,
+    create_corpus,
+    local_root,
+)
 from terracube.workflows.cluster import open_executor
 from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
 from terracube.workflows.build.failures import FailureTable
@@ -148,9 +154,9 @@ def open_build_corpus(config: BuildConfig, plan: Plan) -> Corpus:
         codecs=CorpusCodecs(config.output.zstd_level),
         storage_options=config.output.storage_options or None,
     )
-    stored = np.array([str(v) for v in np.asarray(corpus.array("tile_id")[:])], dtype=object)
+    stored = stored_tile_ids(corpus)
     planned = np.array([str(v) for v in plan.samples.tile_id], dtype=object)
-    clash = np.flatnonzero((stored != "") & (stored != planned))
+    clash = np.flatnonzero((stored != "") & (stored != planned) & (stored != UNREADABLE))
     if clash.size:
         i = int(clash[0])
         raise CorpusError(
@@ -159,6 +165,23 @@ def open_build_corpus(config: BuildConfig, plan: Plan) -> Corpus:
             "build into a new store"
         )
     return corpus
+
+
+UNREADABLE = "\0unreadable"
+"""A sample of a tile_id shard that cannot be decoded (left to `terracube repair`)."""
+
+
+def stored_tile_ids(corpus: Corpus) -> np.ndarray:
+    """Every sample's stored tile id ("" when pending), shard by shard so that a damaged
+    shard only marks its own samples `UNREADABLE`."""
+    arr = corpus.array("tile_id")
+    out = np.full(corpus.n_samples, "", dtype=object)
+    for span in corpus.shards:
+        try:
+            out[span.start : span.stop] = [str(v) for v in np.asarray(arr[span.start : span.stop])]
+        except Exception:
+            out[span.start : span.stop] = UNREADABLE
+    return out
 
 
 def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
@@ -200,6 +223,7 @@ def shard_tasks(
             todo=dict(work.todo),
             builder=builder,
             signers=signers,
+            carry_over=work.carry_over,
         )
 
 
@@ -236,15 +260,21 @@ def run_build(
     builder: TileBuilder | None = None,
     console: Console | None = None,
     started: float | None = None,
+    works: list[ShardWork] | None = None,
+    corpus: Corpus | None = None,
 ) -> BuildReport:
-    """Build (or resume) `plan` into the config's store (the plan's samples, in order)."""
+    """Build (or resume) `plan` into the config's store (the plan's samples, in order).
+
+    `works` (with the `corpus` it was planned on) replaces the plan of what is left,
+    e.g. the damaged shards `terracube repair` rebuilds."""
     started = time.monotonic() if started is None else started
     console = console or Console(stderr=True)
     builder = builder or PipelineTileBuilder()
     folder = run_dir(config)
-    corpus = open_build_corpus(config, plan)
-    states = {m: corpus.states(m) for m in corpus.params.modalities}
-    works = plan_shard_work(states, corpus.params.samples_per_shard, options.retry_failed)
+    if works is None or corpus is None:
+        corpus = open_build_corpus(config, plan)
+        states = {m: corpus.states(m) for m in corpus.params.modalities}
+        works = plan_shard_work(states, corpus.params.samples_per_shard, options.retry_failed)
     todo_tiles = sum(len(w.todo) for w in works)
     needs_osm = any(is_osm(m) for w in works for todo in w.todo.values() for m in todo)
     osm = load_osm(config, plan) if needs_osm else None
@@ -275,11 +305,11 @@ def run_build(
                 clipped_ways=dict(osm.report.clipped_ways),
             )
         with open_executor(
-            scheduler=options.scheduler,
+            scheduler=options.scheduler if works else None,
             workers=options.workers,
             memory_limit=config.cluster.memory_limit,
             max_in_flight=config.cluster.wave,
-            synchronous=options.synchronous,
+            synchronous=options.synchronous or not works,  # nothing to do: start no cluster
         ) as executor:
             if executor.dashboard:
                 log.write("dashboard", link=executor.dashboard)

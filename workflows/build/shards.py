@@ -34,6 +34,9 @@ class ShardWork:
     stop: int
     todo: Mapping[int, tuple[str, ...]]
     """sample index -> modalities to build; samples absent here are carried over as stored."""
+    carry_over: bool = True
+    """False: nothing is read from the stored shard (it is damaged); `todo` then names
+    every modality of every sample, and the shard is written as a fresh build would."""
 
     @property
     def samples(self) -> range:
@@ -72,6 +75,15 @@ def plan_shard_work(
         if todo:
             work.append(ShardWork(shard, start, stop, todo))
     return work
+
+
+def rebuild_shard_work(shard: int, span: range, modalities: Sequence[str]) -> ShardWork:
+    """The work that rewrites a damaged shard from its inputs alone (`terracube repair`)."""
+    names = tuple(m for m in MODALITIES if m in modalities) + tuple(
+        sorted(set(modalities) - set(MODALITIES))
+    )
+    todo = {i: names for i in span}
+    return ShardWork(shard, span.start, span.stop, todo, carry_over=False)
 
 
 def groups_of(modalities: Sequence[str], corpus_groups: Sequence[str]) -> tuple[str, ...]:

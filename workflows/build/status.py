@@ -5,6 +5,11 @@ fraction of `done` samples of a temporal modality with any valid pixel in that
 period (from the `<group>_valid_fraction` arrays); failure reasons are the stored
 `<modality>_error` texts of failed samples, grouped. No run folder is needed, so the
 status of a corpus on object storage is exactly as complete as a local one.
+
+A corpus is `complete` only when nothing is pending and no shard file a written sample
+needs is missing or, among the arrays status reads, undecodable (`integrity`): a
+deleted shard of a done sample used to read as zeros and still count as done. The
+listing costs one request per array, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 from terracube.catalog.registry import MODALITIES
+from terracube.pipeline.corpus.integrity import corpus_damage
 from terracube.pipeline.corpus.store import Corpus, SampleState
 from terracube.pipeline.corpus.schema import DAYS_FILL
 from terracube.workflows.build.failures import split_error, top_reasons
@@ -29,7 +35,11 @@ def corpus_status(
     counts: dict[str, dict[str, int]] = {}
     coverage: dict[str, list[float | None]] = {}
     failed: list[tuple[str, str, str]] = []
+    damage = corpus_damage(corpus)
+    unreadable = {d.array for d in damage if d.reason.startswith("cannot")}
     for name in p.modalities:
+        if f"{name}_state" in unreadable:
+            continue
         states = corpus.states(name)
         counts[name] = {
             s.name.lower(): int(np.count_nonzero(states == int(s))) for s in SampleState
@@ -39,7 +49,9 @@ def corpus_status(
             for text in errors[states == SampleState.FAILED]:
                 error_class, message = split_error(str(text))
                 failed.append((name, error_class, message))
-        if MODALITIES[name].temporal:
+        if MODALITIES[name].temporal and not any(
+            f"{g.name}_valid_fraction" in unreadable for g in MODALITIES[name].groups
+        ):
             coverage[name] = _period_coverage(corpus, name, states)
     return {
         "url": corpus.url,
@@ -50,7 +62,18 @@ def corpus_status(
         "states": counts,
         "coverage": coverage,
         "top_failures": top_reasons(failed, top),
-        "complete": all(c["pending"] == 0 for c in counts.values()),
+        "damaged": [
+            {
+                "path": d.path,
+                "shard": d.shard,
+                "samples": [d.samples.start, d.samples.stop - 1],
+                "reason": d.reason,
+            }
+            for d in damage
+        ],  # fmt: skip
+        "complete": not damage
+        and len(counts) == len(p.modalities)
+        and all(c["pending"] == 0 for c in counts.values()),
     }
 
 
@@ -76,6 +99,14 @@ def _typical_period_starts(corpus: Corpus) -> list[str | None]:
     return [str(d) for d in row]
 
 
+def _verdict(status: Mapping[str, Any]) -> str:
+    if status["complete"]:
+        return "complete"
+    if status["damaged"]:
+        return f"incomplete: {len(status['damaged'])} damaged shard file(s)"
+    return "incomplete"
+
+
 def print_status(status: Mapping[str, Any], out: IO[str], as_json: bool = False) -> None:
     """The status as JSON, or as a short table for people."""
     if as_json:
@@ -83,7 +114,7 @@ def print_status(status: Mapping[str, Any], out: IO[str], as_json: bool = False)
         return
     out.write(
         f"{status['url']}: {status['samples']} samples x {status['periods']} periods "
-        f"in {status['shards']} shards ({'complete' if status['complete'] else 'incomplete'})\n"
+        f"in {status['shards']} shards ({_verdict(status)})\n"
     )
     out.write(f"{'modality':<16}{'done':>8}{'empty':>8}{'failed':>8}{'pending':>9}\n")
     for name, c in status["states"].items():
@@ -95,6 +126,14 @@ def print_status(status: Mapping[str, Any], out: IO[str], as_json: bool = False)
             cells = " ".join("  -  " if v is None else f"{v:5.2f}" for v in values)
             out.write(f"  {name:<14}{cells}\n")
         out.write(f"  {'period start':<14}{' '.join(str(s) for s in starts)}\n")
+    if status["damaged"]:
+        out.write(
+            f"damaged: {len(status['damaged'])} shard file(s); `terracube repair CONFIG` "
+            "rebuilds them:\n"
+        )
+        for row in status["damaged"][:20]:
+            first, last = row["samples"]
+            out.write(f"  {row['path']}: {row['reason']} (samples {first}..{last})\n")
     if status["top_failures"]:
         out.write("top failure reasons:\n")
         for row in status["top_failures"]:

@@ -88,6 +88,8 @@ class ShardTask:
     builder: TileBuilder
     signers: Mapping[str, Signer] = field(default_factory=dict)
     """modality -> href signer applied on the worker right before the build."""
+    carry_over: bool = True
+    """False: the stored shard is damaged; nothing is read from it (`ShardWork.carry_over`)."""
 
     @property
     def key(self) -> str:
@@ -139,7 +141,7 @@ def run_shard_task(task: ShardTask) -> ShardOutcome:
     outcomes = []
     build_seconds = 0.0
     written = np.zeros(task.stop - task.start, dtype=bool)
-    for name in corpus.params.modalities:
+    for name in corpus.params.modalities if task.carry_over else ():
         written |= corpus.array(f"{name}_state")[task.start : task.stop] != SampleState.PENDING
     for index in range(task.start, task.stop):
         wanted = task.todo.get(index, ())

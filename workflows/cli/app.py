@@ -9,18 +9,35 @@ pretrain, evaluate, demo) live in `model_commands.py` on a sub-app merged in at 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from terracube.workflows.cli.common import EXIT_USER_ERROR, StoreArg, store_and_options, user_errors
+from terracube.workflows.cli.common import (
+    DEBUG_ENV,
+    EXIT_BUILD_FAILURES,
+    EXIT_PROBLEMS,
+    EXIT_USER_ERROR,
+    JsonOption,
+    StoreArg,
+    UserError,
+    store_and_options,
+    user_errors,
+)
 from terracube.workflows.cli.model_commands import model_app
+
+if TYPE_CHECKING:
+    from terracube.workflows.build.runner import BuildOptions, BuildReport
+    from terracube.workflows.config import BuildConfig
 
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help=(
         "terracube: Earth-observation corpora and pretraining.\n\n"
         "Typical run: `terracube world --out w` (synthetic data), "
@@ -30,16 +47,46 @@ app = typer.Typer(
 )
 
 ConfigArg = Annotated[
-    Path, typer.Argument(help="Build config (YAML; see workflows/examples/).", show_default=False)
+    Path,
+    typer.Argument(
+        help="Build config (YAML; see workflows/examples/).", show_default=False, metavar="CONFIG"
+    ),
 ]
+
+
+def _installed_version() -> str:
+    from importlib.metadata import version as _v
+
+    return _v("terracube")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"terracube {_installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of any error (for bug reports).")
+    ] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    # no docstring: the app's help above is what `terracube --help` shows
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 @app.command()
 def version() -> None:
     """Print the installed terracube version."""
-    from importlib.metadata import version as _v
-
-    typer.echo(_v("terracube"))
+    typer.echo(_installed_version())
 
 
 @app.command()
@@ -54,12 +101,8 @@ def world(
     """
     from terracube.workflows.world import generate_world
 
-    with user_errors():
-        try:
-            manifest = generate_world(out, seed=seed, size=size)  # type: ignore[arg-type]
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
+    with user_errors(ValueError):
+        manifest = generate_world(out, seed=seed, size=size)  # type: ignore[arg-type]
     typer.echo(
         f"world ({manifest.size}, seed {manifest.seed}): {len(manifest.tile_ids)} tiles in "
         f"{manifest.root}\nnext: terracube build {manifest.build_yaml}"
@@ -109,6 +152,37 @@ def plan(
             raise typer.Exit(EXIT_USER_ERROR)
 
 
+def _build_options(
+    cfg: BuildConfig,
+    scheduler: str | None,
+    workers: int | None,
+    synchronous: bool,
+    progress: bool,
+) -> BuildOptions:
+    """Where to run a build or repair; the flags win over the config's `cluster:`, and a
+    clash is named by where each side came from."""
+    from terracube.workflows.build.runner import BuildOptions
+
+    chosen = scheduler or cfg.cluster.scheduler or None
+    local = workers if workers is not None else cfg.cluster.workers
+    if chosen and (local is not None or synchronous):
+        said = "--scheduler" if scheduler else "cluster.scheduler in the config"
+        other = (
+            "--synchronous"
+            if synchronous
+            else "--workers"
+            if workers is not None
+            else "cluster.workers in the config"
+        )
+        raise UserError(
+            f"{said} ({chosen}) runs on that cluster's own workers, but {other} asks for a "
+            f"local one: drop one of the two"
+        )
+    return BuildOptions(
+        scheduler=chosen, workers=local, synchronous=synchronous, show_progress=progress
+    )
+
+
 @app.command()
 def build(
     config: ConfigArg,
@@ -118,7 +192,9 @@ def build(
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(help="Workers of the LocalCluster started for this build (default: cores)."),
+        typer.Option(
+            min=1, help="Workers of the LocalCluster started for this build (default: cores)."
+        ),
     ] = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Also rebuild tiles whose modality failed.")
@@ -141,32 +217,17 @@ def build(
     Exit status 0 when every tile is done or empty, 3 when some failed, 2 (before
     anything is written) when a modality has no data in any tile, unless --allow-empty.
     """
-    from terracube.workflows.build.runner import BuildOptions, build_corpus
-    from terracube.workflows.config import ConfigError, load_config
+    from terracube.workflows.build.runner import build_corpus
+    from terracube.workflows.config import load_config
 
     with user_errors():
         cfg = load_config(config)
-        options = BuildOptions(
-            scheduler=scheduler or cfg.cluster.scheduler or None,
-            workers=workers if workers is not None else cfg.cluster.workers,
-            retry_failed=retry_failed,
-            synchronous=synchronous,
-            show_progress=progress,
-            allow_empty=allow_empty,
-        )
-        if options.scheduler and (options.workers is not None or synchronous):
-            raise ConfigError(
-                "--workers/--synchronous choose a local executor; a --scheduler (or "
-                "cluster.scheduler) cluster has its own workers: give one or the other"
-            )
+        options = _build_options(cfg, scheduler, workers, synchronous, progress)
+        options = dataclasses.replace(options, retry_failed=retry_failed, allow_empty=allow_empty)
         report = build_corpus(cfg, options)
-    tiles = report.tiles
-    typer.echo(
-        f"built {sum(tiles.values())} tiles in {report.seconds:.1f} s "
-        f"({report.tiles_per_minute:.1f}/min): {tiles['done']} done, {tiles['empty']} empty, "
-        f"{tiles['failed']} failed; {report.shards_submitted} of {report.shards} shards "
-        f"submitted\nrun log: {report.log}"
-    )
+        _say_build(report, retried=retry_failed)
+        if report.shards_submitted == 0:
+            _say_damage(cfg)
     if report.failures or report.shard_errors:
         typer.echo(
             f"{report.failures} failed (tile, modality) in {report.run_dir / 'failures.json'}"
@@ -174,19 +235,100 @@ def build(
             "retry with --retry-failed",
             err=True,
         )
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_BUILD_FAILURES)
+
+
+def _say_build(report: BuildReport, verb: str = "built", retried: bool = True) -> None:
+    tiles = report.tiles
+    if report.shards_submitted == 0:
+        hint = "" if retried else "; failed tiles, if any, are rebuilt with --retry-failed"
+        typer.echo(
+            f"nothing to do: every sample of the {report.shards} shards is finished "
+            f"({report.store}){hint}"
+        )
+        return
+    typer.echo(
+        f"{verb} {sum(tiles.values())} tiles in {report.seconds:.1f} s "
+        f"({report.tiles_per_minute:.1f}/min): {tiles['done']} done, {tiles['empty']} empty, "
+        f"{tiles['failed']} failed; {report.shards_submitted} of {report.shards} shards "
+        f"submitted\nrun log: {report.log}"
+    )
+
+
+def _say_damage(cfg: BuildConfig) -> None:
+    """After a build with nothing to do: say so if shard files are missing or unreadable."""
+    from terracube.pipeline.corpus.integrity import corpus_damage
+    from terracube.pipeline.corpus.store import Corpus
+
+    damage = corpus_damage(Corpus.open(cfg.store_url, cfg.output.storage_options or None))
+    if damage:
+        typer.echo(
+            f"warning: {len(damage)} shard file(s) of finished samples are damaged, e.g. "
+            f"{damage[0]}; a build never rewrites finished shards: run `terracube repair "
+            "CONFIG`",
+            err=True,
+        )
+
+
+@app.command()
+def repair(
+    config: ConfigArg,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Address of a running Dask scheduler (tcp://host:8786) to build on."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Workers of the LocalCluster started for this repair."),
+    ] = None,
+    synchronous: Annotated[
+        bool, typer.Option("--synchronous", help="Rebuild in this process without Dask.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Rebuild exactly the shards of CONFIG's store that `terracube validate` finds
+    damaged (missing or undecodable shard files, impossible values), then validate again.
+
+    Nothing is read from a damaged shard: its samples are rebuilt from the plan's inputs,
+    every other shard keeps its bytes. Run it again to resume. Exit status 0 when the
+    store validates afterwards, 1 when problems remain, 3 when some tiles failed.
+    """
+    from terracube.workflows.build.repair import repair_corpus
+    from terracube.workflows.config import load_config
+
+    with user_errors():
+        cfg = load_config(config)
+        options = _build_options(cfg, scheduler, workers, synchronous, progress)
+        result = repair_corpus(cfg, options)
+    if result.build is None:
+        typer.echo(f"nothing to repair: {cfg.store_url} validates")
+        return
+    typer.echo(
+        f"{len(result.problems)} problem(s) in {len(result.shards)} shard(s): "
+        f"{', '.join(map(str, result.shards))}"
+    )
+    _say_build(result.build, "rebuilt")
+    for problem in result.remaining:
+        typer.echo(str(problem))
+    if result.remaining:
+        typer.echo(f"{len(result.remaining)} problem(s) remain in {cfg.store_url}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS)
+    if result.build.failures or result.build.shard_errors:
+        raise typer.Exit(EXIT_BUILD_FAILURES)
+    typer.echo(f"{cfg.store_url}: valid")
 
 
 @app.command()
 def status(
     store: StoreArg,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Show what a corpus holds: per-modality states, coverage per period, failures.
 
     Counts samples done / empty / failed / pending per modality, the share of done
-    samples with valid data in each period, and the most frequent failure reasons.
-    Reads only the store.
+    samples with valid data in each period, the most frequent failure reasons, and any
+    shard file a written sample needs that is missing or undecodable. Reads only the
+    store. Exit status 0 when complete, 1 when anything is pending or damaged.
     """
     from terracube.workflows.build.status import corpus_status, print_status
 
@@ -194,6 +336,8 @@ def status(
         url, options = store_and_options(store)
         result = corpus_status(url, options or None)
     print_status(result, sys.stdout, as_json)
+    if not result["complete"]:
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 @app.command()
@@ -202,19 +346,32 @@ def validate(
     skip_data: Annotated[
         bool, typer.Option("--skip-data", help="Do not decode the band-group shards.")
     ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Check a corpus against its format: every problem in plain words; exit 1 on any."""
+    """Check a corpus against its format: every problem in plain words; exit 1 on any.
+
+    Decodes every shard (zstd frame checksums included), checks state codes, value
+    ranges and index rows, and that every shard file a written sample needs exists.
+    `terracube repair CONFIG` rebuilds the shards it names."""
+    import json
+
     from terracube.pipeline.corpus.validate import validate as validate_store
 
     with user_errors():
         url, options = store_and_options(store)
         problems = validate_store(url, options or None, read_data=not skip_data)
-    for problem in problems:
-        typer.echo(str(problem))
+    if as_json:
+        rows = [{"path": p.path, "message": p.message, "shard": p.shard} for p in problems]
+        typer.echo(json.dumps({"url": url, "valid": not problems, "problems": rows}))
+    else:
+        for problem in problems:
+            typer.echo(str(problem))
     if problems:
-        typer.echo(f"{len(problems)} problem(s) in {url}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"{url}: valid")
+        if not as_json:
+            typer.echo(f"{len(problems)} problem(s) in {url}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS)
+    if not as_json:
+        typer.echo(f"{url}: valid")
 
 
 @app.command()

@@ -9,34 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from terracube.workflows.cli.common import (
-    EXIT_USER_ERROR,
+    JsonOption,
     StoreArg,
     store_and_options,
     user_errors,
 )
+from terracube.workflows.progress import PLAIN_EVERY_S
 
 model_app = typer.Typer()
 
 
-@contextlib.contextmanager
-def model_errors(*fixable: type[Exception]) -> Iterator[None]:
-    """The data commands' user errors plus `fixable`: one line on stderr, exit status 2.
-
-    Each command names the exceptions that mean bad input for it, so an internal
-    error elsewhere still shows its traceback."""
-    with user_errors():
-        try:
-            yield
-        except fixable as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            typer.echo(f"error: {message}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
+def model_errors(
+    *fixable: type[Exception], interrupted: str = "interrupted"
+) -> contextlib.AbstractContextManager[None]:
+    """The CLI's error policy (`common.user_errors`) with `fixable` as user errors too."""
+    return user_errors(*fixable, interrupted=interrupted)
 
 
 @model_app.command()
@@ -69,8 +61,15 @@ def pretrain(
         typer.Argument(
             help="Pretraining config (YAML: data, model_size, steps, optim, ...).",
             show_default=False,
+            metavar="CONFIG",
         ),
     ],
+    every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every", min=0, help="Seconds between progress lines when not on a terminal."
+        ),
+    ] = PLAIN_EVERY_S,
 ) -> None:
     """Pretrain (or resume) an encoder on a built corpus with Latent MIM.
 
@@ -79,15 +78,34 @@ def pretrain(
     out_dir. On several processes: `torchrun --nproc_per_node N $(which terracube)
     pretrain CONFIG`.
     """
+    from terracube.model.data.read_faults import CorpusTooSmall, DecodeBudgetExceeded
+    from terracube.model.train.checkpoint import CheckpointError
     from terracube.workflows.pretrain_config import (
         PretrainConfigError,
         load_pretrain_config,
         run_pretrain,
     )
+    from terracube.workflows.progress import StepProgress
 
-    with model_errors(PretrainConfigError, RuntimeError):
+    with model_errors(
+        PretrainConfigError,
+        CheckpointError,
+        CorpusTooSmall,
+        DecodeBudgetExceeded,
+        RuntimeError,
+        interrupted="interrupted: the newest checkpoint in the config's checkpoint.dir is "
+        "kept; run the same command again to resume from it",
+    ):
         settings = load_pretrain_config(config)
-        checkpoint = run_pretrain(settings)
+        progress = StepProgress("pretrain", settings.steps, "steps", every_s=every)
+
+        def on_step(row: dict[str, Any]) -> None:
+            progress.update(row["step"], f"loss {row['loss']:.3f}")
+
+        try:
+            checkpoint = run_pretrain(settings, on_step=on_step)
+        finally:
+            progress.close()
     out = settings.out_dir
     typer.echo(
         f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\n"
@@ -118,19 +136,30 @@ def evaluate(
     crop: Annotated[int, typer.Option(help="WorldCover tasks: crop edge in 10 m pixels.")] = 32,
     seed: Annotated[int, typer.Option(help="Split and probe seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    as_json: JsonOption = False,
+    every: Annotated[
+        float,
+        typer.Option(
+            "--progress-every", min=0, help="Seconds between progress lines when not on a terminal."
+        ),
+    ] = PLAIN_EVERY_S,
 ) -> None:
     """Probe a frozen encoder (kNN and linear) next to random-init and raw-pixel baselines.
 
     Writes results.json, results.md and (single-label tasks) confusion_matrix.png
-    into OUT and prints the results table.
+    into OUT and prints the results table (--json: the results as one JSON object).
     """
+    import json
+
     from terracube.catalog.registry import band_group
     from terracube.model.eval.evaluate import TASKS, EvalParams
     from terracube.model.eval.evaluate import evaluate as run_evaluation
     from terracube.model.eval.report import markdown_table
     from terracube.model.eval.tasks import CropParams, crop_windows
+    from terracube.model.train.checkpoint import CheckpointError
+    from terracube.workflows.progress import StepProgress
 
-    with model_errors(ValueError, KeyError, RuntimeError):
+    with model_errors(CheckpointError, ValueError, KeyError, RuntimeError):
         if task not in TASKS:
             raise ValueError(f"--task {task!r} is unknown; choose one of: {', '.join(TASKS)}")
         if not 1 <= patch_size <= 8:
@@ -148,7 +177,24 @@ def evaluate(
         if task.startswith("worldcover"):
             crop_windows(band_group("worldcover").pixels, crop_params)  # checks --crop first
         params = EvalParams(patch_size=patch_size, seed=seed, device=device, crop=crop_params)
-        results = run_evaluation(path, task, data, out, params)
+        bars: dict[str, StepProgress] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                for bar in bars.values():
+                    bar.close()
+                unit = "samples" if stage == "features" else "feature sets"
+                bars[stage] = StepProgress(f"evaluate {stage}", total, unit, every_s=every)
+            bars[stage].update(done)
+
+        try:
+            results = run_evaluation(path, task, data, out, params, progress=progress)
+        finally:
+            for bar in bars.values():
+                bar.close()
+    if as_json:
+        typer.echo(json.dumps(results))
+        return
     sys.stdout.write(markdown_table(results))
     typer.echo(f"results: {out / 'results.json'}")
 

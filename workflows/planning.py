@@ -187,6 +187,22 @@ def href_signers(config: BuildConfig) -> dict[str, Callable[[str], str]]:
     return signers
 
 
+def check_output_store(config: BuildConfig) -> None:
+    """A local output store must be a folder (or not exist yet): checked before anything is
+    searched or written, where a regular file gave `[Errno 17] File exists` at build time."""
+    url = config.store_url
+    if "://" in url:
+        return
+    path = Path(url)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"output.store: {path} is a file, not a corpus folder; name a new folder "
+            "(e.g. corpus.zarr) or move the file away"
+        )
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"output.store: the parent {path.parent} of {path} is a file")
+
+
 def check_sources(config: BuildConfig) -> None:
     """Open every STAC API landing page once (fast fail) and check collections exist."""
     for name in stac_modalities(config):
@@ -203,9 +219,22 @@ def check_sources(config: BuildConfig) -> None:
         except Exception as exc:
             field = "url" if source.url else "profile"
             raise ConfigError(
-                f"modalities.{name}.{field}: the STAC API {api.profile.url} cannot be reached "
-                f"({type(exc).__name__}: {str(exc)[:200]}); check the URL and your network"
+                f"modalities.{name}.{field}: {_why_unusable(api.profile.url, exc)}"
             ) from None
+
+
+def _why_unusable(url: str, exc: Exception) -> str:
+    """What went wrong opening a STAC API's landing page, in words: a server that
+    answered with something that is not STAC JSON was reached, so it must not be
+    called unreachable."""
+    detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if isinstance(exc, ValueError | KeyError | TypeError):  # JSONDecodeError is a ValueError
+        return (
+            f"{url} answered, but not with a STAC API landing page (JSON with "
+            f"'conformsTo' and 'links'; {detail}); check that the URL is the API root, "
+            "e.g. https://earth-search.aws.element84.com/v1"
+        )
+    return f"the STAC API {url} cannot be reached ({detail}); check the URL and your network"
 
 
 def check_osm_extract(config: BuildConfig, tiles: Sequence[Tile]) -> list[str]:
@@ -250,6 +279,7 @@ def plan_build(
     plan_params: PlanParams | None = None,
 ) -> Plan:
     """Search every source once per region x collection, then plan all modalities together."""
+    check_output_store(config)
     tiles = select_tiles(config)
     warnings = check_osm_extract(config, tiles)
     check_sources(config)

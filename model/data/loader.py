@@ -65,6 +65,7 @@ from terracube.model.data.transport import (
     pack,
 )
 from terracube.model.train.masking import mask_batch
+from terracube.pipeline.corpus.integrity import readable_states
 from terracube.pipeline.corpus.schema import COMPLETE_SHARDS_SINCE, SampleState
 from terracube.pipeline.corpus.shard_format import ShardMissingError, fast_path_supported
 from terracube.pipeline.corpus.shard_reader import ShardReader
@@ -119,7 +120,7 @@ class CorpusStream(IterableDataset):
         temporal = sum(band_group(g).temporal for g in self.groups)
         self.shape = TokenShape(temporal, len(self.groups) - temporal, corpus.n_periods)
         check_budget(params, self.shape)
-        states = {m: corpus.states(m) for m in corpus.params.modalities}
+        states = readable_states(corpus, "the loader (to know which samples to read)")
         done = np.stack([s == SampleState.DONE for s in states.values()])
         self.done = {m: s == SampleState.DONE for m, s in states.items()}
         any_done = cast(np.ndarray, done.any(axis=0))  # 2-D reduced: an array, not np.bool_

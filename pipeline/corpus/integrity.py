@@ -207,3 +207,16 @@ def checked_record(corpus: Corpus, sample: int) -> SampleData:
                     f"({type(err).__name__}: {str(err)[:200]}); {REPAIR_HINT}"
                 ) from None
         raise CorpusError(f"sample {sample} of {corpus.url} cannot be read ({exc})") from None
+
+
+def readable_states(corpus: Corpus, purpose: str) -> dict[str, np.ndarray]:
+    """Every modality's state codes; when a state shard cannot be decoded, `CorpusError`
+    naming the file, why `purpose` needs it, and the fix (a bare codec error before)."""
+    try:
+        return {m: corpus.states(m) for m in corpus.params.modalities}
+    except (KeyError, IndexError):
+        raise
+    except Exception as exc:
+        damage = [d for d in corpus_damage(corpus) if d.array.endswith("_state")]
+        where = str(damage[0]) if damage else f"a state array cannot be read ({exc})"
+        raise CorpusError(f"{corpus.url}: {where} — {purpose} needs every sample's state") from None

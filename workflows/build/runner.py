@@ -27,6 +27,7 @@ from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.osm_extract import ExtractError
 from terracube.catalog.plan import Plan
 from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
+from terracube.pipeline.corpus.integrity import readable_states
 from terracube.pipeline.corpus.store import (
     Corpus,
     CorpusCodecs,
@@ -38,6 +39,7 @@ from terracube.workflows.cluster import open_executor
 from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
 from terracube.workflows.build.failures import FailureTable
 from terracube.workflows.planning import (
+    check_output_store,
     corpus_groups,
     href_signers,
     period_duration,
@@ -242,6 +244,7 @@ def build_corpus(
 ) -> BuildReport:
     """Build (or resume) the corpus of `config`; returns what this run did."""
     started = time.monotonic()
+    check_output_store(config)
     plan = load_or_make_plan(config)
     empty = modalities_without_data(plan)
     if empty and not options.allow_empty:
@@ -273,7 +276,7 @@ def run_build(
     folder = run_dir(config)
     if works is None or corpus is None:
         corpus = open_build_corpus(config, plan)
-        states = {m: corpus.states(m) for m in corpus.params.modalities}
+        states = readable_states(corpus, "a build (to know which samples are finished)")
         works = plan_shard_work(states, corpus.params.samples_per_shard, options.retry_failed)
     todo_tiles = sum(len(w.todo) for w in works)
     needs_osm = any(is_osm(m) for w in works for todo in w.todo.values() for m in todo)

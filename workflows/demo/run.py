@@ -372,6 +372,7 @@ def run_demo(
     """Run (or resume) the demo in `out`; returns where the report is."""
     params = params or demo_params(size)
     paths = DemoPaths(Path(out).resolve())
+    check_demo_folder(paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     state = DemoState.open(paths.state, params)
     run = DemoRun(paths, params, state, echo, progress)
@@ -396,6 +397,24 @@ def run_demo(
     )
     state.save()
     return DemoResult(paths.root, paths.report / "index.html", state.document)
+
+
+def check_demo_folder(paths: DemoPaths) -> None:
+    """The demo writes only into a new or empty folder, or one an earlier demo made (it has
+    `demo_state.json`): run on `terracube world --out w`, it used to rewrite `w/build.yaml`
+    and then refuse the user's own corpus."""
+    root = paths.root
+    if root.exists() and not root.is_dir():
+        raise DemoError(f"--out {root} is a file; pass a new or empty folder")
+    if not root.is_dir() or paths.state.is_file():
+        return
+    foreign = sorted(p.name for p in root.iterdir())
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (" ..." if len(foreign) > 4 else "")
+        raise DemoError(
+            f"--out {root} already holds files the demo did not write ({shown}); it never "
+            f"touches them: pass a new or empty folder, e.g. --out {root / 'demo'}"
+        )
 
 
 def cpu_seconds() -> float:

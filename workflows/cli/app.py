@@ -357,8 +357,14 @@ def validate(
 
     from terracube.pipeline.corpus.validate import validate as validate_store
 
+    from terracube.pipeline.corpus.schema import CorpusError
+    from terracube.pipeline.corpus.store import local_root
+
     with user_errors():
         url, options = store_and_options(store)
+        root = local_root(url)
+        if root is not None and not root.exists():  # a missing store is an input error
+            raise CorpusError(f"no corpus at {url!r}; check the path")
         problems = validate_store(url, options or None, read_data=not skip_data)
     if as_json:
         rows = [{"path": p.path, "message": p.message, "shard": p.shard} for p in problems]

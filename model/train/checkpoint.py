@@ -14,6 +14,7 @@ OSError 55 lines deep, or printed `Aborted.` for an empty file.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import tempfile
@@ -74,7 +75,8 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def load_checkpoint(path: Path, expected_format: int | None = None) -> dict[str, Any]:
     """Load with weights_only=True (tensors and primitives only, never arbitrary code),
-    after recognising the file; `expected_format` also checks the recorded format."""
+    after recognising the file; with `expected_format`, also check that it is a terracube
+    checkpoint of that format."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
@@ -95,17 +97,24 @@ def load_checkpoint(path: Path, expected_format: int | None = None) -> dict[str,
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path} holds pickled Python objects, which terracube never loads (weights_only "
+            "loading: tensors and primitives only); pass a step_*.pt written by terracube"
+        ) from None
     except Exception as exc:
         raise CheckpointError(
             f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc)[:160]}); "
             "it is probably truncated or damaged: delete it or pass another step_*.pt"
         ) from None
+    if expected_format is None:
+        return state
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
         raise CheckpointError(
             f"{path} is a torch file but not a terracube pretraining checkpoint (it has no "
             "'format' and 'model' entries)"
         )
-    if expected_format is not None and state["format"] != expected_format:
+    if state["format"] != expected_format:
         raise CheckpointError(
             f"{path} has checkpoint format {state['format']!r}; this terracube reads format "
             f"{expected_format} (see CHECKPOINT_FORMAT in model/train/pretrain.py): "

@@ -15,6 +15,7 @@ import torch
 import yaml
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.train.checkpoint import (
+    CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -148,7 +149,7 @@ def test_checkpoints_are_atomic_pruned_and_refuse_pickled_objects(tmp_path: Path
 
     evil = tmp_path / "step_00000009.pt"
     torch.save({"x": Fraction(1, 3)}, evil)  # any pickled object, not a tensor or primitive
-    with pytest.raises(Exception, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only"):
         load_checkpoint(evil)
 
 
@@ -248,7 +249,12 @@ def test_every_setting_is_defined_once_and_the_yaml_schema_reads_its_default() -
     data = schema(DataConfig)
     assert DataConfig.model_fields["store"].is_required()
     del data["store"]
-    assert data == {**loader, "storage_options": {}, "workers": run["workers"]}
+    assert data == {
+        **loader,
+        "storage_options": {},
+        "workers": run["workers"],
+        "max_decode_error_share": run["max_decode_error_share"],
+    }
     assert schema(OptimConfig) == defaults(OptimParams)
     checkpoint = schema(CheckpointConfig)
     assert (checkpoint["interval"], checkpoint["keep"]) == (

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,7 +120,9 @@ def test_demo_writes_every_report_artifact(first_run: FirstRun) -> None:
     summary = json.loads(paths.plan_summary.read_text())
     assert summary["tiles"] == 4 and summary["periods"] == 3
     assert "4 tiles x 3 periods" in md
-    assert f"{paths.store}: 4 samples x 3 periods" in md and "(complete)" in md
+    assert "Store ../corpus.zarr: 4 samples x 3 periods" in md and "(complete;" in md
+    assert str(paths.root) not in md and str(paths.root) not in html  # relative paths only
+    assert "tile_map.png" in md_images
     assert [row[0] for row in table_rows(md, "Run")] == [s for s in STAGES if s != "report"]
     assert "OpenStreetMap contributors" in md
 
@@ -157,6 +161,74 @@ def test_second_run_skips_and_interrupted_pretraining_resumes(first_run: FirstRu
     metrics = (paths.pretrain_out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(1, 13))
     assert "resuming pretraining from step 6" in third.output
+
+
+_BROWSER_CHECK = """<script>
+window.addEventListener('load', () => {
+  const width = document.documentElement.clientWidth;
+  const images = [...document.images].map(
+    i => ({src: i.getAttribute('src'), loaded: i.complete && i.naturalWidth > 0}));
+  const wide = [...document.querySelectorAll('p, pre, table, img, h1, h2')]
+    .filter(e => e.getBoundingClientRect().right > width + 1)
+    .map(e => e.tagName + ': ' + (e.textContent || e.getAttribute('src') || '').slice(0, 60));
+  const out = document.createElement('pre');
+  out.id = 'terracube-check';
+  out.textContent = JSON.stringify({images, wide, width,
+                                    scroll: document.documentElement.scrollWidth});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def browser_check(report: Path, folder: Path) -> dict[str, Any]:
+    """Render a copy of the report in headless chromium at 1000 px; what its images and
+    boxes did, as measured in the page after load."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert browser, "chromium not found: `apt-get install chromium` (.ci/run installs it)"
+    copy = folder / "report"
+    shutil.copytree(report, copy)
+    page = copy / "check.html"
+    page.write_text(
+        (copy / "index.html").read_text().replace("</body>", _BROWSER_CHECK + "</body>")
+    )
+    dom = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,900",
+         "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    found = re.search(r'<pre id="terracube-check">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@pytest.mark.slow
+def test_the_report_renders_in_a_real_browser(first_run: FirstRun, tmp_path: Path) -> None:
+    checked = browser_check(first_run.paths.report, tmp_path / "ok")
+    assert checked["images"] and all(i["loaded"] for i in checked["images"]), checked
+    assert {i["src"] for i in checked["images"]} >= {"tile_map.png", "loss_curve.png"}
+    assert checked["wide"] == [] and checked["scroll"] <= checked["width"], checked
+    # the check can fail: a lost figure and a box wider than the page are both seen
+    broken = tmp_path / "broken"
+    shutil.copytree(first_run.paths.report, broken)
+    (broken / "tile_map.png").unlink()
+    html = (broken / "index.html").read_text()
+    (broken / "index.html").write_text(
+        html.replace("<h2>", "<pre style='white-space:pre'>" + "x" * 400 + "</pre><h2>", 1)
+    )
+    failed = browser_check(broken, tmp_path / "failed")
+    assert [i["src"] for i in failed["images"] if not i["loaded"]] == ["tile_map.png"]
+    assert failed["wide"], failed
+
+
+def test_the_demo_doc_states_the_presets() -> None:
+    """docs/demo.md's table of sizes is checked against the presets the demo runs."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
+    for size in ("test", "demo"):
+        p = demo_params(size)
+        pre = p.pretrain
+        assert f"{p.samples_per_shard} samples per shard" in doc, size
+        assert f"nano, {pre.steps} steps, batch {pre.batch_size}" in doc, size
+        assert f"{pre.crop_sizes[0]} px crops, patch {pre.patch_sizes[0]}" in doc, size
 
 
 @pytest.mark.slow

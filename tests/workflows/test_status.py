@@ -13,6 +13,7 @@ from terracube.pipeline.corpus.store import SampleData, SampleState, create_corp
 from terracube.workflows.build.progress import BuildProgress
 from terracube.workflows.build.status import corpus_status, print_status
 from terracube.workflows.build.tasks import SampleOutcome, ShardOutcome
+from terracube.workflows.progress import LineProgress, eta
 
 STARTS = np.array(["2022-01-01", "2022-02-01", "2022-03-01"], dtype="datetime64[D]")
 
@@ -92,3 +93,25 @@ def test_progress_counts_done_empty_failed_tiles() -> None:
     assert progress.tiles_per_minute > 0
     shown = out.getvalue()
     assert "3/3" in shown and "1 done" in shown and "1 empty" in shown and "1 failed" in shown
+
+
+def test_progress_off_a_terminal_is_a_plain_line_per_interval() -> None:
+    """Piped into a log, the bar used to leave one final frame; now each update past the
+    interval (and always the first and the last) is one readable line."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=150)
+    with BuildProgress(3, console, every_s=0.0) as progress:
+        progress.update(_outcome(0, [{"a": 1}]))
+        progress.update(_outcome(1, [{"a": 1}, {"a": 3}]))
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("build: 1/3 tiles (33 %), 1 done, 0 empty, 0 failed")
+    assert lines[1].startswith("build: 3/3 tiles (100 %), 2 done, 0 empty, 1 failed")
+    assert "tiles/min" in lines[1] and "ETA 0:00:00" in lines[1]
+    quiet = io.StringIO()
+    slow = LineProgress("pretrain", 100, "steps", quiet, every_s=3600)
+    for step in range(1, 101):
+        slow.update(step, f"loss {4 - step / 100:.3f}")
+    shown = quiet.getvalue().splitlines()  # the first line and the last, nothing between
+    assert len(shown) == 2 and shown[0].startswith("pretrain: 1/100 steps (1 %), loss 3.990")
+    assert shown[1].startswith("pretrain: 100/100 steps (100 %), loss 3.000")
+    assert eta(25, 100, 60.0) == "0:03:00" and eta(0, 100, 5.0) == "-"

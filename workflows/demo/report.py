@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,10 +89,15 @@ def render_markdown(title: str, sections: Sequence[Section]) -> str:
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}"
+    "p{overflow-wrap:anywhere}"
+    "table{border-collapse:collapse;margin:.5em 0;max-width:100%;display:block;overflow-x:auto}"
+    "td,th{border:1px solid #ccc;padding:3px 8px}"
     "td{text-align:right}td:first-child,td:nth-child(2){text-align:left}"
-    "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:.5em;overflow:auto}"
+    "img{max-width:100%;height:auto;border:1px solid #eee}"
+    "pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap;overflow-wrap:anywhere}"
 )
+"""Nothing wider than the page: long paths wrap, wide tables scroll inside their box
+(checked in a real browser by tests/integrity/test_report_browser.py)."""
 
 
 def render_html(title: str, sections: Sequence[Section]) -> str:
@@ -149,6 +155,26 @@ def pretraining_verdict(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def throughput(name: str, entry: dict[str, Any]) -> str:
+    """What a stage got through per unit of its wall time, from the facts it recorded."""
+    detail, seconds = entry.get("detail") or {}, float(entry.get("seconds") or 0.0)
+    if seconds <= 0:
+        return ""
+    if name == "world" and "tiles" in detail:
+        return f"{60 * detail['tiles'] / seconds:.1f} tiles/min"
+    if name == "plan" and "items" in detail:
+        return f"{detail['items'] / seconds:.0f} items/s"
+    if name == "build" and "tiles_per_minute" in detail:
+        return f"{detail['tiles_per_minute']:.1f} tiles/min"
+    if name == "pretrain" and detail.get("steps"):
+        done = detail["steps"] - detail.get("resumed_from_step", 0)
+        return f"{60 * done / seconds:.1f} steps/min" if done > 0 else ""
+    if name == "evaluate":
+        samples = sum(v.get("n_train", 0) + v.get("n_test", 0) for v in detail.values())
+        return f"{samples / seconds:.1f} samples/s" if samples else ""
+    return ""
+
+
 def _timings(state: dict[str, Any]) -> Table:
     rows = []
     for name, entry in state["stages"].items():
@@ -158,11 +184,24 @@ def _timings(state: dict[str, Any]) -> Table:
                 "skipped (done before)" if entry["skipped"] else "ran",
                 f"{entry['seconds']:.1f}",
                 f"{entry.get('cpu_seconds', 0.0):.1f}",
+                throughput(name, entry),
                 f"{entry['last_run_seconds']:.1f}",
             )
         )
-    header = ("stage", "this run", "wall s when it ran", "CPU s when it ran", "wall s this run")
+    header = (
+        "stage",
+        "this run",
+        "wall s when it ran",
+        "CPU s when it ran",
+        "throughput",
+        "wall s this run",
+    )
     return Table(header, tuple(rows))
+
+
+def relative(path: str | os.PathLike[str], report: Path) -> str:
+    """A path as seen from the report folder (the folder moves with the demo)."""
+    return os.path.relpath(Path(path).resolve(), report.resolve())
 
 
 def _plan_section(summary: dict[str, Any]) -> Section:
@@ -194,13 +233,80 @@ def _plan_section(summary: dict[str, Any]) -> Section:
     return Section("Plan (dry-run summary)", (Text(text), Table(header, rows)))
 
 
-def _status_section(store: Path) -> Section:
-    from terracube.workflows.build.status import corpus_status, print_status
+def _status_section(store: Path, report: Path) -> Section:
+    """`terracube status` as tables: states per modality, valid coverage per period."""
+    from terracube.workflows.build.status import corpus_status
 
     status = corpus_status(str(store))
-    text = StringIO()
-    print_status(status, text)
-    return Section("Corpus status", (Text(f"Store: {store}"), Pre(text.getvalue())))
+    verdict = "complete" if status["complete"] else "INCOMPLETE"
+    text = (
+        f"Store {relative(store, report)}: {status['samples']} samples x {status['periods']} "
+        f"periods in {status['shards']} shards ({verdict}; "
+        f"{len(status['damaged'])} damaged shard files)."
+    )
+    states = Table(
+        ("modality", "done", "empty", "failed", "pending"),
+        tuple(
+            (name, *(str(c[k]) for k in ("done", "empty", "failed", "pending")))
+            for name, c in status["states"].items()
+        ),
+    )
+    blocks: list[Block] = [Text(text), states]
+    if status["coverage"]:
+        starts = [str(s)[:7] if s else "-" for s in status["period_starts"]]
+        blocks.append(Text("Share of done samples with valid pixels, per period:"))
+        blocks.append(
+            Table(
+                ("modality", *starts),
+                tuple(
+                    (name, *("-" if v is None else f"{v:.2f}" for v in values))
+                    for name, values in status["coverage"].items()
+                ),
+            )
+        )
+    return Section("Corpus status", tuple(blocks))
+
+
+def tile_map(store: Path, plan_dir: Path, out_png: Path) -> Path:
+    """The planned tiles' footprints over lon/lat, coloured by whether every modality of
+    the tile is done."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.patches import Patch
+    from terracube.catalog.plan import Plan
+    from terracube.pipeline.corpus.store import Corpus, SampleState
+
+    samples = Plan.read_parquet(plan_dir).samples
+    corpus = Corpus.open(store)
+    done = np.ones(corpus.n_samples, dtype=bool)
+    for m in corpus.params.modalities:
+        done &= corpus.states(m) == int(SampleState.DONE)
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for index, geometry in zip(samples.sample_index, samples.geometry, strict=True):
+        x, y = geometry.exterior.xy
+        colour = "#2b8cbe" if done[int(index)] else "#e34a33"
+        ax.fill(x, y, facecolor=colour, alpha=0.45, edgecolor=colour, linewidth=0.8)
+    epsg = sorted(set(samples.epsg.astype(int)))
+    ax.set_xlabel("longitude (degrees)")
+    ax.set_ylabel("latitude (degrees)")
+    ax.set_aspect(1 / np.cos(np.deg2rad(float(samples.center_lat.mean()))))
+    ax.set_title(f"{len(samples)} tiles of 2560 m (EPSG {', '.join(map(str, epsg))})", fontsize=9)
+    ax.legend(
+        handles=[
+            Patch(facecolor="#2b8cbe", alpha=0.45, label="every modality done"),
+            Patch(facecolor="#e34a33", alpha=0.45, label="some modality not done"),
+        ],
+        fontsize=7,
+        loc="best",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
 
 
 def _quicklooks(store: Path, report: Path, count: int) -> list[Image]:
@@ -242,7 +348,8 @@ def _pretrain_section(paths: DemoPaths, report: Path, state: dict[str, Any]) -> 
     text = (
         f"Nano encoder, {summary['step']} optimizer steps on {summary['device']}; "
         f"loss {rows[0]['loss']:.4f} at step 1 -> {rows[-1]['loss']:.4f} at step "
-        f"{rows[-1]['step']}. Checkpoint: {summary['checkpoint']}. Config: {paths.pretrain_yaml}."
+        f"{rows[-1]['step']}. Checkpoint: {relative(summary['checkpoint'], report)}. "
+        f"Config: {relative(paths.pretrain_yaml, report)}."
     )
     curve = _copy(paths.pretrain_out / LOSS_CURVE_FILE, report, "loss_curve.png")
     return Section("Pretraining", (Text(text), Image(curve, "pretraining loss curve")))
@@ -259,7 +366,7 @@ def _eval_section(paths: DemoPaths, report: Path, task: str) -> Section:
         f"{results['split']['test_samples']} tiles), patch size {results['patch_size']}. "
         f"kNN: k={results['knn']['k']}, T={results['knn']['temperature']}; linear probe: "
         "logistic regression with early stopping. Encoder: "
-        f"{results['encoder']}. Full results: {folder / RESULTS_JSON}."
+        f"{results['encoder']}. Full results: {relative(folder / RESULTS_JSON, report)}."
     )
     blocks: list[Block] = [Text(intro), results_table(results)]
     blocks += [Text(line) for line in pretraining_verdict(results)]
@@ -282,12 +389,15 @@ def write_demo_report(
         f"The terracube pipeline on the synthetic '{params.size}' world: world -> plan -> build "
         f"(Dask LocalCluster, {params.build_workers} workers) -> stats -> pretrain -> evaluate. "
         + (f"This run took {total:.1f} s. " if total is not None else "")
-        + f"Demo folder: {paths.root}."
+        + f"Demo folder: {paths.root.name}/, the folder above this report."
     )
+    plan_dir = paths.store.with_name(paths.store.name + ".run") / "plan"
+    footprints = tile_map(paths.store, plan_dir, report / "tile_map.png")
     sections = [
         Section("Run", (Text(intro), _timings(state))),
         _plan_section(json.loads(paths.plan_summary.read_text())),
-        _status_section(paths.store),
+        Section("Tiles", (Image(footprints.name, "tile footprints over longitude/latitude"),)),
+        _status_section(paths.store, report),
         Section("Samples", tuple(_quicklooks(paths.store, report, params.quicklooks))),
         _pretrain_section(paths, report, state),
         *(_eval_section(paths, report, task) for task in tasks),

@@ -355,10 +355,9 @@ def validate(
     `terracube repair CONFIG` rebuilds the shards it names."""
     import json
 
-    from terracube.pipeline.corpus.validate import validate as validate_store
-
     from terracube.pipeline.corpus.schema import CorpusError
     from terracube.pipeline.corpus.store import local_root
+    from terracube.pipeline.corpus.validate import validate as validate_store
 
     with user_errors():
         url, options = store_and_options(store)

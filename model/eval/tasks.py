@@ -27,6 +27,7 @@ from terracube.catalog.registry import BAND_GROUPS, MODALITIES, band_group
 from terracube.model.data.pixel_stats import GroupNormalizer, group_normalizer, read_stats
 from terracube.model.nn.batch import Batch
 from terracube.model.nn.groups import encodable_groups
+from terracube.pipeline.corpus.integrity import corpus_damage, readable_states
 from terracube.pipeline.corpus.schema import SampleState
 from terracube.pipeline.corpus.store import Corpus
 
@@ -212,7 +213,13 @@ def worldcover_task(
     if "worldcover" not in corpus.params.groups:
         raise ValueError(f"{corpus.url!r} has no worldcover group to derive labels from")
     inputs = _input_groups(corpus, groups)
-    states = {m: corpus.states(m) for m in corpus.params.modalities}
+    damage = corpus_damage(corpus)
+    if damage:  # a missing shard would be scored as fill values
+        raise ValueError(
+            f"{corpus.url!r} has {len(damage)} damaged shard file(s), e.g. {damage[0]}; "
+            "evaluate a whole corpus"
+        )
+    states = readable_states(corpus, "evaluation (to know which samples are built)")
     samples = np.flatnonzero(states["worldcover"] == SampleState.DONE)
     if samples.size == 0:
         raise ValueError(f"{corpus.url!r} has no sample with worldcover done; build it first")
@@ -236,7 +243,14 @@ def worldcover_task(
     labels, keys, months = [], [], []
     tile_ids = corpus.array("tile_id")
     for i in samples:
-        record = corpus.read_sample(int(i), groups=(*inputs, "worldcover"))
+        try:
+            record = corpus.read_sample(int(i), groups=(*inputs, "worldcover"))
+        except Exception as exc:  # a shard that fails to decode: name it, do not guess
+            raise ValueError(
+                f"sample {int(i)} of {corpus.url!r} cannot be decoded "
+                f"({type(exc).__name__}: {str(exc)[:200]}); run `terracube validate` on "
+                "the store and `terracube repair CONFIG`"
+            ) from None
         classes = lookup[record["worldcover"][0]]
         period_months = _months(np.asarray(corpus.array("period_start")[int(i)]))
         tile = str(tile_ids[int(i)])

@@ -79,6 +79,13 @@ def test_damage_is_found_refused_and_repaired_to_a_clean_build(
     assert drawn.exit_code == EXIT_USER_ERROR and DELETED in drawn.output, drawn.output
     assert not (tmp_path / "q.png").exists()
 
+    scored = runner.invoke(
+        app,
+        ["evaluate", "none", "--task", "worldcover-classification", "--data", str(store),
+         "--out", str(tmp_path / "eval")],
+    )  # fmt: skip
+    assert scored.exit_code == EXIT_USER_ERROR and "damaged shard" in scored.output, scored.output
+
     repaired = runner.invoke(app, ["repair", str(config), "--synchronous", "--no-progress"])
     assert repaired.exit_code == 0, repaired.output
     assert "in 3 shard(s): 1, 2, 3" in repaired.output and "valid" in repaired.output

@@ -388,7 +388,11 @@ def run_demo(
         echo(
             f"{name:<9} {'skipped (already done)' if outcome.skipped else 'done'} in {seconds:.1f} s"
         )
-    state.document["last_run"] = {"finished_at": _now(), "seconds": _since(started)}
+    state.document["last_run"] = {
+        "finished_at": _now(),
+        "seconds": _since(started),
+        "peak_rss_mb": peak_rss_mb(),
+    }
     state.document["runs"].append(
         {
             **state.document["last_run"],
@@ -423,6 +427,14 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def peak_rss_mb() -> float:
+    """The larger peak resident set of this process and of its largest finished child
+    (a build worker), in MB (Linux reports kB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024, 1)
 
 
 def _since(started: float) -> float:

@@ -79,8 +79,9 @@ H100_BF16_PEAK_FLOPS = 989e12
 """H100 SXM dense bf16 peak (NVIDIA datasheet)."""
 ASSUMED_MFU = 0.40
 MB = 1e6
-FORMAT = "v3"
-"""Bump when the synthetic corpus changes, so a stale /tmp copy is not reused."""
+FORMAT = "v4"
+"""Bump when the synthetic corpus changes, so a stale /tmp copy is not reused (v4: corpus
+format 2, zstd frame checksums and complete shards)."""
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ class SampleCrop:
     present: dict[str, np.ndarray]
     """group -> bool (T_g,): modality done and timestep not missing."""
     months: np.ndarray
+    failed: set[str] = field(default_factory=set)
+    """Groups whose data or metadata could not be read (counted once each in the batch)."""
 
 
 def group_factor(group: str) -> int:

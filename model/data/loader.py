@@ -293,40 +293,41 @@ class CorpusStream(IterableDataset):
         k: int,
         wanted: dict[int, tuple[BatchPlan, int]],
         fetched: dict[str, Any] | None = None,
-    ) -> tuple[dict[int, SampleCrop], int, int]:
-        """Shard k's wanted samples cut to their windows; decode errors; bytes decoded.
-        `fetched`: what `_fetch_remote_shard` got for it ahead of time (remote stores)."""
+    ) -> tuple[dict[int, SampleCrop], int]:
+        """Shard k's wanted samples cut to their windows (groups that failed to read in
+        `SampleCrop.failed`), and the bytes decoded. `fetched`: what
+        `_fetch_remote_shard` got for it ahead of time (remote stores)."""
         span = self.shard_spans[k]
         windows = self._shard_windows(k, wanted)
         mine = list(windows[self.groups[0]])
         crops = {i: SampleCrop({}, {}, np.zeros(0, np.int64)) for i in mine}
         fetched = fetched or {}
-        errors = nbytes = 0
+        nbytes = 0
         for g in self.groups:
             temporal = band_group(g).temporal
             got = fetched.get(g)
             if isinstance(got, ShardMissingError):
                 self.faults.note(g, k, got, "its samples left out")
-                rows, group_errors, group_bytes = dict.fromkeys(windows[g]), len(windows[g]), 0
+                rows, group_bytes = dict.fromkeys(windows[g]), 0
             elif got is None or isinstance(got, BaseException):
                 if got is not None:
                     self.fallbacks += 1
                     self.faults.note(g, k, got, "reading it again")
-                rows, group_errors, group_bytes = self._read_group(arrays[g], g, k, windows[g])
+                rows, _, group_bytes = self._read_group(arrays[g], g, k, windows[g])
             else:
-                rows = {i: got[i - span.start] for i in windows[g]}
-                group_errors = group_bytes = 0
-            errors += group_errors
+                rows, group_bytes = {i: got[i - span.start] for i in windows[g]}, 0
             nbytes += group_bytes
             fraction = self._metadata(arrays, f"{g}_valid_fraction", k, fetched)
             done = self.done[band_group(g).modality][span.start : span.stop]
             if fraction is None:  # unreadable: nothing of the group can be trusted
-                errors += int(sum(done[i - span.start] for i in mine))
                 fraction = np.zeros(len(done), dtype=np.float32)
+                rows = dict.fromkeys(rows)
             # (shard samples, T or 1): timestep present and modality done, in one pass
             present = (fraction.reshape(len(done), -1) > 0) & done[:, None]
             for i in mine:
                 crops[i].data[g] = rows[i]
+                if rows[i] is None:
+                    crops[i].failed.add(g)
                 if temporal:
                     plan, b = wanted[i]
                     start = plan.starts[b]
@@ -337,16 +338,16 @@ class CorpusStream(IterableDataset):
                     crops[i].present[g] = present[i - span.start]
         days = self._metadata(arrays, "period_start", k, fetched)
         if days is None:  # unknown months: leave the shard's samples out entirely
-            errors += len(mine) * len(self.groups)
             days = np.zeros((len(span), self.n_periods), np.int64)
             for crop in crops.values():
                 crop.present = {g: np.zeros_like(p) for g, p in crop.present.items()}
+                crop.failed.update(self.groups)
         months = days.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12
         for i in mine:
             plan, b = wanted[i]
             start = plan.starts[b]
             crops[i].months = months[i - span.start, start : start + plan.geometry.timesteps]
-        return crops, errors, nbytes
+        return crops, nbytes
 
     def _metadata(
         self, arrays: dict[str, Any], name: str, k: int, fetched: Mapping[str, Any]
@@ -403,6 +404,8 @@ class CorpusStream(IterableDataset):
             rows = np.zeros(ok.shape[:2], dtype=bool)  # (B, T): placed and present
             for b, (sample, crop) in enumerate(zip(plan.samples, crops, strict=True)):
                 data, present = crop.data[g], crop.present[g]
+                # a failed read of a done modality is lost data; of another, nothing lost
+                errors += g in crop.failed and bool(self.done[band_group(g).modality][sample])
                 placed = False
                 if data is not None and present.any():
                     target = values[b] if temporal else values[b, 0]
@@ -466,7 +469,6 @@ class CorpusStream(IterableDataset):
             else None
         )
         ready: dict[int, SampleCrop] = {}
-        pending_errors = 0
         reported = self.fallbacks
         for plan in plans:
             decoded = 0
@@ -475,16 +477,13 @@ class CorpusStream(IterableDataset):
                     continue
                 k = shard_of[sample]
                 fetched = None if ahead is None else ahead.take(k)
-                crops, errors, nbytes = self._read_shard(arrays, k, wanted, fetched)
+                crops, nbytes = self._read_shard(arrays, k, wanted, fetched)
                 ready.update(crops)
-                pending_errors += errors
                 decoded += nbytes
             item = self._assemble(plan, [ready.pop(s) for s in plan.samples])
             item.decoded_bytes += decoded
-            item.decode_errors += pending_errors
             item.fallbacks, reported = self.fallbacks - reported, self.fallbacks
             item.bad_shards = self.faults.take()
-            pending_errors = 0
             for sample in plan.samples:
                 wanted.pop(sample)
             yield item

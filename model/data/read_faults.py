@@ -67,6 +67,10 @@ class DecodeBudget:
     """The share of (sample, band group) reads a training run may lose to damage."""
 
     max_share: float = DEFAULT_MAX_DECODE_ERROR_SHARE
+    floor_reads: int = 0
+    """The share is taken of at least this many reads (the run's first epoch), so one
+    bad shard met in the first batches of a large corpus does not stop the run: the
+    errors an epoch may lose are its share of the whole epoch's reads."""
     reads: int = 0
     errors: int = 0
     shards: dict[str, None] = field(default_factory=dict)
@@ -83,7 +87,7 @@ class DecodeBudget:
         self.errors += errors
         fresh = [s for s in bad_shards if s not in self.shards]
         self.shards.update(dict.fromkeys(fresh))
-        if self.reads and self.errors / self.reads > self.max_share:
+        if self.errors and self.errors > self.max_share * max(self.reads, self.floor_reads):
             names = list(self.shards)
             raise DecodeBudgetExceeded(
                 f"{self.errors} of {self.reads} (sample, band group) reads failed "

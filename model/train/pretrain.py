@@ -245,8 +245,12 @@ class _Trainer:
             storage_options=settings.storage_options or None,
         )
         self.loader = StreamingLoader(dataset, num_workers=settings.workers)
-        self.budget = DecodeBudget(settings.max_decode_error_share)
         self.groups = len(dataset.groups)
+        epoch_reads = dataset.batches_in_epoch(0, settings.workers) * self.groups
+        epoch_reads *= self.rt.world_size  # the budget judges the totals of every rank
+        self.budget = DecodeBudget(
+            settings.max_decode_error_share, epoch_reads * settings.loader.batch_size
+        )
         self.step = 0
         self.metrics_path = settings.out_dir / METRICS_FILE
 
@@ -323,6 +327,7 @@ class _Trainer:
         keys = ("loss", "patch_discrimination", "contrastive")
         sums: dict[str, torch.Tensor] = {}  # device tensors: read once, after the step
         samples = errors = 0
+        bad_shards: tuple[str, ...] = ()
         pooled = []
         for micro in range(s.optim.accumulation):
             t0 = time.perf_counter()
@@ -335,10 +340,7 @@ class _Trainer:
                 sums[key] = value if key not in sums else sums[key] + value
             samples += item.batch_size
             errors += item.decode_errors
-            for shard in self.budget.add(
-                item.batch_size * self.groups, item.decode_errors, item.bad_shards
-            ):
-                log.warning("damaged shard, its samples left out: %s", shard)
+            bad_shards += item.bad_shards
             pooled.append(out["pooled"].detach().float())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -348,10 +350,14 @@ class _Trainer:
         self.step += 1
         totals = {k: float(sums[k]) / s.optim.accumulation for k in keys}
         tokens = int(sums["tokens"])
-        if self.rt.distributed:
-            mean = torch.tensor([totals["loss"]], dtype=torch.float64)
-            dist.all_reduce(mean)
-            totals["loss_mean_ranks"] = float(mean) / self.rt.world_size
+        reads, lost = samples * self.groups, errors
+        if self.rt.distributed:  # every rank judges the same totals, so all stop together
+            shared = torch.tensor([totals["loss"], reads, lost], dtype=torch.float64)
+            dist.all_reduce(shared)
+            totals["loss_mean_ranks"] = float(shared[0]) / self.rt.world_size
+            reads, lost = int(shared[1]), int(shared[2])
+        for shard in self.budget.add(reads, lost, bad_shards):
+            log.warning("damaged shard, its samples left out: %s", shard)
         elapsed = time.perf_counter() - started
         embeddings = torch.cat(pooled).cpu()
         row: dict[str, Any] = {

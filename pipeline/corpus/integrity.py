@@ -3,8 +3,10 @@
 zarr reads a shard file that is not there as the fill value, so a deleted shard of a
 done sample reads as a tile of zeros and nothing downstream can tell. Since format 2
 (`schema.FORMAT_VERSION`) every array of a written shard is a complete object, so the
-rule is exact: a shard that holds any written sample must have the file of every
-per-sample array. A format-1 store skipped fill-valued shards, so there only a data
+rule is exact: a shard that holds any written sample (a non-pending state) must have
+the file of every per-sample array. `write_shard` writes the states last, so the files
+of a write that was cut off are not damage: that shard's samples read as pending, and
+the next build rewrites it whole (`tests/integrity`). A format-1 store skipped fill-valued shards, so there only a data
 shard whose done samples have valid pixels is known to be required (a lost all-zero
 OpenStreetMap shard of a format-1 store cannot be told from one never written).
 
@@ -48,6 +50,8 @@ class Damage:
     reason: str
 
     def __str__(self) -> str:
+        if not self.samples:
+            return f"{self.path}: {self.reason}; {REPAIR_HINT}"
         last = self.samples.stop - 1
         return f"{self.path}: {self.reason} (samples {self.samples.start}..{last}); {REPAIR_HINT}"
 
@@ -98,9 +102,10 @@ def missing_shards(
             (shard_key(arr, i) in keys for i in range(len(spans))), dtype=bool, count=len(spans)
         )
     if version >= COMPLETE_SHARDS_SINCE:
+        # written = some sample of the shard has a non-pending state. `write_shard` writes
+        # the states last, so the files of a shard whose write was cut off (or is under
+        # way) are not damage: its samples are pending and the next build rewrites it.
         written = np.zeros(len(spans), dtype=bool)
-        for flags in present.values():
-            written |= flags
         for codes in states.values():
             written |= _per_shard_any(codes != int(SampleState.PENDING), spans)
         required = {name: written for name in arrays}
@@ -155,6 +160,9 @@ def corpus_damage(corpus: Corpus) -> list[Damage]:
     names = [(f"{m}_state", states, m) for m in p.modalities]
     names += [(f"{g}_valid_fraction", fractions, g) for g in p.groups]
     for array, into, key in names:
+        if array not in corpus.group:
+            damage.append(Damage(array, -1, array, range(0), "array is missing"))
+            continue
         try:
             into[key] = np.asarray(corpus.array(array)[:])
         except Exception as exc:

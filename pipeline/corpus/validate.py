@@ -8,6 +8,7 @@ and says in plain words what is wrong, for `terracube validate`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -190,6 +191,7 @@ def _check_values(
                         f"{m}_state",
                         f"sample {start + i} has state code {int(codes[i])}; valid codes are "
                         + ", ".join(f"{int(s)}={s.name.lower()}" for s in SampleState),
+                        shard,
                     )
                 )
             written |= codes != int(SampleState.PENDING)
@@ -203,10 +205,12 @@ def _check_values(
                     Problem(
                         f"{g}_valid_fraction",
                         f"sample {start + i} has values outside [0, 1]: {vf[i]}",
+                        shard,
                     )
                 )
         for i in np.flatnonzero(written):
-            problems += _check_index_row(values, start + int(i), int(i))
+            found = _check_index_row(values, start + int(i), int(i))
+            problems += [dataclasses.replace(p, shard=shard) for p in found]
     return problems
 
 

@@ -234,8 +234,8 @@ def test_version_help_and_debug() -> None:
         assert "--json" in invoke(command, "--help").output, command
 
 
-def test_debug_keeps_the_traceback(tmp_path: Path) -> None:
+def test_debug_keeps_the_traceback_for_that_invocation_only(tmp_path: Path) -> None:
     result = invoke("--debug", "status", str(tmp_path / "absent.zarr"))
     assert result.exit_code != 0
     assert isinstance(result.exception, Exception) and "absent.zarr" in str(result.exception)
-    os.environ.pop("TERRACUBE_DEBUG", None)
+    assert_one_line_error(invoke("status", str(tmp_path / "absent.zarr")), "absent.zarr")

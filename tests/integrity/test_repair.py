@@ -114,3 +114,43 @@ def test_a_problem_no_shard_rebuild_can_fix_is_refused(
     assert result.exit_code == EXIT_USER_ERROR, result.output
     assert "s1_valid_fraction" in result.output and "new store" in result.output
     assert "Traceback" not in result.output
+
+
+def test_lost_index_shards_are_repaired_too(
+    built: tuple[Path, Path], tmp_path: Path, world: WorldManifest
+) -> None:
+    """A deleted `epsg` or `period_start` shard reads as fill values (epsg 0, no dates):
+    validate names the file and the impossible values, and repair rebuilds that shard."""
+    _, clean = built
+    config = world_config(world, tmp_path, modalities=("sentinel2_l2a", "sentinel1", "worldcover"))
+    store = tmp_path / "corpus.zarr"
+    shutil.copytree(clean, store)
+    (store / "epsg" / "c" / "0").unlink()
+    (store / "period_start" / "c" / "1" / "0").unlink()
+    checked = runner.invoke(app, ["validate", str(store), "--json"])
+    problems = json.loads(checked.output)["problems"]
+    assert {p["shard"] for p in problems} == {0, 1}, problems
+    assert any("not a known EPSG code" in p["message"] for p in problems)
+    repaired = runner.invoke(app, ["repair", str(config), "--synchronous", "--no-progress"])
+    assert repaired.exit_code == 0, repaired.output
+    assert store_hashes(store) == store_hashes(clean)
+
+
+def test_a_write_cut_off_before_its_states_is_pending_not_damage(
+    built: tuple[Path, Path], tmp_path: Path, world: WorldManifest
+) -> None:
+    """`write_shard` writes the states last: a shard whose states were never written is
+    pending (a build finishes it), not a damaged store."""
+    _, clean = built
+    config = world_config(world, tmp_path, modalities=("sentinel2_l2a", "sentinel1", "worldcover"))
+    store = tmp_path / "corpus.zarr"
+    shutil.copytree(clean, store)
+    for state in store.glob("*_state"):
+        (state / "c" / "3").unlink()
+    status = json.loads(runner.invoke(app, ["status", str(store), "--json"]).output)
+    assert status["damaged"] == [] and status["complete"] is False
+    assert status["states"]["sentinel1"]["pending"] == 1
+    assert runner.invoke(app, ["validate", str(store)]).exit_code == 0
+    rebuilt = runner.invoke(app, ["build", str(config), "--synchronous", "--no-progress"])
+    assert rebuilt.exit_code == 0 and "1 done" in rebuilt.output, rebuilt.output
+    assert store_hashes(store) == store_hashes(clean)

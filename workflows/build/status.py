@@ -66,7 +66,7 @@ def corpus_status(
             {
                 "path": d.path,
                 "shard": d.shard,
-                "samples": [d.samples.start, d.samples.stop - 1],
+                "samples": [d.samples.start, d.samples.stop - 1] if d.samples else [],
                 "reason": d.reason,
             }
             for d in damage
@@ -132,8 +132,9 @@ def print_status(status: Mapping[str, Any], out: IO[str], as_json: bool = False)
             "rebuilds them:\n"
         )
         for row in status["damaged"][:20]:
-            first, last = row["samples"]
-            out.write(f"  {row['path']}: {row['reason']} (samples {first}..{last})\n")
+            span = row["samples"]
+            where = f" (samples {span[0]}..{span[1]})" if span else ""
+            out.write(f"  {row['path']}: {row['reason']}{where}\n")
     if status["top_failures"]:
         out.write("top failure reasons:\n")
         for row in status["top_failures"]:

@@ -10,20 +10,19 @@ pretrain, evaluate, demo) live in `model_commands.py` on a sub-app merged in at 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from terracube.workflows.cli.common import (
-    DEBUG_ENV,
     EXIT_BUILD_FAILURES,
     EXIT_PROBLEMS,
     EXIT_USER_ERROR,
     JsonOption,
     StoreArg,
     UserError,
+    set_debug,
     store_and_options,
     user_errors,
 )
@@ -79,8 +78,7 @@ def _options(
     ] = False,
 ) -> None:
     # no docstring: the app's help above is what `terracube --help` shows
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    set_debug(debug)
 
 
 @app.command()
@@ -313,7 +311,7 @@ def repair(
     if result.remaining:
         typer.echo(f"{len(result.remaining)} problem(s) remain in {cfg.store_url}", err=True)
         raise typer.Exit(EXIT_PROBLEMS)
-    if result.build.failures or result.build.shard_errors:
+    if result.build.tiles["failed"] or result.build.shard_errors:  # of this run's shards
         raise typer.Exit(EXIT_BUILD_FAILURES)
     typer.echo(f"{cfg.store_url}: valid")
 
@@ -391,13 +389,9 @@ def quicklook(
     """
     from terracube.pipeline.quicklook import quicklook as draw
 
-    with user_errors():
+    with user_errors(ValueError, IndexError):
         url, _ = store_and_options(store)
-        try:
-            written = draw(url, sample, out)
-        except (ValueError, IndexError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(EXIT_USER_ERROR) from None
+        written = draw(url, sample, out)
     typer.echo(f"wrote {written}")
 
 

@@ -29,15 +29,21 @@ EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 DEBUG_ENV = "TERRACUBE_DEBUG"
-"""Set (to 1) by `--debug`: errors then keep their traceback."""
+"""TERRACUBE_DEBUG=1 in the environment does what `--debug` does."""
+_debug = [False]
+"""`--debug` of the invocation under way (set by the app's callback on every call)."""
 
 
 class UserError(Exception):
     """An input a person can fix; the message names it and the fix (exit 2)."""
 
 
+def set_debug(on: bool) -> None:
+    _debug[0] = on
+
+
 def debugging() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return _debug[0] or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def _fixable() -> tuple[type[BaseException], ...]:

@@ -375,6 +375,7 @@ def run_demo(
     check_demo_folder(paths)
     paths.root.mkdir(parents=True, exist_ok=True)
     state = DemoState.open(paths.state, params)
+    state.save()  # first, so a first run cut off in its first stage is still the demo's own
     run = DemoRun(paths, params, state, echo, progress)
     started = time.monotonic()
     for name in STAGES:

@@ -37,6 +37,7 @@ from terracube.workflows.demo.params import (
     demo_params,
 )
 from terracube.workflows.demo.report import write_demo_report
+from terracube.workflows.progress import StepProgress
 
 # --------------------------------------------------------------------------- state
 
@@ -291,8 +292,19 @@ def stage_pretrain(run: DemoRun) -> StageOutcome:
         return StageOutcome(True)
     if step:
         run.echo(f"  resuming pretraining from step {step}")
-    with torch_threads(run.params.torch_threads):
-        checkpoint = run_pretrain(config)
+    steps = run.params.pretrain.steps
+    progress = StepProgress("  pretrain", steps, "steps") if run.progress else None
+
+    def on_step(row: dict[str, Any]) -> None:
+        if progress is not None:
+            progress.update(row["step"], f"loss {row['loss']:.3f}")
+
+    try:
+        with torch_threads(run.params.torch_threads):
+            checkpoint = run_pretrain(config, on_step=on_step)
+    finally:
+        if progress is not None:
+            progress.close()
     run.state.invalidate("evaluate")
     rows = [
         json.loads(line)

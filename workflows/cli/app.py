@@ -53,6 +53,16 @@ ConfigArg = Annotated[
 ]
 
 
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(help="Address of a running Dask scheduler (tcp://host:8786) to build on."),
+]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Workers of the LocalCluster started for this run (default: cores)."),
+]
+
+
 def _installed_version() -> str:
     from importlib.metadata import version as _v
 
@@ -184,16 +194,8 @@ def _build_options(
 @app.command()
 def build(
     config: ConfigArg,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(help="Address of a running Dask scheduler (tcp://host:8786) to build on."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Workers of the LocalCluster started for this build (default: cores)."
-        ),
-    ] = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Also rebuild tiles whose modality failed.")
     ] = False,
@@ -271,14 +273,8 @@ def _say_damage(cfg: BuildConfig) -> None:
 @app.command()
 def repair(
     config: ConfigArg,
-    scheduler: Annotated[
-        str | None,
-        typer.Option(help="Address of a running Dask scheduler (tcp://host:8786) to build on."),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="Workers of the LocalCluster started for this repair."),
-    ] = None,
+    scheduler: SchedulerOption = None,
+    workers: WorkersOption = None,
     synchronous: Annotated[
         bool, typer.Option("--synchronous", help="Rebuild in this process without Dask.")
     ] = False,

@@ -85,7 +85,7 @@ class StepProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.lines = LineProgress(label, total, unit, self.stream, every_s)
         self._bar = None
-        if is_terminal(self.stream):
+        if is_terminal(self.stream) and total > 0:  # nothing to count: no bar
             from rich.console import Console
             from rich.progress import (
                 BarColumn,

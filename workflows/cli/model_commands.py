@@ -8,6 +8,7 @@ exits with status 2, without a traceback; heavy imports stay inside the commands
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -97,7 +98,8 @@ def pretrain(
         "kept; run the same command again to resume from it",
     ):
         settings = load_pretrain_config(config)
-        progress = StepProgress("pretrain", settings.steps, "steps", every_s=every)
+        rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 reports steps
+        progress = StepProgress("pretrain", settings.steps if rank == 0 else 0, every_s=every)
 
         def on_step(row: dict[str, Any]) -> None:
             progress.update(row["step"], f"loss {row['loss']:.3f}")

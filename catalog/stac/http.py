@@ -21,7 +21,6 @@ internals (`new`, `increment`, `sleep`, `get_backoff_time`, `parse_retry_after`)
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import random
 import threading
 import time
@@ -32,6 +31,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from terracube.catalog.stac.href_hosts import (
+    InternalAllowance,
+    Resolver,
+    UnsafeHostError,
+    allowance_of,
+    judge,
+    resolve_checked,
+)
 
 # --------------------------------------------------------------------------- retries
 
@@ -191,16 +198,6 @@ def make_session(headers: dict[str, str] | None = None) -> requests.Session:
 # --------------------------------------------------------------------------- URL policy
 
 DEFAULT_SCHEMES = frozenset({"https", "http", "s3", "gs", "az"})
-METADATA_HOSTS = frozenset(
-    {
-        "169.254.169.254",
-        "metadata.google.internal",
-        "metadata",
-        "fd00:ec2::254",
-        "100.100.100.200",
-    }
-)
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
 
 @dataclass(frozen=True)
@@ -208,15 +205,25 @@ class HrefPolicy:
     """Which asset URLs may be opened.
 
     `hosts` None means any host that is not refused below; otherwise an allow-list of
-    exact hosts or ".suffix" entries (".amazonaws.com"). Loopback hosts are refused unless
-    listed in `loopback_hosts` (tests name "127.0.0.1"). Local files only with
-    `allow_local_files` (the embedded static catalog).
+    exact hosts or ".suffix" entries (".amazonaws.com"). Hosts that are not public
+    addresses (`href_hosts.refusal`: loopback, private, link-local, CGNAT, multicast,
+    metadata services, in any spelling a reader accepts) are refused unless
+    `internal_hosts` names them (hosts, ".suffix" names, addresses or CIDR networks;
+    the tests name "127.0.0.1"). Local files only with `allow_local_files` (the
+    embedded static catalog).
     """
 
     schemes: frozenset[str] = DEFAULT_SCHEMES
     hosts: frozenset[str] | None = None
-    loopback_hosts: frozenset[str] = frozenset()
+    internal_hosts: frozenset[str] = frozenset()
     allow_local_files: bool = False
+
+    def __post_init__(self) -> None:
+        allowance_of(self.internal_hosts)  # a malformed entry fails here, not at read time
+
+    @property
+    def allowance(self) -> InternalAllowance:
+        return allowance_of(self.internal_hosts)
 
 
 REMOTE_POLICY = HrefPolicy()
@@ -234,26 +241,28 @@ def _refuse(href: str, reason: str, fix: str) -> UnsafeHrefError:
     return UnsafeHrefError(f"refusing asset href {href!r}: {reason}. {fix}")
 
 
-def _as_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if host.isdigit():  # "2852039166" is 169.254.169.254 to most resolvers
-            return ipaddress.IPv4Address(int(host) % 2**32)
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def _host_allowed(host: str, allowed: frozenset[str]) -> bool:
     return any(host == a or (a.startswith(".") and host.endswith(a)) for a in allowed)
 
 
-def check_asset_href(href: str, policy: HrefPolicy = REMOTE_POLICY) -> str:
+def url_host(href: str) -> tuple[str, int]:
+    """(host, port) a reader of `href` connects to."""
+    parts = urlsplit(href)
+    default = 443 if parts.scheme.lower() == "https" else 80
+    try:
+        port = parts.port or default
+    except ValueError:
+        port = default
+    return (parts.hostname or "").lower(), port
+
+
+def check_asset_href(
+    href: str, policy: HrefPolicy = REMOTE_POLICY, resolver: Resolver | None = None
+) -> str:
     """Return `href` when `policy` allows opening it; raise UnsafeHrefError otherwise.
 
-    Host names are judged as written (no DNS lookup: planning must work offline).
+    Without `resolver` a host is judged as written (planning works offline); with one,
+    a name is resolved and every address it answers is judged too (the read-time check).
     """
     parts = urlsplit(href)
     scheme = parts.scheme.lower()
@@ -273,27 +282,28 @@ def check_asset_href(href: str, policy: HrefPolicy = REMOTE_POLICY) -> str:
             f"scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(policy.schemes))})",
             "Add the scheme to HrefPolicy.schemes if it is trusted.",
         )
-    host = (parts.hostname or "").lower().rstrip(".")
+    if parts.username is not None or parts.password is not None:
+        raise _refuse(href, "it carries credentials (user:password@)", "Never allowed.")
+    host, port = url_host(href)
+    host = host.rstrip(".")
     if not host:
         raise _refuse(href, "the URL has no host", "Use an absolute URL.")
-    ip = _as_ip(host)
-    if host in METADATA_HOSTS or (ip is not None and str(ip) in METADATA_HOSTS):
-        raise _refuse(href, "it targets a cloud metadata service", "Never allowed.")
-    if ip is not None and ip.is_link_local:
-        raise _refuse(href, "it targets a link-local address", "Never allowed.")
-    loopback = host in LOOPBACK_NAMES or (ip is not None and (ip.is_loopback or ip.is_unspecified))
-    if loopback:
-        if host in policy.loopback_hosts:
-            return href
-        raise _refuse(
-            href,
-            "it targets this machine (loopback)",
-            f"Name {host!r} in HrefPolicy.loopback_hosts to allow it explicitly.",
-        )
+    fix = (
+        f"If {host!r} is yours, allow it: `allowed_hosts: [{host}]` in the modality's "
+        "source (or HrefPolicy.internal_hosts); docs/security.md."
+    )
+    reason = judge(host, policy.allowance)
+    if reason is not None:
+        raise _refuse(href, reason, fix)
     if policy.hosts is not None and not _host_allowed(host, policy.hosts):
         raise _refuse(
             href,
             f"host {host!r} is not in the allowed hosts ({', '.join(sorted(policy.hosts))})",
             "Add it to HrefPolicy.hosts if it is trusted.",
         )
+    if resolver is not None and scheme in ("http", "https"):
+        try:
+            resolve_checked(host, port, policy.allowance, resolver)
+        except UnsafeHostError as exc:
+            raise _refuse(href, str(exc), fix) from None
     return href

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -162,7 +162,27 @@ def test_endpoint_strips_query_and_userinfo() -> None:
         ("http://127.0.0.1:8080/x.tif", "loopback"),
         ("http://localhost/x.tif", "loopback"),
         ("http://[::1]/x.tif", "loopback"),
-        ("http://0.0.0.0/x.tif", "loopback"),
+        ("http://0.0.0.0/x.tif", "this machine"),
+        # issue 23: the forms a reader accepts, and the networks behind the worker
+        ("http://0x7f000001/x", "loopback"),
+        ("http://127.1/x", "loopback"),
+        ("http://0177.0.0.1/x", "loopback"),
+        ("http://0x7f.1/x", "loopback"),
+        ("http://[::ffff:7f00:1]/x", "loopback"),
+        ("http://[::127.0.0.1]/x", "loopback"),
+        ("http://[2002:7f00:1::]/x", "loopback"),  # 6to4 around 127.0.0.1
+        ("http://localhost./x", "loopback"),
+        ("http://app.localhost/x", "loopback"),
+        ("http://10.0.0.5/x.tif", "private network"),
+        ("http://192.168.1.1/x", "private network"),
+        ("http://172.16.3.4/x", "private network"),
+        ("http://[64:ff9b::a00:5]/x", "private network"),  # NAT64 around 10.0.0.5
+        ("http://[fd12:3456::1]/x", "private network"),  # unique-local
+        ("http://100.64.1.1/x", "carrier-grade NAT"),
+        ("http://224.0.0.1/x", "multicast"),
+        ("http://[ff02::1]/x", "multicast"),
+        ("http://192.0.2.7/x", "non-public"),  # documentation range
+        ("http://user:pw@example.com/x", "credentials"),
     ],
 )
 def test_remote_policy_refuses(href: str, reason: str) -> None:
@@ -184,7 +204,7 @@ def test_remote_policy_allows_public_object_storage(href: str) -> None:
 
 
 def test_loopback_only_when_named_and_hosts_allow_list() -> None:
-    policy = HrefPolicy(loopback_hosts=frozenset({"127.0.0.1"}))
+    policy = HrefPolicy(internal_hosts=frozenset({"127.0.0.1"}))
     assert check_asset_href("http://127.0.0.1:9000/a.tif", policy)
     with pytest.raises(UnsafeHrefError, match="loopback"):
         check_asset_href("http://localhost:9000/a.tif", policy)
@@ -197,6 +217,45 @@ def test_loopback_only_when_named_and_hosts_allow_list() -> None:
     with pytest.raises(UnsafeHrefError, match="not in the allowed hosts"):
         check_asset_href("https://evil.example/x", allow)
     assert check_asset_href("/data/x.tif", HrefPolicy(allow_local_files=True)) == "/data/x.tif"
+
+
+def _answers(*addresses: str) -> Callable[[str, int], list[str]]:
+    """A resolver that answers these addresses for any name (a local stand-in for DNS)."""
+    return lambda host, port: list(addresses)
+
+
+@pytest.mark.parametrize(
+    ("answers", "reason"),
+    [
+        (("127.0.0.1",), "resolves to 127.0.0.1: it is this machine"),
+        (("10.0.0.5",), "resolves to 10.0.0.5: it is a private network"),
+        (("169.254.169.254",), "metadata"),
+        (("93.184.216.34", "192.168.0.9"), "resolves to 192.168.0.9"),  # one bad answer
+    ],
+)
+def test_a_name_is_judged_by_every_address_it_resolves_to(
+    answers: tuple[str, ...], reason: str
+) -> None:
+    href = "http://127.0.0.1.nip.io/x.tif"
+    assert check_asset_href(href) == href  # as written, a name: planning stays offline
+    with pytest.raises(UnsafeHrefError, match=reason) as refused:
+        check_asset_href(href, resolver=_answers(*answers))
+    assert href in str(refused.value) and "allowed_hosts" in str(refused.value)
+
+
+def test_public_answers_pass_and_an_allowance_lifts_internal_ones() -> None:
+    assert check_asset_href("https://a.example/x", resolver=_answers("93.184.216.34"))
+    mine = HrefPolicy(internal_hosts=frozenset({"10.0.0.0/8", ".corp.example"}))
+    assert check_asset_href("http://10.1.2.3/x", mine)
+    assert check_asset_href("http://data.corp.example/x", mine, _answers("192.168.5.5"))
+    with pytest.raises(UnsafeHrefError, match="private network"):
+        check_asset_href("http://192.168.5.5/x", mine)
+    with pytest.raises(UnsafeHrefError, match="metadata"):  # never lifted
+        check_asset_href(
+            "http://169.254.169.254/", HrefPolicy(internal_hosts=frozenset({"169.254.0.0/16"}))
+        )
+    with pytest.raises(ValueError, match="neither a host nor a CIDR"):
+        HrefPolicy(internal_hosts=frozenset({"10.0.0.0/99"}))
 
 
 def test_session_has_no_hidden_urllib3_retries() -> None:

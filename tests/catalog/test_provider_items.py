@@ -320,7 +320,7 @@ def test_baseline_read_from_real_metadata_xml_over_http(
         "product-metadata": {"href": asset_server.url_for(xml), "roles": ["metadata"]}
     }
     path = _catalog([raw], tmp_path / "cat")
-    policy = HrefPolicy(loopback_hosts=frozenset({"127.0.0.1"}))
+    policy = HrefPolicy(internal_hosts=frozenset({"127.0.0.1"}))
     source = StaticCatalogSource(path, href_policy=policy)
     footprint = shapely.geometry.shape(raw["geometry"]).centroid
     when = datetime.fromisoformat(raw["properties"]["datetime"].replace("Z", "+00:00"))

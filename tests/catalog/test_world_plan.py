@@ -38,7 +38,7 @@ from tests.conftest import world_ndjson_items
 from tests.services.http_assets import AssetServer
 from tests.services.stac_api import StacApi
 
-LOOPBACK_ASSETS = HrefPolicy(loopback_hosts=frozenset({"127.0.0.1"}))
+LOOPBACK_ASSETS = HrefPolicy(internal_hosts=frozenset({"127.0.0.1"}))
 """The world's API items point at the loopback asset server: allowed explicitly."""
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 import numpy as np
 from terracube.catalog.grid import AoiLike, Tile, cover
 from terracube.catalog.plan import tile_coverage
 from terracube.catalog.registry import modality
+from terracube.catalog.stac.egress import egress_proxy
 from terracube.catalog.stac.items import NormalizedItem
 
 ClassLookup = Callable[[Tile], int | None]
@@ -75,7 +77,9 @@ def majority_class(values: np.ndarray, nodata: int, valid: Iterable[int]) -> int
 
 
 def worldcover_class_lookup(
-    items: Sequence[NormalizedItem], resolution: float = 80.0
+    items: Sequence[NormalizedItem],
+    resolution: float = 80.0,
+    internal_hosts: frozenset[str] = frozenset(),
 ) -> ClassLookup:
     """Majority WorldCover class of a tile, read from the best covering item.
 
@@ -96,7 +100,10 @@ def worldcover_class_lookup(
             return None
         ref = ranked[0][1].asset(band.name)
         height, width = tile.shape(resolution)
+        remote = urlsplit(ref.href).scheme.lower() in ("http", "https", "s3", "gs", "az")
+        options = egress_proxy(internal_hosts).gdal_options() if remote else {}
         with (
+            rasterio.Env(**options),  # catalog-chosen URL: every connection checked
             rasterio.open(ref.href) as src,
             WarpedVRT(
                 src,

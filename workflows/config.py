@@ -119,10 +119,22 @@ class TimeConfig(_Strict):
         )
 
 
+def _check_hosts(value: list[str] | None) -> list[str] | None:
+    """`allowed_hosts` entries: host names, ".suffix" names, addresses or CIDR networks."""
+    from terracube.catalog.stac.href_hosts import allowance_of
+
+    allowance_of(value)  # ValueError names a malformed entry
+    return value
+
+
 class StaticSource(_Strict):
     source: Literal["static"]
     catalog: Path
     collection: str
+    allowed_hosts: list[str] | None = None
+    """Internal hosts its asset hrefs may reach (docs/security.md); public ones need none."""
+
+    _hosts = field_validator("allowed_hosts")(_check_hosts)
 
 
 class StacApiSourceConfig(_Strict):
@@ -134,6 +146,10 @@ class StacApiSourceConfig(_Strict):
     """Planetary Computer: sign asset URLs with the `planetary-computer` package."""
     query: dict[str, dict[str, Any]] | None = None
     allowed_hosts: list[str] | None = None
+    """Internal hosts (names, ".suffix", addresses, CIDRs) its asset hrefs may reach:
+    loopback, private and CGNAT addresses are refused otherwise (docs/security.md)."""
+
+    _hosts = field_validator("allowed_hosts")(_check_hosts)
 
     @model_validator(mode="after")
     def _url_or_profile(self) -> StacApiSourceConfig:

@@ -20,7 +20,7 @@ from terracube.catalog.grid import Tile, cover
 from terracube.catalog.osm_extract import ExtractError, extract_bounds
 from terracube.catalog.plan import Plan, PlanParams
 from terracube.catalog.registry import MODALITIES, is_osm, modality
-from terracube.catalog.stac.http import RetryPolicy
+from terracube.catalog.stac.http import LOCAL_CATALOG_POLICY, REMOTE_POLICY, RetryPolicy
 from terracube.catalog.stac.search import (
     STATIC_SEARCH_START,
     RegionParams,
@@ -143,12 +143,15 @@ def make_group_source(
             raise ConfigError(f"{where}.catalog: {path} does not exist")
         try:
             return StaticCatalogSource(
-                path, collection_modalities={c: n for n, c in collections.items() if c}
+                path,
+                collection_modalities={c: n for n, c in collections.items() if c},
+                href_policy=replace(LOCAL_CATALOG_POLICY, internal_hosts=_hosts(source)),
             )
         except SourceError as exc:
             raise ConfigError(f"{where}.catalog: {exc}") from None
     if isinstance(source, StacApiSourceConfig):
         kwargs: dict[str, Any] = {"retry": retry} if retry is not None else {}
+        kwargs["href_policy"] = replace(REMOTE_POLICY, internal_hosts=_hosts(source))
         if source.profile == "generic":
             assert source.url and all(collections.values())
             profile = generic_profile(source.url, {n: c for n, c in collections.items() if c})
@@ -158,6 +161,20 @@ def make_group_source(
         profile = replace(named, collections={**named.collections, **chosen})
         return StacApiSource(profile, **kwargs)
     raise ConfigError(f"{where}: source {source.source!r} is not a STAC catalog")
+
+
+def _hosts(source: StaticSource | StacApiSourceConfig) -> frozenset[str]:
+    return frozenset(h.strip().lower() for h in source.allowed_hosts or ())
+
+
+def allowed_internal_hosts(config: BuildConfig) -> frozenset[str]:
+    """Every internal host the config allows asset reads to reach (the read-time egress
+    check of `pipeline/read/egress.py` enforces their union)."""
+    found: set[str] = set()
+    for source in config.modalities.values():
+        if isinstance(source, StaticSource | StacApiSourceConfig):
+            found |= _hosts(source)
+    return frozenset(found)
 
 
 def _source_key(config: BuildConfig, name: str) -> str:
@@ -333,7 +350,9 @@ def stratified_tiles(
         )
     except SourceError as exc:
         raise ConfigError(f"modalities.worldcover: {exc}") from None
-    lookup = worldcover_class_lookup(found.items.get("worldcover", []))
+    lookup = worldcover_class_lookup(
+        found.items.get("worldcover", []), internal_hosts=allowed_internal_hosts(config)
+    )
     drawn = draw_stratified(tiles, config.sampling.n_per_class, lookup, config.sampling.seed)
     chosen = sorted({tile for members in drawn.values() for tile in members})
     if not chosen:

@@ -158,7 +158,8 @@ def judge(host: str, allowance: InternalAllowance) -> str | None:
 
 
 def system_resolver(host: str, port: int) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return sorted({str(info[4][0]) for info in infos})
 
 
 def resolve_checked(

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from terracube.catalog.stac.conversion import offset_already_applied
+from terracube.catalog.stac.egress import egress_proxy
 from terracube.catalog.stac.http import (
     RemoteServiceError,
     UnsafeHrefError,
@@ -83,7 +84,14 @@ def metadata_fetcher(source: ItemSource) -> Callable[[str], bytes] | None:
                 f"metadata asset {href} is on an object store, not read at plan time",
                 "unknown S2 baseline",
             )
-        session = session or make_session()
+        proxy = egress_proxy(source.href_policy.internal_hosts)
+        if session is None:  # every hop, redirects included, through the egress check
+            session = make_session()
+            session.proxies = {
+                "http": f"http://{proxy.address}",
+                "https": f"http://{proxy.address}",
+            }
+        before = len(proxy.refusals)
         try:
             response = request_with_retries(
                 session, "GET", sign(href) if sign else href, counter=source.counter
@@ -92,6 +100,12 @@ def metadata_fetcher(source: ItemSource) -> Callable[[str], bytes] | None:
             raise ItemNormalizationError(
                 f"metadata asset {href} could not be read: {err}", "unknown S2 baseline"
             ) from None
+        refused = proxy.refusals[before:]
+        if refused:
+            raise ItemNormalizationError(
+                f"metadata asset {href} refused at connection time: {refused[0]}",
+                "unsafe href",
+            )
         if response.status_code >= 400:
             raise ItemNormalizationError(
                 f"metadata asset {href} answered HTTP {response.status_code}",

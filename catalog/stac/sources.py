@@ -11,10 +11,11 @@ from __future__ import annotations
 import copy
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import pystac
 import requests
@@ -22,6 +23,7 @@ import shapely
 from pystac_client import Client
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from terracube.catalog.stac.egress import egress_proxy
 from terracube.catalog.stac.http import (
     DEFAULT_RETRY,
     LOCAL_CATALOG_POLICY,
@@ -29,6 +31,8 @@ from terracube.catalog.stac.http import (
     HrefPolicy,
     RequestCounter,
     RetryPolicy,
+    UnsafeHrefError,
+    check_asset_href,
     send_with_retries,
 )
 from terracube.catalog.stac.items import ItemNormalizationError, modality_of
@@ -86,10 +90,22 @@ class RetryingStacApiIO(StacApiIO):
         retry: RetryPolicy,
         counter: RequestCounter,
         headers: dict[str, str] | None = None,
+        link_policy: HrefPolicy | None = None,
     ) -> None:
         super().__init__(headers=headers, timeout=retry.timeout, max_retries=None)
         self.retry = retry
         self.counter = counter
+        self.link_policy = link_policy
+        """Judges every URL the API's answers lead to (paging `next` links, redirects):
+        the API's own host is allowed, any other host must be public (or allowed). Set,
+        the session goes through the egress check (`egress.py`), so redirects and DNS
+        answers are judged at connection time too."""
+        if link_policy is not None:
+            proxy = egress_proxy(link_policy.internal_hosts)
+            self.session.proxies = {
+                "http": f"http://{proxy.address}",
+                "https": f"http://{proxy.address}",
+            }
 
     def request(
         self,
@@ -99,6 +115,11 @@ class RetryingStacApiIO(StacApiIO):
         parameters: dict[str, Any] | None = None,
     ) -> str:
         method = (method or "GET").upper()
+        if self.link_policy is not None:
+            try:
+                check_asset_href(href, self.link_policy)
+            except UnsafeHrefError as exc:
+                raise SourceError(f"the STAC API led to a refused URL: {exc}") from None
         if method in ("POST", "PUT", "PATCH"):
             req = requests.Request(method, href, headers=headers, json=parameters)
         else:
@@ -191,7 +212,14 @@ class StacApiSource:
         self.counter = RequestCounter()
         self.href_policy = href_policy
         self.page_size = page_size
-        self._io = RetryingStacApiIO(retry, self.counter, headers)
+        api_host = urlsplit(self.profile.url).hostname or ""
+        links = replace(
+            href_policy,
+            allow_local_files=False,
+            hosts=None,
+            internal_hosts=href_policy.internal_hosts | {api_host.lower()},
+        )
+        self._io = RetryingStacApiIO(retry, self.counter, headers, link_policy=links)
         self._client: Client | None = None
 
     @property

@@ -39,6 +39,7 @@ from terracube.workflows.cluster import open_executor
 from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
 from terracube.workflows.build.failures import FailureTable
 from terracube.workflows.planning import (
+    allowed_internal_hosts,
     check_output_store,
     corpus_groups,
     href_signers,
@@ -272,7 +273,7 @@ def run_build(
     e.g. the damaged shards `terracube repair` rebuilds."""
     started = time.monotonic() if started is None else started
     console = console or Console(stderr=True)
-    builder = builder or PipelineTileBuilder()
+    builder = builder or PipelineTileBuilder(internal_hosts=allowed_internal_hosts(config))
     folder = run_dir(config)
     if works is None or corpus is None:
         corpus = open_build_corpus(config, plan)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 from terracube.catalog.stac.items import NormalizedItem
+from terracube.catalog.stac.egress import egress_proxy
 from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.read.reader import PasteOrWarpReader
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile, tile_sample
@@ -67,10 +69,43 @@ class PipelineTileBuilder:
 
     params: BuildParams = field(default_factory=BuildParams)
     read_scheduler: str = "synchronous"
+    internal_hosts: frozenset[str] = frozenset()
+    """Internal hosts the config allows reads to reach; every other connection GDAL opens
+    for a remote href goes through this worker's egress check (`catalog/stac/egress.py`)."""
 
     def __call__(self, inputs: TileInputs, groups: Sequence[str]) -> SampleData:
-        reader = PasteOrWarpReader(scheduler=self.read_scheduler)
-        return build_tile(inputs, groups, self.params, reader).sample
+        if not any(_remote(href) for href in input_hrefs(inputs)):
+            reader = PasteOrWarpReader(scheduler=self.read_scheduler)
+            return build_tile(inputs, groups, self.params, reader).sample
+        proxy = egress_proxy(self.internal_hosts)
+        before = len(proxy.refusals)
+        reader = PasteOrWarpReader(scheduler=self.read_scheduler, gdal_options=proxy.gdal_options())
+        sample = build_tile(inputs, groups, self.params, reader).sample
+        refused = proxy.refusals[before:]
+        if refused:  # say which hop was refused and why, not GDAL's bare "HTTP 403"
+            why = (
+                f"UnsafeHrefError: refused at connection time: {refused[0]}"
+                + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else "")
+                + "; allow an internal host with `allowed_hosts` (docs/security.md)"
+            )
+            for name, state in sample.states.items():
+                if state is SampleState.FAILED:
+                    sample.errors[name] = why[:2000]
+        return sample
+
+
+def _remote(href: str) -> bool:
+    return urlsplit(href).scheme.lower() in ("http", "https", "s3", "gs", "az")
+
+
+def input_hrefs(inputs: TileInputs) -> Iterator[str]:
+    """Every asset and mask href a tile's build may open."""
+    items = [i for periods in inputs.temporal.values() for period in periods for i in period]
+    items += [i for found in inputs.static.values() for i in found]
+    for item in items:
+        yield from (ref.href for ref in item.assets)
+        if item.mask is not None:
+            yield item.mask.href
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,19 @@ class _Handler(socketserver.StreamRequestHandler):
                 + body
             )
             return None
-        return socket.create_connection((str(addresses[0]), port), timeout=CONNECT_TIMEOUT_S)
+        last: OSError | None = None
+        for address in addresses:  # each one judged above
+            try:
+                return socket.create_connection((str(address), port), timeout=CONNECT_TIMEOUT_S)
+            except OSError as exc:
+                last = exc
+        body = f"terracube could not connect to {shown}: {last}\n".encode()
+        self.wfile.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+            + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        return None
 
     def _tunnel(self, host: str, port: int) -> None:
         upstream = self._open(host, port, f"https://{host}:{port}")
@@ -211,6 +223,11 @@ def _relay(client: socket.socket, upstream: socket.socket) -> None:
 class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that broke mid-relay is the client's or the server's business:
+        logged, never printed as a traceback into the user's output."""
+        log.debug("egress: connection from %s ended with an error", client_address, exc_info=True)
 
 
 class EgressProxy:

@@ -80,12 +80,7 @@ class _Handler(socketserver.StreamRequestHandler):
             addresses = resolve_checked(host, port, self.state.allowance, self.state.resolver)
         except UnsafeHostError as exc:
             self.state.refuse(f"{shown}: {exc}")
-            body = f"terracube refused {shown}: {exc}\n".encode()
-            self.wfile.write(
-                b"HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n"
-                + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
+            self._answer("403 Forbidden", f"terracube refused {shown}: {exc}")
             return None
         last: OSError | None = None
         for address in addresses:  # each one judged above
@@ -93,13 +88,17 @@ class _Handler(socketserver.StreamRequestHandler):
                 return socket.create_connection((str(address), port), timeout=CONNECT_TIMEOUT_S)
             except OSError as exc:
                 last = exc
-        body = f"terracube could not connect to {shown}: {last}\n".encode()
+        self._answer("502 Bad Gateway", f"terracube could not connect to {shown}: {last}")
+        return None
+
+    def _answer(self, status: str, text: str) -> None:
+        """The proxy's own plain-text answer (a refusal or a failed connection)."""
+        body = f"{text}\n".encode()
         self.wfile.write(
-            b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
+            f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\n".encode()
             + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
             + body
         )
-        return None
 
     def _tunnel(self, host: str, port: int) -> None:
         upstream = self._open(host, port, f"https://{host}:{port}")

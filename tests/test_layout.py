@@ -7,15 +7,20 @@
 - `zarr.core` (private in zarr-python) is imported by one adapter module only;
 - dependencies point one way: catalog <- pipeline <- model, workflows on top;
 - a modality is named only in the registry: no code outside it compares a name
-  with a modality or band-group literal.
+  with a modality or band-group literal;
+- no source file is ignored by git: a `build/` pattern once hid `workflows/build/repair.py`
+  from every commit, and a clean clone failed on the import.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 from terracube.catalog.registry import BAND_GROUPS, MODALITIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,3 +173,20 @@ def test_no_modality_dispatch_outside_the_registry() -> None:
         if pattern.search(line)
     ]
     assert found == []
+
+
+def test_no_source_file_is_ignored_by_git() -> None:
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [str(p.relative_to(ROOT)) for p in _python_files(*SOURCE_DIRS)]
+    paths += [str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")]
+    found = subprocess.run(
+        ["git", "check-ignore", "--no-index", "--stdin"],
+        cwd=ROOT,
+        input="\n".join(paths),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ignored = [line for line in found.stdout.splitlines() if "__pycache__" not in line]
+    assert not ignored, f"git ignores these source files; fix .gitignore: {ignored}"

@@ -50,7 +50,7 @@ class RepairReport:
 
 def repair_corpus(
     config: BuildConfig,
-    options: BuildOptions = BuildOptions(),
+    options: BuildOptions | None = None,
     builder: TileBuilder | None = None,
     console: Console | None = None,
 ) -> RepairReport:
@@ -77,5 +77,6 @@ def repair_corpus(
         )
     corpus = open_build_corpus(config, plan)  # same parameters, same tiles, or it refuses
     works = [rebuild_shard_work(s, corpus.shards[s], corpus.params.modalities) for s in shards]
+    options = options if options is not None else BuildOptions()
     report = run_build(config, plan, options, builder, console, started, works=works, corpus=corpus)
     return RepairReport(problems, shards, report, tuple(validate(url, storage)))

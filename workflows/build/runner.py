@@ -22,11 +22,11 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from rich.console import Console
-from terracube.catalog.registry import is_osm
 from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.osm_extract import ExtractError
 from terracube.catalog.plan import Plan
 from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
+from terracube.catalog.registry import is_osm
 from terracube.pipeline.corpus.integrity import readable_states
 from terracube.pipeline.corpus.store import (
     Corpus,
@@ -35,17 +35,7 @@ from terracube.pipeline.corpus.store import (
     create_corpus,
     local_root,
 )
-from terracube.workflows.cluster import open_executor
-from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
 from terracube.workflows.build.failures import FailureTable
-from terracube.workflows.planning import (
-    allowed_internal_hosts,
-    check_output_store,
-    corpus_groups,
-    href_signers,
-    period_duration,
-    plan_build,
-)
 from terracube.workflows.build.progress import BuildProgress, tally
 from terracube.workflows.build.runlog import RunLog, scrub, utc_now
 from terracube.workflows.build.shards import PlanIndex, ShardWork, plan_shard_work
@@ -54,6 +44,16 @@ from terracube.workflows.build.tasks import (
     ShardOutcome,
     ShardTask,
     TileBuilder,
+)
+from terracube.workflows.cluster import open_executor
+from terracube.workflows.config import BuildConfig, ConfigError, OsmFileSource, redacted
+from terracube.workflows.planning import (
+    allowed_internal_hosts,
+    check_output_store,
+    corpus_groups,
+    href_signers,
+    period_duration,
+    plan_build,
 )
 
 

@@ -18,9 +18,9 @@ from datetime import date
 import geopandas as gpd
 import numpy as np
 from terracube.catalog.grid import Tile
-from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.plan import STATIC_PERIOD, Plan
 from terracube.catalog.registry import MODALITIES, is_osm
+from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.corpus.store import SampleData, SampleState
 from terracube.pipeline.tile import TileInputs
 

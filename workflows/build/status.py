@@ -21,8 +21,8 @@ from typing import IO, Any
 import numpy as np
 from terracube.catalog.registry import MODALITIES
 from terracube.pipeline.corpus.integrity import corpus_damage
-from terracube.pipeline.corpus.store import Corpus, SampleState
 from terracube.pipeline.corpus.schema import DAYS_FILL
+from terracube.pipeline.corpus.store import Corpus, SampleState
 from terracube.workflows.build.failures import split_error, top_reasons
 
 
@@ -70,7 +70,7 @@ def corpus_status(
                 "reason": d.reason,
             }
             for d in damage
-        ],  # fmt: skip
+        ],
         "complete": not damage
         and len(counts) == len(p.modalities)
         and all(c["pending"] == 0 for c in counts.values()),

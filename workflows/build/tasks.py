@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
-from terracube.catalog.stac.items import NormalizedItem
 from terracube.catalog.stac.egress import egress_proxy
+from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.corpus.store import Corpus, SampleData, SampleState
 from terracube.pipeline.read.reader import PasteOrWarpReader
 from terracube.pipeline.tile import BuildParams, TileInputs, build_tile, tile_sample

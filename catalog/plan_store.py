@@ -193,6 +193,7 @@ class PlanWriter:
             "assignments": self.rows,
             "items": self._next_row,
             "modalities": self.names,
+            "items_per_group": ITEMS_PER_GROUP,
         }
         (self.directory / "plan.json").write_text(json.dumps(meta, indent=2, default=str))
         return self.directory
@@ -278,7 +279,8 @@ class PlanFiles:
     def items(self, rows: np.ndarray) -> dict[int, NormalizedItem]:
         """item_row -> item, reading only the row groups that hold `rows` (a few cached)."""
         out: dict[int, NormalizedItem] = {}
-        for group in np.unique(np.asarray(rows, dtype=np.int64) // ITEMS_PER_GROUP):
+        size = int(self.meta.get("items_per_group", ITEMS_PER_GROUP))
+        for group in np.unique(np.asarray(rows, dtype=np.int64) // size):
             out.update(self._item_group(int(group)))
         return {int(r): out[int(r)] for r in rows}
 

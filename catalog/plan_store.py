@@ -18,10 +18,13 @@ it reads the row groups of its samples and of the items they name, nothing else.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +197,7 @@ class PlanWriter:
             "items": self._next_row,
             "modalities": self.names,
             "items_per_group": ITEMS_PER_GROUP,
+            "plan_id": uuid.uuid4().hex,
         }
         (self.directory / "plan.json").write_text(json.dumps(meta, indent=2, default=str))
         return self.directory
@@ -209,28 +213,56 @@ def _by_sample_group(table: pa.Table, samples: np.ndarray) -> list[pa.Table]:
     return [table.slice(a, b - a) for a, b in itertools.pairwise(edges)]
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    src = Path(directory)
-    path = src / "plan.json"
-    if not path.is_file():
+def read_meta(
+    directory: str | Path, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    fs, root = _filesystem(str(directory), storage_options)
+    path = f"{root}/plan.json"
+    if not fs.isfile(path):
         raise FileNotFoundError(
-            f"{src} is not a plan directory (no plan.json); write one with Plan.to_parquet"
+            f"{directory} is not a plan directory (no plan.json); write one with Plan.to_parquet"
         )
-    meta: dict[str, Any] = json.loads(path.read_text())
+    with fs.open(path, "rb") as handle:
+        meta: dict[str, Any] = json.loads(handle.read())
     if meta.get("format_version") != PLAN_FORMAT_VERSION:
         raise PlanFormatError(
-            f"plan {src} has format version {meta.get('format_version')}, this code reads "
+            f"plan {directory} has format version {meta.get('format_version')}, this code reads "
             f"{PLAN_FORMAT_VERSION}; re-run the plan"
         )
     return meta
 
 
+def _filesystem(location: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """fsspec filesystem and root path of a local folder or an object-store URL."""
+    import fsspec
+
+    if "://" not in location:
+        return fsspec.filesystem("file"), str(Path(location).resolve())
+    fs, root = fsspec.core.url_to_fs(location, **dict(storage_options or {}))
+    return fs, str(root).rstrip("/")
+
+
+def publish_plan(directory: str | Path, url: str, storage_options: Mapping[str, Any] | None) -> str:
+    """Copy a plan folder to `url` (beside a remote store), so workers anywhere can read
+    their rows; plan.json last, so a reader never sees a half-copied plan as whole."""
+    fs, root = _filesystem(url, storage_options)
+    src = Path(directory)
+    names = sorted(p.name for p in src.iterdir() if p.is_file() and p.name != "plan.json")
+    for name in [*names, "plan.json"]:
+        fs.put_file(str(src / name), f"{root}/{name}")
+    return url
+
+
 class PlanFiles:
     """A saved plan, read lazily: whole tables on demand, or one sample range's rows."""
 
-    def __init__(self, directory: str | Path) -> None:
-        self.directory = Path(directory)
-        self.meta = read_meta(self.directory)
+    def __init__(
+        self, directory: str | Path, storage_options: Mapping[str, Any] | None = None
+    ) -> None:
+        self.location = str(directory)
+        self.fs, self.root = _filesystem(self.location, storage_options)
+        self.directory = Path(directory) if "://" not in self.location else Path(self.root)
+        self.meta = read_meta(directory, storage_options)
         self.scheme = TimeScheme.from_dict(self.meta["scheme"])
         self.search: dict[str, Any] = self.meta.get("search", {})
         self._item_groups: OrderedDict[int, dict[int, NormalizedItem]] = OrderedDict()
@@ -268,12 +300,12 @@ class PlanFiles:
 
     def sample_rows(self, start: int, stop: int) -> pd.DataFrame:
         """tile_id and period_starts of samples [start, stop), indexed by sample."""
-        table = _read_groups(self.directory / "samples.parquet", start, stop, "sample_index",
+        table = _read_groups(self._parquet("samples.parquet"), start, stop, "sample_index",
                              ["sample_index", "tile_id", "period_starts"])  # fmt: skip
         return table.set_index("sample_index")
 
     def assignment_rows(self, start: int, stop: int) -> pd.DataFrame:
-        return _read_groups(self.directory / "assignments.parquet", start, stop, "sample_index",
+        return _read_groups(self._parquet("assignments.parquet"), start, stop, "sample_index",
                             ["sample_index", "modality", "period", "rank", "item_row"])  # fmt: skip
 
     def items(self, rows: np.ndarray) -> dict[int, NormalizedItem]:
@@ -284,11 +316,19 @@ class PlanFiles:
             out.update(self._item_group(int(group)))
         return {int(r): out[int(r)] for r in rows}
 
+    def _parquet(self, name: str) -> pq.ParquetFile:
+        """An open Parquet file of the plan (footer read once per file and process)."""
+        opened = self._tables.get(f"file:{name}")
+        if opened is None:
+            opened = pq.ParquetFile(self.fs.open(f"{self.root}/{name}", "rb"))
+            self._tables[f"file:{name}"] = opened
+        return opened
+
     def _item_group(self, group: int) -> dict[int, NormalizedItem]:
         if group in self._item_groups:
             self._item_groups.move_to_end(group)
             return self._item_groups[group]
-        table = pq.ParquetFile(self.directory / "items.parquet").read_row_group(group)
+        table = self._parquet("items.parquet").read_row_group(group)
         decoded = {
             int(row): item_from_record(json.loads(rec))
             for row, rec in zip(
@@ -304,11 +344,10 @@ class PlanFiles:
 
 
 def _read_groups(
-    path: Path, start: int, stop: int, column: str, columns: Sequence[str]
+    handle: pq.ParquetFile, start: int, stop: int, column: str, columns: Sequence[str]
 ) -> pd.DataFrame:
-    """Rows of `path` whose `column` is in [start, stop), reading only the row groups whose
+    """Rows whose `column` is in [start, stop), reading only the row groups whose
     statistics meet that range."""
-    handle = pq.ParquetFile(path)
     position = handle.schema_arrow.get_field_index(column)
     chosen = []
     for g in range(handle.metadata.num_row_groups):
@@ -317,3 +356,35 @@ def _read_groups(
             chosen.append(g)
     table = handle.read_row_groups(chosen, columns=list(columns)).to_pandas()
     return table[(table[column] >= start) & (table[column] < stop)].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PlanRef:
+    """Where a build task finds its plan rows: a few dozen bytes instead of the items."""
+
+    location: str
+    plan_id: str
+    """plan.json's id: a plan re-made at the same place is another plan."""
+    storage_options: str = "{}"
+    """JSON of the fsspec options (hashable, so one open plan per process is cached)."""
+
+    @classmethod
+    def of(cls, files: PlanFiles, storage_options: Mapping[str, Any] | None = None) -> PlanRef:
+        options = json.dumps(dict(storage_options or {}), sort_keys=True)
+        return cls(files.location, str(files.meta["plan_id"]), options)
+
+    def open(self) -> PlanFiles:
+        files = _open_cached(self)
+        if files.meta.get("plan_id") != self.plan_id:
+            raise PlanFormatError(
+                f"the plan at {self.location} was re-made during the build (id "
+                f"{files.meta.get('plan_id')}, the task expected {self.plan_id}); run the build again"
+            )
+        return files
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cached(ref: PlanRef) -> PlanFiles:
+    """One PlanFiles per plan and process: its open files and item groups are reused by
+    every shard task the process runs."""
+    return PlanFiles(ref.location, json.loads(ref.storage_options))

@@ -16,6 +16,7 @@ from typing import IO, Any
 import numpy as np
 from terracube.catalog.bands import TILE_SIZE_M
 from terracube.catalog.plan import Plan
+from terracube.catalog.plan_store import PlanFiles
 from terracube.catalog.registry import modality
 from terracube.catalog.stac.items import AssetRef
 from terracube.catalog.stac.rejections import reason_table
@@ -41,7 +42,7 @@ def window_bytes(
     return min(size, ref.file_size) if ref.file_size else size
 
 
-def modalities_without_data(plan: Plan) -> list[str]:
+def modalities_without_data(plan: Plan | PlanFiles) -> list[str]:
     """Searched modalities that have no item for any tile in any period.
 
     A lon/lat-swapped bbox that is still valid, an AOI at sea, a wrong collection or
@@ -54,7 +55,7 @@ def modalities_without_data(plan: Plan) -> list[str]:
     return sorted(str(m) for m in per_modality[~per_modality].index)
 
 
-def empty_plan_message(plan: Plan, names: list[str]) -> str:
+def empty_plan_message(plan: Plan | PlanFiles, names: list[str]) -> str:
     """What to check when `names` found nothing anywhere."""
     bounds = [round(float(v), 4) for v in plan.samples.total_bounds] if len(plan.samples) else []
     span = plan.scheme.span(plan.scheme.start)

@@ -179,3 +179,24 @@ def test_a_saved_plan_reads_back_by_sample_range(
     groups = pq.ParquetFile(tmp_path / "plan" / "items.parquet").metadata.num_row_groups
     assert groups == -(-len(first_use) // 64) > 1
     assert np.array_equal(files.sample_rows(10, 12).index.to_numpy(), [10, 11])
+
+
+def test_a_worker_reads_the_inputs_the_whole_plan_gives(
+    world: WorldManifest, tmp_path: Path
+) -> None:
+    """The inputs a build task reads from its rows of the saved plan equal those of the
+    whole plan in memory (what tasks carried before), for every sample and modality:
+    the builder is deterministic in its inputs, so the shards are the same bytes."""
+    from terracube.workflows.build.shards import PlanIndex
+
+    tiles = [Tile.from_id(t) for t in world.tile_ids]
+    scheme = TimeScheme(date.fromisoformat(world.period_starts[0]), len(world.period_starts))
+    plan = make_plan(tiles, scheme, _world_items(world))
+    plan.to_parquet(tmp_path / "plan")
+    whole = PlanIndex.from_plan(plan)
+    files = PlanFiles(tmp_path / "plan")
+    names = sorted(set(plan.assignments.modality))
+    for start in range(0, len(tiles), 2):
+        part = PlanIndex.from_files(files, start, min(start + 2, len(tiles)))
+        for sample in range(start, min(start + 2, len(tiles))):
+            assert part.tile_inputs(sample, names) == whole.tile_inputs(sample, names)

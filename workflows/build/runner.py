@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,17 @@ import geopandas as gpd
 import numpy as np
 import shapely
 from rich.console import Console
+from terracube.catalog.grid import Tile
 from terracube.catalog.osm import OsmFeatures, fetch_overpass
 from terracube.catalog.osm_extract import ExtractError
 from terracube.catalog.plan import Plan
+from terracube.catalog.plan_store import (
+    PlanFiles,
+    PlanFormatError,
+    PlanRef,
+    publish_plan,
+    read_meta,
+)
 from terracube.catalog.plan_summary import empty_plan_message, modalities_without_data
 from terracube.catalog.registry import is_osm
 from terracube.pipeline.corpus.integrity import readable_states
@@ -38,7 +46,7 @@ from terracube.pipeline.corpus.store import (
 from terracube.workflows.build.failures import FailureTable
 from terracube.workflows.build.progress import BuildProgress, tally
 from terracube.workflows.build.runlog import RunLog, scrub, utc_now
-from terracube.workflows.build.shards import PlanIndex, ShardWork, plan_shard_work
+from terracube.workflows.build.shards import ShardWork, plan_shard_work
 from terracube.workflows.build.tasks import (
     PipelineTileBuilder,
     ShardOutcome,
@@ -133,19 +141,40 @@ def make_and_save_plan(config: BuildConfig) -> Plan:
     return plan
 
 
-def load_or_make_plan(config: BuildConfig) -> Plan:
-    """The saved plan when it was made from this same config, else a new one."""
+def load_or_make_plan(config: BuildConfig) -> PlanFiles:
+    """The saved plan when it was made from this same config (and in this format), else a
+    new one; read lazily, so a resume of a 300k-tile build does not load the plan whole."""
     directory = plan_dir(config)
     saved = directory / "config.json"
     if saved.is_file() and json.loads(saved.read_text()) == _fingerprint(config):
-        return Plan.read_parquet(directory)
-    return make_and_save_plan(config)
+        try:
+            return PlanFiles(directory)
+        except (FileNotFoundError, PlanFormatError):
+            pass  # a plan of an older format or a half-written one: plan again
+    make_and_save_plan(config)
+    return PlanFiles(directory)
+
+
+def plan_ref(config: BuildConfig, plan: PlanFiles) -> PlanRef:
+    """Where build tasks read the plan: the run folder beside a local store; for a
+    remote store, a copy beside it (`<store>.plan/`), uploaded once per plan."""
+    if local_root(config.store_url) is not None:
+        return PlanRef.of(plan)
+    url = config.store_url.rstrip("/") + ".plan"
+    options = dict(config.output.storage_options)
+    try:
+        remote = read_meta(url, options)
+    except (FileNotFoundError, PlanFormatError):
+        remote = {}
+    if remote.get("plan_id") != plan.meta["plan_id"]:
+        publish_plan(plan.directory, url, options)
+    return PlanRef(url, str(plan.meta["plan_id"]), json.dumps(options, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- corpus
 
 
-def open_build_corpus(config: BuildConfig, plan: Plan) -> Corpus:
+def open_build_corpus(config: BuildConfig, plan: Plan | PlanFiles) -> Corpus:
     """Create the store (or re-open it with the same parameters) and check it holds this plan."""
     corpus = create_corpus(
         config.store_url,
@@ -187,7 +216,7 @@ def stored_tile_ids(corpus: Corpus) -> np.ndarray:
     return out
 
 
-def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
+def load_osm(config: BuildConfig, plan: Plan | PlanFiles) -> OsmFeatures | None:
     source = next((s for name, s in config.modalities.items() if is_osm(name)), None)
     if source is None:
         return None
@@ -202,7 +231,8 @@ def load_osm(config: BuildConfig, plan: Plan) -> OsmFeatures | None:
 
 def shard_tasks(
     works: list[ShardWork],
-    index: PlanIndex,
+    plan: PlanRef,
+    tile_ids: Sequence[str],
     config: BuildConfig,
     builder: TileBuilder,
     osm: OsmFeatures | None,
@@ -210,23 +240,23 @@ def shard_tasks(
     """Tasks made lazily, one per shard: only the wave in flight is ever in memory."""
     signers = href_signers(config)
     for work in works:
-        inputs = {}
-        for sample, modalities in work.todo.items():
-            features: gpd.GeoDataFrame | None = None
-            if osm is not None and any(is_osm(m) for m in modalities):
-                features = osm.features_for_tile(index.tile(sample))
-            inputs[sample] = index.tile_inputs(sample, modalities, features)
+        features: dict[int, gpd.GeoDataFrame] = {}
+        if osm is not None:
+            for sample, modalities in work.todo.items():
+                if any(is_osm(m) for m in modalities):
+                    features[sample] = osm.features_for_tile(Tile.from_id(tile_ids[sample]))
         yield ShardTask(
             store=config.store_url,
             storage_options=dict(config.output.storage_options),
             shard=work.shard,
             start=work.start,
             stop=work.stop,
-            inputs=inputs,
+            plan=plan,
             todo=dict(work.todo),
             builder=builder,
             signers=signers,
             carry_over=work.carry_over,
+            osm=features,
         )
 
 
@@ -259,7 +289,7 @@ def build_corpus(
 
 def run_build(
     config: BuildConfig,
-    plan: Plan,
+    plan: PlanFiles,
     options: BuildOptions = BuildOptions(),
     builder: TileBuilder | None = None,
     console: Console | None = None,
@@ -318,7 +348,8 @@ def run_build(
             if executor.dashboard:
                 log.write("dashboard", link=executor.dashboard)
                 console.print(f"Dask dashboard: {executor.dashboard}")
-            tasks = shard_tasks(works, PlanIndex(plan), config, builder, osm)
+            tile_ids = [str(t) for t in plan.samples.tile_id]
+            tasks = shard_tasks(works, plan_ref(config, plan), tile_ids, config, builder, osm)
             with BuildProgress(todo_tiles, console, options.show_progress) as progress:
 
                 def on_done(task: ShardTask, outcome: ShardOutcome | BaseException) -> None:

@@ -11,14 +11,16 @@ to what the original build wrote.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 from terracube.catalog.grid import Tile
 from terracube.catalog.plan import STATIC_PERIOD, Plan
+from terracube.catalog.plan_store import PlanFiles
 from terracube.catalog.registry import MODALITIES, is_osm
 from terracube.catalog.stac.items import NormalizedItem
 from terracube.pipeline.corpus.store import SampleData, SampleState
@@ -143,31 +145,49 @@ def merge_sample(
 
 @dataclass
 class PlanIndex:
-    """Ranked candidates of every (sample, modality, period), indexed once per plan."""
+    """Ranked candidates of every (sample, modality, period) of some samples, indexed once.
 
-    plan: Plan
-    _rows: dict[tuple[int, str, int], list[str]] = field(default_factory=dict)
+    Built from a whole plan in memory (`from_plan`) or, on a build worker, from the rows
+    of one shard's samples in the saved plan (`from_files`): the same inputs either way."""
 
-    def __post_init__(self) -> None:
-        rows: dict[tuple[int, str, int], list[tuple[int, str]]] = defaultdict(list)
-        table = self.plan.assignments
-        for sample, name, period, rank, item in zip(
-            table.sample_index, table.modality, table.period, table["rank"], table.item_id,
-            strict=True,
-        ):  # fmt: skip
-            rows[(int(sample), str(name), int(period))].append((int(rank), str(item)))
-        self._rows = {k: [i for _, i in sorted(v)] for k, v in rows.items()}
+    tile_ids: Mapping[int, str]
+    starts: Mapping[int, tuple[date, ...]]
+    rows: Mapping[tuple[int, str, int], list[NormalizedItem]]
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> PlanIndex:
+        table = plan.assignments
+        keyed = zip(table.sample_index, table.modality, table.period, table["rank"],
+                    table.item_id, strict=True)  # fmt: skip
+        rows = _ranked(keyed, plan.items)
+        samples = plan.samples
+        return cls(
+            tile_ids=dict(enumerate(str(t) for t in samples.tile_id)),
+            starts=dict(enumerate(_dates(p) for p in samples.period_starts)),
+            rows=rows,
+        )
+
+    @classmethod
+    def from_files(cls, files: PlanFiles, start: int, stop: int) -> PlanIndex:
+        table = files.assignment_rows(start, stop)
+        items = files.items(table.item_row.to_numpy())
+        keyed = zip(table.sample_index, table.modality, table.period, table["rank"],
+                    table.item_row, strict=True)  # fmt: skip
+        samples = files.sample_rows(start, stop)
+        return cls(
+            tile_ids={int(i): str(t) for i, t in samples.tile_id.items()},
+            starts={int(i): _dates(p) for i, p in samples.period_starts.items()},
+            rows=_ranked(keyed, items),
+        )
 
     def candidates(self, sample: int, name: str, period: int) -> list[NormalizedItem]:
-        return [self.plan.items[i] for i in self._rows.get((sample, name, period), [])]
+        return list(self.rows.get((sample, name, period), []))
 
     def tile(self, sample: int) -> Tile:
-        return Tile.from_id(str(self.plan.samples.tile_id.iloc[sample]))
+        return Tile.from_id(self.tile_ids[sample])
 
     def period_starts(self, sample: int) -> tuple[date, ...]:
-        return tuple(
-            date.fromisoformat(str(d)) for d in self.plan.samples.period_starts.iloc[sample]
-        )
+        return self.starts[sample]
 
     def tile_inputs(
         self, sample: int, modalities: Sequence[str], osm: gpd.GeoDataFrame | None = None
@@ -191,3 +211,16 @@ class PlanIndex:
             static=static,
             osm=osm if any(is_osm(m) for m in modalities) else None,
         )
+
+
+def _dates(values: Iterable[object]) -> tuple[date, ...]:
+    return tuple(date.fromisoformat(str(d)) for d in values)
+
+
+def _ranked(
+    keyed: Iterable[tuple[Any, Any, Any, Any, Any]], items: Mapping[Any, NormalizedItem]
+) -> dict[tuple[int, str, int], list[NormalizedItem]]:
+    rows: dict[tuple[int, str, int], list[tuple[int, Any]]] = defaultdict(list)
+    for sample, name, period, rank, key in keyed:
+        rows[(int(sample), str(name), int(period))].append((int(rank), key))
+    return {k: [items[key] for _, key in sorted(v, key=lambda r: r[0])] for k, v in rows.items()}

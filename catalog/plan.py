@@ -13,7 +13,7 @@ assignment is testable without a server. Tables:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -374,6 +374,39 @@ def make_plan(
         availability=availability,
         items=used,
     )
+
+
+def write_plan(
+    tiles: Sequence[Tile],
+    scheme: TimeScheme,
+    tables: Mapping[str, ItemTable],
+    directory: str | Path,
+    *,
+    params: PlanParams = PlanParams(),
+    anchors: Sequence[date] | None = None,
+    search: Mapping[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Plan item tables straight to a saved plan, chunk by chunk: memory is one chunk of
+    rows plus the tables, whatever the number of tiles (`make_plan` returns it whole).
+    `progress(done, total)` is called after each chunk."""
+    if anchors is not None and len(anchors) != len(tiles):
+        raise ValueError(
+            f"write_plan: {len(anchors)} anchors for {len(tiles)} tiles; give one per tile"
+        )
+    sample_anchors = list(anchors) if anchors is not None else [scheme.start] * len(tiles)
+    names = list(tables)
+    indexes = footprint_indexes(tables)
+    writer = PlanWriter(directory, names, tables)
+    tile_ids = np.array([t.id for t in tiles], dtype=object)
+    rule = engine_params(params)
+    for chunk in chunks(tiles, sample_anchors, scheme, PLAN_CHUNK_TILES):
+        rows, avail = chunk_columns(chunk, names, tables, indexes, rule)
+        writer.add(tile_ids, rows, avail)
+        if progress is not None:
+            progress(chunk.first_sample + len(chunk.tiles), len(tiles))
+    samples = _samples_table(tiles, scheme, sample_anchors)
+    return writer.close(samples, scheme, search or {})
 
 
 def engine_params(params: PlanParams) -> EngineParams:

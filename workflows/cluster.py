@@ -59,6 +59,8 @@ class DaskExecutor:
     retries: int = 1
     """Extra tries of a task that raised (a worker that died is rescheduled regardless)."""
     peak_in_flight: int = 0
+    function: Callable[[ShardTask], Any] = run_shard_task
+    """What runs each task on a worker (`benchmarks/plan_scale.py` submits a no-op)."""
 
     @property
     def dashboard(self) -> str | None:
@@ -83,7 +85,7 @@ class DaskExecutor:
                 return None
             by_key[task.key] = task
             return self.client.submit(
-                run_shard_task, task, key=task.key, pure=False, retries=self.retries
+                self.function, task, key=task.key, pure=False, retries=self.retries
             )
 
         first = [f for f in (submit_next() for _ in range(self.max_in_flight)) if f is not None]

@@ -19,7 +19,6 @@ when a plan writes the item, so a table of two million items costs its columns.
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -71,8 +70,11 @@ def templates(world_ndjson: Mapping[str, Path]) -> dict[str, NormalizedItem]:
 class TemplateRecords:
     """records[i]: the template's record with row i's id, time, footprint, CRS, cloud."""
 
+    VARYING = ("id", "datetime", "geometry", "epsg", "cloud_cover")
+
     def __init__(self, template: NormalizedItem, table: ItemTable) -> None:
-        self.base = item_to_record(template)
+        base = {k: v for k, v in item_to_record(template).items() if k not in self.VARYING}
+        self.head = json.dumps(base)[:-1]
         self.table = table
 
     def __len__(self) -> int:
@@ -84,20 +86,21 @@ class TemplateRecords:
         return np.array([self._one(int(r)) for r in np.arange(len(self))[row]], dtype=object)
 
     def _one(self, row: int) -> str:
-        record = copy.deepcopy(self.base)
         t = self.table
-        when = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(
-            microseconds=int(t.datetime_ns[row]) // 1000
-        )
+        when = _EPOCH + timedelta(microseconds=int(t.datetime_ns[row]) // 1000)
         cloud = float(t.cloud[row])
-        record.update(
-            id=str(t.ids[row]),
-            datetime=when.isoformat(),
-            geometry=shapely.geometry.mapping(t.geometry[row]),
-            epsg=int(t.epsg[row]),
-            cloud_cover=None if np.isnan(cloud) else cloud,
-        )
-        return json.dumps(record)
+        ring = shapely.get_coordinates(t.geometry[row]).round(9).tolist()
+        varying = {
+            "id": str(t.ids[row]),
+            "datetime": when.isoformat(),
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "epsg": int(t.epsg[row]),
+            "cloud_cover": None if np.isnan(cloud) else cloud,
+        }
+        return self.head + ", " + json.dumps(varying)[1:]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _zones(tiles: Sequence[Tile]) -> dict[int, np.ndarray]:
@@ -219,13 +222,14 @@ def _table(
 
 
 def worldwide_tiles(n: int, seed: int = 0) -> list[Tile]:
-    """`n` distinct tiles at uniformly random places between 56 S and 72 N, sorted."""
+    """`n` distinct tiles at uniformly random places between 56 S and 72 N, sorted (away
+    from the antimeridian, where these square scene grids would wrap)."""
     from terracube.catalog.grid import tile_at
 
     rng = np.random.default_rng(seed)
     found: set[Tile] = set()
     while len(found) < n:
-        lon = rng.uniform(-179.9, 179.9, n)
+        lon = rng.uniform(-170.0, 170.0, n)
         lat = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-56)), np.sin(np.radians(72)), n)))
         for a, b in zip(lon, lat, strict=True):
             found.add(tile_at(float(a), float(b)))

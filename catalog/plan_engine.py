@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
 import numpy as np
 import shapely
@@ -70,7 +70,7 @@ class TileChunk:
             if anchor not in edges_by_anchor:
                 bounds = scheme.bounds(anchor)
                 edges = [start for start, _ in bounds] + [bounds[-1][1]]
-                edges_by_anchor[anchor] = np.array([_ns(e) for e in edges], dtype=np.int64)
+                edges_by_anchor[anchor] = np.array([datetime_ns(e) for e in edges], dtype=np.int64)
             rows.append(edges_by_anchor[anchor])
         return cls(
             first_sample=first_sample,
@@ -80,10 +80,6 @@ class TileChunk:
             epsg=np.array([t.epsg for t in tiles], dtype=np.int64),
             bounds=np.array([t.bounds for t in tiles], dtype=np.float64).reshape(-1, 4),
         )
-
-
-def _ns(when: datetime) -> int:
-    return datetime_ns(when)
 
 
 @dataclass(frozen=True)

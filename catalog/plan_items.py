@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-import shapely
 from terracube.catalog.stac.item_records import item_from_record, item_to_record
 from terracube.catalog.stac.items import NormalizedItem
 
@@ -84,43 +83,3 @@ class ItemTable:
 
     def item(self, row: int) -> NormalizedItem:
         return item_from_record(json.loads(self.records[row]))
-
-    def take(self, rows: np.ndarray) -> ItemTable:
-        return ItemTable(
-            ids=self.ids[rows],
-            collection=self.collection[rows],
-            datetime_ns=self.datetime_ns[rows],
-            epsg=self.epsg[rows],
-            cloud=self.cloud[rows],
-            geometry=self.geometry[rows],
-            records=self.records[rows],
-        )
-
-    @classmethod
-    def concat(cls, tables: Sequence[ItemTable]) -> ItemTable:
-        if not tables:
-            return cls.empty()
-        return cls(
-            **{
-                f: np.concatenate([getattr(t, f) for t in tables])
-                for f in ("ids", "collection", "datetime_ns", "epsg", "cloud", "geometry",
-                          "records")
-            }
-        )  # fmt: skip
-
-    @classmethod
-    def empty(cls) -> ItemTable:
-        nothing = np.array([], dtype=object)
-        return cls(
-            ids=nothing,
-            collection=nothing,
-            datetime_ns=np.array([], dtype=np.int64),
-            epsg=np.array([], dtype=np.int64),
-            cloud=np.array([], dtype=float),
-            geometry=np.array([], dtype=object),
-            records=nothing,
-        )
-
-
-def geometry_array(wkb: Sequence[bytes]) -> np.ndarray:
-    return np.asarray(shapely.from_wkb(np.asarray(wkb, dtype=object)), dtype=object)

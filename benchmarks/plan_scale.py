@@ -233,7 +233,12 @@ def main() -> None:
     ap.add_argument("--samples-per-shard", type=int, default=4)
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep")
     args = ap.parse_args()
-    sizes = [int(v) for v in args.tiles.split(",")]
+    try:
+        sizes = [int(v) for v in args.tiles.split(",")]
+    except ValueError:
+        ap.error(f"--tiles {args.tiles!r}: give comma-separated tile counts, e.g. 1000,10000")
+    if any(n < 1 for n in sizes):
+        ap.error(f"--tiles {args.tiles!r}: every count must be at least 1")
     root = args.keep or Path(tempfile.mkdtemp(prefix="plan-scale-"))
     root.mkdir(parents=True, exist_ok=True)
     (root / "templates.pkl").write_bytes(pickle.dumps(_templates(root)))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -95,7 +95,9 @@ class CorpusStream(IterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         prefetch_shards: int = PREFETCH_SHARDS,
+        groups: Sequence[str] | None = None,
     ) -> None:
+        """`groups`: read only these band groups (default: every group of the corpus)."""
         super().__init__()
         if prefetch_shards < 0:
             raise ValueError(f"prefetch_shards={prefetch_shards}; use 0 (off) or more")
@@ -117,6 +119,11 @@ class CorpusStream(IterableDataset):
         self.faults = ReadFaults()
         self.n_periods = corpus.n_periods
         self.groups = tuple(corpus.params.groups)
+        if groups is not None:
+            unknown = sorted(set(groups) - set(self.groups))
+            if unknown:
+                raise ValueError(f"groups {unknown} are not in {self.store!r} ({self.groups})")
+            self.groups = tuple(g for g in self.groups if g in groups)
         temporal = sum(band_group(g).temporal for g in self.groups)
         self.shape = TokenShape(temporal, len(self.groups) - temporal, corpus.n_periods)
         check_budget(params, self.shape)

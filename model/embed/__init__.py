@@ -1,0 +1,1 @@
+"""Embedding export: a checkpoint and a corpus -> georeferenced embedding maps and a tile table."""

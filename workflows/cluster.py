@@ -13,15 +13,28 @@ import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from terracube.workflows.build.tasks import ShardOutcome, ShardTask, run_shard_task
+from terracube.workflows.build.tasks import run_shard_task
 
-OnDone = Callable[[ShardTask, ShardOutcome | BaseException], None]
+
+class KeyedTask(Protocol):
+    """Any task the executors run: a build shard task, an embedding shard task."""
+
+    @property
+    def key(self) -> str: ...
+
+
+TaskT = TypeVar("TaskT", bound=KeyedTask)
 
 
 class Executor(Protocol):
-    """Runs shard tasks and reports each one (its outcome or its exception) as it finishes."""
+    """Runs shard tasks and reports each one (its outcome or its exception) as it finishes.
+
+    `function` is what runs each task (default: a build shard task); embedding exports
+    pass theirs."""
+
+    function: Callable[[Any], Any]
 
     @property
     def dashboard(self) -> str | None:
@@ -31,7 +44,7 @@ class Executor(Protocol):
     peak_in_flight: int
     """Most tasks submitted and not yet finished at any moment of the last run."""
 
-    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None: ...
+    def run(self, tasks: Iterable[TaskT], on_done: Callable[[TaskT, Any], None]) -> None: ...
 
 
 class SerialExecutor:
@@ -39,12 +52,13 @@ class SerialExecutor:
 
     dashboard: str | None = None
     peak_in_flight: int = 0
+    function: Callable[[Any], Any] = staticmethod(run_shard_task)
 
-    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
+    def run(self, tasks: Iterable[TaskT], on_done: Callable[[TaskT, Any], None]) -> None:
         for task in tasks:
             self.peak_in_flight = 1
             try:
-                outcome: ShardOutcome | BaseException = run_shard_task(task)
+                outcome: Any = self.function(task)
             except Exception as error:
                 outcome = error
             on_done(task, outcome)
@@ -59,7 +73,7 @@ class DaskExecutor:
     retries: int = 1
     """Extra tries of a task that raised (a worker that died is rescheduled regardless)."""
     peak_in_flight: int = 0
-    function: Callable[[ShardTask], Any] = run_shard_task
+    function: Callable[[Any], Any] = run_shard_task
     """What runs each task on a worker (`benchmarks/plan_scale.py` submits a no-op)."""
 
     @property
@@ -71,13 +85,13 @@ class DaskExecutor:
             return None
         return str(self.client.dashboard_link) if "dashboard" in services else None
 
-    def run(self, tasks: Iterable[ShardTask], on_done: OnDone) -> None:
+    def run(self, tasks: Iterable[TaskT], on_done: Callable[[TaskT, Any], None]) -> None:
         from distributed import as_completed
 
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight={self.max_in_flight} must be >= 1")
         pending = iter(tasks)
-        by_key: dict[str, ShardTask] = {}
+        by_key: dict[str, TaskT] = {}
 
         def submit_next() -> Any | None:
             task = next(pending, None)
@@ -101,7 +115,7 @@ class DaskExecutor:
                 in_flight -= 1
                 task = by_key.pop(future.key)
                 try:
-                    outcome: ShardOutcome | BaseException = future.result()
+                    outcome: Any = future.result()
                 except Exception as error:
                     outcome = error
                 future.release()

@@ -1,4 +1,4 @@
-"""The model-side `terracube` commands: stats, pretrain, evaluate, model-info, demo.
+"""The model-side `terracube` commands: stats, pretrain, evaluate, embed, model-info, demo.
 
 A sub-app the main app merges in (`app.add_typer(model_app)` in app.py), so this module never imports app.py.
 Like the data commands, a problem the user can fix prints one `error:` line and
@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 from terracube.workflows.cli.common import (
+    EXIT_BUILD_FAILURES,
     JsonOption,
     StoreArg,
     store_and_options,
@@ -199,6 +200,140 @@ def evaluate(
         return
     sys.stdout.write(markdown_table(results))
     typer.echo(f"results: {out / 'results.json'}")
+
+
+def _periods(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        start, stop = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise ValueError(
+            f"--periods {text!r}: give START:STOP corpus period indexes, e.g. 0:6"
+        ) from None
+    return start, stop
+
+
+@model_app.command()
+def embed(
+    checkpoint: Annotated[
+        str, typer.Argument(help="Pretraining checkpoint (step_*.pt).", show_default=False)
+    ],
+    data: Annotated[
+        str,
+        typer.Option(help="Corpus store, or a build config (.yaml): its corpus is built first."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for embeddings.zarr and tiles.parquet.")],
+    patch_size: Annotated[
+        int | None, typer.Option(help="Encoder patch size (default: the checkpoint's).")
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(help="Inference window in 10 m px (default: the largest training crop)."),
+    ] = None,
+    periods: Annotated[
+        str | None, typer.Option(help="START:STOP corpus periods to encode (default: all).")
+    ] = None,
+    groups: Annotated[
+        str | None, typer.Option(help="Comma-separated input band groups (default: all).")
+    ] = None,
+    stats_from: Annotated[
+        str | None,
+        typer.Option(help="Corpus whose normalisation statistics to use (e.g. the training one)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto (a GPU when present), cpu or cuda[:N].")] = (
+        "auto"
+    ),
+    tiles_per_read: Annotated[int, typer.Option(min=1, help="Tiles read per batch.")] = 4,
+    windows_per_step: Annotated[
+        int, typer.Option(min=1, help="Windows through the encoder at once.")
+    ] = 16,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address: one task per corpus shard.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Run on a new LocalCluster of this many workers.")
+    ] = None,
+    allow_pending: Annotated[
+        bool,
+        typer.Option("--allow-pending", help="Embed a corpus whose inputs are still building."),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Export embeddings: per-patch maps (Zarr, on the corpus grid) and pooled tiles (GeoParquet).
+
+    Writes OUT/embeddings.zarr (dims sample, y, x, dim; per-sample CRS and transform) and
+    OUT/tiles.parquet (one row per tile, lon/lat geometry), both with their provenance.
+    Re-running the same command computes only the shards still missing (docs/embeddings.md).
+    """
+    import json
+
+    from terracube.model.embed.spec import EmbedError, EmbedSpec
+    from terracube.model.train.checkpoint import CheckpointError
+    from terracube.workflows.embed import run_embed
+
+    with model_errors(EmbedError, CheckpointError, ValueError, KeyError):
+        if scheduler and workers:
+            raise ValueError("--scheduler runs on that cluster's workers: drop --workers")
+        if "://" not in data and not Path(data).exists():
+            raise FileNotFoundError(f"--data {data} does not exist; pass a corpus or build config")
+
+        def absolute(path: str) -> str:
+            return path if "://" in path else str(Path(path).resolve())
+
+        spec = EmbedSpec(
+            checkpoint=absolute(checkpoint),
+            data=absolute(data),
+            out=str(out.resolve()),
+            patch_size=patch_size,
+            window=window,
+            periods=_periods(periods),
+            groups=None if groups is None else tuple(g.strip() for g in groups.split(",")),
+            tiles_per_read=tiles_per_read,
+            windows_per_step=windows_per_step,
+            device=device,
+            stats_from=None if stats_from is None else absolute(stats_from),
+            allow_pending=allow_pending,
+        )
+        report = run_embed(spec, scheduler, workers, progress=progress and not as_json)
+    summary = {
+        "out": str(report.out),
+        "store": str(report.store),
+        "table": None if report.table is None else str(report.table),
+        "shards_total": report.shards_total,
+        "shards_run": report.shards_run,
+        "shards_already_done": report.shards_skipped,
+        "samples_done": report.samples_done,
+        "samples_empty": report.samples_empty,
+        "seconds": round(report.seconds, 3),
+        "failed": list(report.failed),
+        "normalisation": report.provenance["normalisation"],
+        "patch_size": report.provenance["patch_size"],
+        "window": report.provenance["window"],
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        typer.echo(
+            f"embedded {report.shards_run} shard(s) ({report.samples_done} tiles, "
+            f"{report.samples_empty} without input; {report.shards_skipped} of "
+            f"{report.shards_total} shards were already done) in "
+            f"{report.seconds:.1f} s; patch {summary['patch_size']}, window "
+            f"{summary['window']} px, normalised with {summary['normalisation']}"
+        )
+        typer.echo(f"maps:  {report.store}")
+        typer.echo(f"tiles: {report.table or 'not yet (other shards are still running)'}")
+        if report.pending_inputs:
+            typer.echo(
+                f"warning: {report.pending_inputs} sample(s) had inputs still pending "
+                "(counted as missing)",
+                err=True,
+            )
+    for line in report.failed:
+        typer.echo(f"error: {line}", err=True)
+    if report.failed:
+        raise typer.Exit(EXIT_BUILD_FAILURES)
 
 
 @model_app.command("model-info")

@@ -1,0 +1,1 @@
+"""Embedding export: terracube embed, its store, its tile table."""

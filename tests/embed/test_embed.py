@@ -226,6 +226,6 @@ def test_a_damaged_shard_fails_its_task_by_name(
     (damaged / "s2_10m" / "c" / "1").rename(tmp_path / "moved")  # shard 1 of s2_10m
     spec = EmbedSpec(str(checkpoint), str(damaged), str(tmp_path / "out"), device="cpu")
     plan_export(spec)
-    with pytest.raises(EmbedError, match="shard 1 .*terracube validate"):
+    with pytest.raises(EmbedError, match=r"shard 1 .*terracube validate"):
         run_embed_task(EmbedTask(spec, 1))
     assert run_embed_task(EmbedTask(spec, 0)).done == 3

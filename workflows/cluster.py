@@ -31,10 +31,8 @@ TaskT = TypeVar("TaskT", bound=KeyedTask)
 class Executor(Protocol):
     """Runs shard tasks and reports each one (its outcome or its exception) as it finishes.
 
-    `function` is what runs each task (default: a build shard task); embedding exports
-    pass theirs."""
-
-    function: Callable[[Any], Any]
+    What runs each task is the executor's `function` (`open_executor(function=...)`:
+    a build shard task by default, an embedding export passes its own)."""
 
     @property
     def dashboard(self) -> str | None:
@@ -52,7 +50,9 @@ class SerialExecutor:
 
     dashboard: str | None = None
     peak_in_flight: int = 0
-    function: Callable[[Any], Any] = staticmethod(run_shard_task)
+
+    def __init__(self, function: Callable[[Any], Any] = run_shard_task) -> None:
+        self.function = function
 
     def run(self, tasks: Iterable[TaskT], on_done: Callable[[TaskT, Any], None]) -> None:
         for task in tasks:
@@ -156,6 +156,7 @@ def open_executor(
     memory_limit: str = "auto",
     max_in_flight: int = 256,
     synchronous: bool = False,
+    function: Callable[[Any], Any] = run_shard_task,
 ) -> Iterator[Executor]:
     """The executor for a build: synchronous, an existing scheduler, or a new LocalCluster.
 
@@ -166,7 +167,7 @@ def open_executor(
     if synchronous:
         if scheduler:
             raise ValueError("choose --synchronous or --scheduler, not both")
-        yield SerialExecutor()
+        yield SerialExecutor(function)
         return
     from distributed import Client, LocalCluster
 
@@ -187,7 +188,7 @@ def open_executor(
                 "cluster.scheduler"
             ) from None
         with client:
-            yield DaskExecutor(client, max_in_flight)
+            yield DaskExecutor(client, max_in_flight, function=function)
         return
     with (
         LocalCluster(
@@ -199,4 +200,4 @@ def open_executor(
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
-        yield DaskExecutor(client, max_in_flight)
+        yield DaskExecutor(client, max_in_flight, function=function)

@@ -103,14 +103,11 @@ def run_embed(
             bar.update(len(summaries) + len(failed))
 
     try:
-        if scheduler is None and workers is None:
-            with open_executor(synchronous=True) as executor:
-                executor.function = run_embed_task
-                executor.run(tasks, done)
-        else:
-            with open_executor(scheduler=scheduler, workers=workers) as executor:
-                executor.function = run_embed_task
-                executor.run(tasks, done)
+        here = scheduler is None and workers is None
+        with open_executor(
+            scheduler, workers, synchronous=here, function=run_embed_task
+        ) as executor:
+            executor.run(tasks, done)
     finally:
         if bar is not None:
             bar.close()

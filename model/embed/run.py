@@ -135,7 +135,8 @@ class Embedder:
         )
         self.group = open_or_create(self.out / STORE_NAME, self.corpus, r, self.provenance)
         modalities = {band_group(g).modality for g in r.groups}
-        self.has_input = np.stack([self.stream.done[m] for m in sorted(modalities)]).any(0)
+        done = np.stack([self.stream.done[m] for m in sorted(modalities)])
+        self.has_input: np.ndarray = np.asarray(done.any(axis=0))
 
     def _plans(self, samples: list[int]) -> list[BatchPlan]:
         r, k = self.resolved, self.spec.tiles_per_read

@@ -162,7 +162,7 @@ def create_store(root: Path, corpus: Corpus, resolved: Resolved, prov: dict[str,
         {"long_name": "the input group had valid pixels at that period"},
     )
     _array(group, "group", ("group",), (g,), str, "", (g,), (g,))
-    group["group"][:] = np.array(resolved.groups, dtype=object)
+    cast(zarr.Array, group["group"])[:] = np.array(resolved.groups, dtype=object)
     for name, dtype, fill in (
         ("tile_id", str, ""),
         ("epsg", "int32", 0),

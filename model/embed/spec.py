@@ -23,6 +23,7 @@ from terracube.model.data.plan import TILE_PIXELS
 from terracube.model.nn.encoder import model_size
 from terracube.model.nn.groups import encodable_groups
 from terracube.model.nn.olmoearth import LatentMIMConfig
+from terracube.model.train.checkpoint import trained_patch_size
 from terracube.pipeline.corpus.store import Corpus
 
 EMBED_FORMAT_VERSION = 1
@@ -88,9 +89,8 @@ def terracube_version() -> str:
 def resolve(spec: EmbedSpec, settings: dict[str, Any], corpus: Corpus) -> Resolved:
     """Patch, window, periods and groups of `spec`, defaults taken from the checkpoint."""
     loader = settings.get("loader", {})
-    trained_patches = [int(p) for p in loader.get("patch_sizes", [])] or [4]
     trained_crops = [int(c) for c in loader.get("crop_sizes", [])] or [64]
-    patch = spec.patch_size or max(trained_patches)
+    patch = spec.patch_size or trained_patch_size(settings) or 4
     window = spec.window or max(trained_crops)
     tile = TILE_PIXELS
     if not 1 <= patch <= 8:

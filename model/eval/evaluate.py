@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +51,7 @@ from terracube.model.eval.tasks import (
 from terracube.model.nn.batch import Batch
 from terracube.model.nn.groups import encodable_groups
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
-from terracube.model.train.checkpoint import load_checkpoint
+from terracube.model.train.checkpoint import load_checkpoint, trained_patch_size
 from terracube.model.train.pretrain import CHECKPOINT_FORMAT
 
 TASKS: tuple[str, ...] = (
@@ -68,7 +68,8 @@ class EvalParams:
     """Model size of the random-init encoder when no checkpoint is given."""
     seed: int = 0
     """Split and probe seed; also the init seed when no checkpoint is given."""
-    patch_size: int = 4
+    patch_size: int | None = None
+    """None = the patch size the checkpoint was trained at (4 without a checkpoint)."""
     batch_size: int = 32
     test_fraction: float = 0.25
     crop: CropParams = field(default_factory=CropParams)
@@ -97,6 +98,8 @@ class Encoders:
     trained: LatentMIM
     random_init: LatentMIM
     label: str
+    trained_patch_size: int | None = None
+    """What the checkpoint's run trained at (None: no checkpoint, or not recorded)."""
 
 
 def init_model(size: str | LatentMIMConfig, seed: int) -> LatentMIM:
@@ -122,6 +125,7 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
         trained = init_model(params.size, params.seed)
         random_init = init_model(params.size, params.seed)
         label = f"random-init {params.size} (no checkpoint)"
+        patch = None
     else:
         path = Path(checkpoint)
         if not path.is_file():
@@ -133,9 +137,10 @@ def load_encoders(checkpoint: Path | None, params: EvalParams) -> Encoders:
         trained.load_state_dict(state["model"])
         random_init = init_model(config, seed)
         label = f"{path.name} (step {state.get('step')})"
+        patch = trained_patch_size(settings)
     for model in (trained, random_init):
         model.eval().requires_grad_(False).to(params.torch_device())
-    return Encoders(trained, random_init, label)
+    return Encoders(trained, random_init, label, patch)
 
 
 # --------------------------------------------------------------------------- features
@@ -204,7 +209,7 @@ def extract_features(
     masks = []
     for start in range(0, len(eval_set), params.batch_size):
         index = np.arange(start, min(start + params.batch_size, len(eval_set)))
-        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
+        batch = eval_set.batch(index, params.patch_size or 4, normalizers).to(params.torch_device())
         trained, present = encoder_features(encoders.trained, batch, per_token)
         random_init, _ = encoder_features(encoders.random_init, batch, per_token)
         out["checkpoint"].append(trained.float().cpu().numpy())
@@ -309,10 +314,13 @@ def evaluate(
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     eval_set = load_task(task, data, params, groups, storage_options)
     encoders = load_encoders(checkpoint, params)
+    if params.patch_size is None:  # the checkpoint's own, never a silent constant
+        params = replace(params, patch_size=encoders.trained_patch_size or 4)
+    patch = int(params.patch_size or 4)
     per_token = eval_set.kind == "segmentation"
     features, usable = extract_features(eval_set, encoders, params, per_token, progress)
     labels = (
-        token_labels(eval_set.labels, params.patch_size, len(eval_set.class_names))
+        token_labels(eval_set.labels, patch, len(eval_set.class_names))
         if per_token
         else eval_set.labels
     )
@@ -367,7 +375,7 @@ def evaluate(
             "patience": params.linear.patience,
             "val_fraction": params.linear.val_fraction,
         },
-        "patch_size": params.patch_size,
+        "patch_size": patch,
         "rows": rows,
     }
     write_report(results, Path(out_dir))

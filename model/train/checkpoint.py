@@ -123,6 +123,13 @@ def load_checkpoint(path: Path, expected_format: int | None = None) -> dict[str,
     return state
 
 
+def trained_patch_size(settings: dict[str, Any]) -> int | None:
+    """The patch size a checkpoint's run trained at (the largest of several: fewest tokens);
+    None when its settings do not say."""
+    sizes = settings.get("loader", {}).get("patch_sizes") if isinstance(settings, dict) else None
+    return max(int(p) for p in sizes) if sizes else None
+
+
 def rng_states() -> dict[str, Any]:
     """Python, numpy and torch (CPU and CUDA) RNG states as tensors and primitives."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()

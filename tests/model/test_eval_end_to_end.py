@@ -272,6 +272,25 @@ def test_evaluate_loads_a_pretraining_checkpoint(tiny_corpus: Path, tmp_path: Pa
         evaluate(None, "imagenet", tiny_corpus, tmp_path / "d", params)
 
 
+def test_patch_size_defaults_to_the_checkpoints(tiny_corpus: Path, tmp_path: Path) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "step": 1,
+        "model": init_model("nano", seed=0).state_dict(),
+        "settings": {"model_size": "nano", "seed": 0, "loader": {"patch_sizes": [4, 8]}},
+    }
+    path = save_checkpoint(tmp_path / "ckpt", 1, state)
+    params = EvalParams(
+        patch_size=None,
+        crop=CropParams(crop=32, max_crops_per_tile=2, max_tiles=2),
+        linear=LinearProbeParams(max_epochs=2, patience=1),
+    )
+    seen = evaluate(path, "worldcover-segmentation", tiny_corpus, tmp_path / "a", params)
+    assert seen["patch_size"] == 8  # trained at 4 and 8: the largest, never a silent 4
+    none = evaluate(None, "worldcover-segmentation", tiny_corpus, tmp_path / "b", params)
+    assert none["patch_size"] == 4
+
+
 def test_split_crop_and_device_errors_name_the_fix() -> None:
     train, test = split_by_key(np.array(["b", "a", "b", "c", "a"]), 0.34, seed=1)
     keys = np.array(["b", "a", "b", "c", "a"])

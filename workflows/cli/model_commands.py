@@ -135,7 +135,10 @@ def evaluate(
     ],
     data: Annotated[str, typer.Option(help="Corpus store (WorldCover tasks) or dataset folder.")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and PNGs.")],
-    patch_size: Annotated[int, typer.Option(help="Encoder patch size (1-8).")] = 4,
+    patch_size: Annotated[
+        int | None,
+        typer.Option(help="Encoder patch size 1-8 (default: the checkpoint's; 4 for 'none')."),
+    ] = None,
     crop: Annotated[int, typer.Option(help="WorldCover tasks: crop edge in 10 m pixels.")] = 32,
     seed: Annotated[int, typer.Option(help="Split and probe seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -165,7 +168,7 @@ def evaluate(
     with model_errors(CheckpointError, ValueError, KeyError, RuntimeError):
         if task not in TASKS:
             raise ValueError(f"--task {task!r} is unknown; choose one of: {', '.join(TASKS)}")
-        if not 1 <= patch_size <= 8:
+        if patch_size is not None and not 1 <= patch_size <= 8:
             raise ValueError(f"--patch-size {patch_size}: FlexiViT patch sizes are 1..8")
         if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
             raise ValueError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
@@ -388,7 +391,7 @@ def demo(
     """Run the whole pipeline on the synthetic world and write a report.
 
     Stages: world -> plan -> build (Dask LocalCluster) -> stats -> pretrain (nano)
-    -> evaluate (WorldCover probes) -> report.
+    -> evaluate (WorldCover probes) -> embed (embedding maps) -> report.
 
     Re-running the same command skips finished stages and resumes unfinished ones
     (state in OUT/demo_state.json). The report is OUT/report/index.html (and index.md).

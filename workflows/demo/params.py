@@ -10,7 +10,16 @@ from pathlib import Path
 
 STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
-STAGES: tuple[str, ...] = ("world", "plan", "build", "stats", "pretrain", "evaluate", "report")
+STAGES: tuple[str, ...] = (
+    "world",
+    "plan",
+    "build",
+    "stats",
+    "pretrain",
+    "evaluate",
+    "embed",
+    "report",
+)
 CLASSIFICATION = "worldcover-classification"
 SEGMENTATION = "worldcover-segmentation"
 
@@ -143,6 +152,11 @@ class DemoPaths:
 
     def eval_dir(self, task: str) -> Path:
         return self.root / "eval" / task
+
+    @property
+    def embeddings(self) -> Path:
+        """`terracube embed` output of the newest checkpoint."""
+        return self.root / "embeddings"
 
     @property
     def report(self) -> Path:

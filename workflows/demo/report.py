@@ -376,6 +376,26 @@ def _eval_section(paths: DemoPaths, report: Path, task: str) -> Section:
     return Section(f"Evaluation: {task}", tuple(blocks))
 
 
+def _embed_section(paths: DemoPaths, report: Path) -> Section:
+    from terracube.model.embed.store import PROVENANCE_ATTR, STORE_NAME
+    from terracube.model.embed.table import TABLE_NAME
+    from terracube.workflows.demo.embedding_map import pca_map
+
+    store = paths.embeddings / STORE_NAME
+    shown = pca_map(store, report / "embedding_pc1.png")
+    prov = json.loads((store / "zarr.json").read_text())["attributes"][PROVENANCE_ATTR]
+    text = (
+        f"`terracube embed` of {prov['checkpoint']['file']} (step {prov['checkpoint']['step']}): "
+        f"{shown['tiles']} tiles, {shown['patches_per_tile']} patch embeddings of "
+        f"{shown['dim']} values each (patch {prov['patch_size']}, {prov['gsd_m']:.0f} m cells, "
+        f"{prov['window']} px windows). The first three principal components explain "
+        f"{', '.join(f'{v:.0%}' for v in shown['variance_share'])} of the variance. Maps: "
+        f"{relative(store, report)}; pooled tiles: "
+        f"{relative(paths.embeddings / TABLE_NAME, report)} (docs/embeddings.md)."
+    )
+    return Section("Embeddings", (Text(text), Image("embedding_pc1.png", "embedding PC1 map")))
+
+
 def write_demo_report(
     paths: DemoPaths, state: dict[str, Any], tasks: Sequence[str], params: DemoParams
 ) -> Path:
@@ -387,7 +407,8 @@ def write_demo_report(
     total = state.get("last_run", {}).get("seconds")
     intro = (
         f"The terracube pipeline on the synthetic '{params.size}' world: world -> plan -> build "
-        f"(Dask LocalCluster, {params.build_workers} workers) -> stats -> pretrain -> evaluate. "
+        f"(Dask LocalCluster, {params.build_workers} workers) -> stats -> pretrain -> evaluate -> "
+        "embed. "
         + (f"This run took {total:.1f} s. " if total is not None else "")
         + f"Demo folder: {paths.root.name}/, the folder above this report."
     )
@@ -401,6 +422,7 @@ def write_demo_report(
         Section("Samples", tuple(_quicklooks(paths.store, report, params.quicklooks))),
         _pretrain_section(paths, report, state),
         *(_eval_section(paths, report, task) for task in tasks),
+        _embed_section(paths, report),
         Section("Attribution", (Text(ATTRIBUTION + " (here: synthetic data in their formats)."),)),
     ]
     title = f"terracube demo ({params.size})"

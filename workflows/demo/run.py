@@ -218,7 +218,7 @@ def stage_build(run: DemoRun) -> StageOutcome:
             f"and {report.log}. Retry with `terracube build {run.paths.build_yaml} "
             "--retry-failed`, then run the demo again"
         )
-    run.state.invalidate("stats", "pretrain", "evaluate")
+    run.state.invalidate("stats", "pretrain", "evaluate", "embed")
     return StageOutcome(
         False,
         {
@@ -305,7 +305,7 @@ def stage_pretrain(run: DemoRun) -> StageOutcome:
     finally:
         if progress is not None:
             progress.close()
-    run.state.invalidate("evaluate")
+    run.state.invalidate("evaluate", "embed")
     rows = [
         json.loads(line)
         for line in (run.paths.pretrain_out / "metrics.jsonl").read_text().splitlines()
@@ -357,6 +357,33 @@ def stage_evaluate(run: DemoRun) -> StageOutcome:
     return StageOutcome(skipped, detail)
 
 
+def stage_embed(run: DemoRun) -> StageOutcome:
+    """Export the newest checkpoint's embeddings of every tile (resumes; redone for a new
+    checkpoint)."""
+    import shutil
+
+    from terracube.model.embed.spec import EmbedSpec, file_sha256
+    from terracube.model.embed.store import PROVENANCE_ATTR, STORE_NAME
+    from terracube.workflows.embed import run_embed
+
+    checkpoint, _ = latest_step(run.paths)
+    if checkpoint is None:
+        raise DemoError(f"no pretraining checkpoint in {run.paths.checkpoints}; run the demo again")
+    out, sha = run.paths.embeddings, file_sha256(checkpoint)
+    made = out / STORE_NAME / "zarr.json"
+    if made.is_file():
+        attrs = json.loads(made.read_text()).get("attributes", {})
+        if attrs.get(PROVENANCE_ATTR, {}).get("checkpoint", {}).get("sha256") != sha:
+            shutil.rmtree(out)  # another checkpoint's embeddings: this one's replace them
+    spec = EmbedSpec(str(checkpoint), str(run.paths.store), str(out), device="cpu")
+    with torch_threads(run.params.torch_threads):
+        report = run_embed(spec, progress=run.progress)
+    return StageOutcome(
+        report.shards_run == 0,
+        {"tiles": report.samples_done, "shards_run": report.shards_run, "out": str(out)},
+    )
+
+
 def stage_report(run: DemoRun) -> StageOutcome:
 
     index = write_demo_report(run.paths, run.state.document, eval_tasks(run.params), run.params)
@@ -370,6 +397,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[DemoRun], StageOutcome]] = {
     "stats": stage_stats,
     "pretrain": stage_pretrain,
     "evaluate": stage_evaluate,
+    "embed": stage_embed,
     "report": stage_report,
 }
 

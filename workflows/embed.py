@@ -23,6 +23,7 @@ from terracube.model.embed.run import (
     plan_export,
     rank_shards,
     run_embed_task,
+    torchrun_world,
 )
 from terracube.model.embed.spec import EmbedError, EmbedSpec
 from terracube.model.embed.store import STORE_NAME
@@ -35,11 +36,11 @@ class EmbedReport:
     out: Path
     store: Path
     table: Path | None
-    """None while shards of other ranks are unfinished (torchrun)."""
+    """None while some shard is unfinished: it failed, or another torchrun rank's is."""
     shards_total: int
     shards_run: int
     shards_skipped: int
-    """Shards an earlier run had already finished."""
+    """Shards (of this torchrun rank's share) an earlier run had already finished."""
     samples_done: int
     samples_empty: int
     seconds: float
@@ -83,11 +84,15 @@ def run_embed(
     """Embed every shard still to do, then consolidate the tile table (see module doc)."""
     began = time.perf_counter()
     if is_build_config(spec.data):
+        if torchrun_world()[1] > 1:
+            raise EmbedError(
+                f"--data {spec.data} is a build config: under torchrun build it first "
+                "(`terracube build CONFIG`), then embed its store"
+            )
         url, options = build_first(spec.data, scheduler, workers, progress)
         spec = replace(spec, data=url, storage_options=options)
     plan = plan_export(spec)
-    todo = rank_shards(plan.todo)
-    tasks = [EmbedTask(spec, k) for k in todo]
+    tasks = [EmbedTask(spec, k) for k in plan.todo]
     summaries: list[ShardSummary] = []
     failed: list[str] = []
     bar = StepProgress("embed", len(tasks), "shards", every_s=every_s) if progress else None
@@ -118,7 +123,7 @@ def run_embed(
         table=table,
         shards_total=plan.n_shards,
         shards_run=len(summaries),
-        shards_skipped=plan.n_shards - len(plan.todo),
+        shards_skipped=len(rank_shards(plan.n_shards)) - len(plan.todo),
         samples_done=sum(s.done for s in summaries),
         samples_empty=sum(s.empty for s in summaries),
         seconds=time.perf_counter() - began,

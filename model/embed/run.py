@@ -78,20 +78,20 @@ class ShardSummary:
 
 
 def torch_device(spec: EmbedSpec) -> torch.device:
-    """The spec's device; under torchrun `auto` takes this rank's GPU (LOCAL_RANK)."""
-    if spec.device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+    """The spec's device; under torchrun `auto` and `cuda` take this rank's GPU (LOCAL_RANK)."""
+    if spec.device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
     if spec.device.startswith("cuda") and not torch.cuda.is_available():
         raise EmbedError(f"--device {spec.device} was asked for but torch sees no CUDA device")
+    if spec.device in ("auto", "cuda"):
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return torch.device(spec.device)
 
 
 class Embedder:
     """Everything one export needs in one process: model, loader, output, provenance."""
 
-    def __init__(self, spec: EmbedSpec) -> None:
+    def __init__(self, spec: EmbedSpec, create: bool = False) -> None:
         self.spec = spec
         self.out = Path(spec.out)
         state = load_checkpoint(Path(spec.checkpoint), CHECKPOINT_FORMAT)
@@ -133,10 +133,32 @@ class Embedder:
         self.provenance = provenance(
             spec, r, self.corpus, state, file_sha256(spec.checkpoint), stats_source
         )
-        self.group = open_or_create(self.out / STORE_NAME, self.corpus, r, self.provenance)
-        modalities = {band_group(g).modality for g in r.groups}
-        done = np.stack([self.stream.done[m] for m in sorted(modalities)])
+        self.group = open_or_create(
+            self.out / STORE_NAME, self.corpus, r, self.provenance, create=create
+        )
+        modalities = sorted({band_group(g).modality for g in r.groups})
+        done = np.stack([self.stream.done[m] for m in modalities])
         self.has_input: np.ndarray = np.asarray(done.any(axis=0))
+        self.pending_input = self.pending_inputs()
+
+    def pending_inputs(self) -> np.ndarray:
+        """bool (samples,): some input modality is still pending in the corpus (read now)."""
+        states = readable_states(self.corpus, "embed (to know which samples are built)")
+        modalities = sorted({band_group(g).modality for g in self.resolved.groups})
+        return np.asarray(
+            np.stack([states[m] == SampleState.PENDING for m in modalities]).any(axis=0)
+        )
+
+    def _refresh_states(self, span: range) -> None:
+        """Re-read the shard's modality states: a long-lived worker must see a build that
+        finished inputs since this process opened the corpus."""
+        sel = slice(span.start, span.stop)
+        inputs = sorted({band_group(g).modality for g in self.resolved.groups})
+        now = {m: np.asarray(self.corpus.array(f"{m}_state")[sel]) for m in self.stream.done}
+        for m, state in now.items():
+            self.stream.done[m][sel] = state == SampleState.DONE
+        self.has_input[sel] = np.stack([now[m] == SampleState.DONE for m in inputs]).any(0)
+        self.pending_input[sel] = np.stack([now[m] == SampleState.PENDING for m in inputs]).any(0)
 
     def _plans(self, samples: list[int]) -> list[BatchPlan]:
         r, k = self.resolved, self.spec.tiles_per_read
@@ -158,9 +180,10 @@ class Embedder:
         tokens = np.zeros((n, side, side), np.uint16)
         present = np.zeros((n, len(r.groups), t), bool)
         pooled = np.full((n, r.dim), np.nan, np.float32)
+        self._refresh_states(span)
         wanted = [i for i in span if self.has_input[i]]
         for item in self.stream.iter_plans(self._plans(wanted)):
-            if item.decode_errors or item.bad_shards:
+            if item.decode_errors:  # reads of done modalities lost (recovered ones are not)
                 raise EmbedError(
                     f"shard {shard} of {self.corpus.url} cannot be read "
                     f"({'; '.join(item.bad_shards) or f'{item.decode_errors} failed reads'}): "
@@ -174,6 +197,7 @@ class Embedder:
             pooled[rows] = got.pooled
         total = tokens.reshape(n, -1).sum(1, dtype=np.int64)
         state = np.where(total > 0, EmbedState.DONE, EmbedState.EMPTY).astype(np.uint8)
+        state[self.pending_input[span.start : span.stop]] = EmbedState.PARTIAL
         index = {
             name: np.asarray(self.corpus.array(name)[span.start : span.stop])
             for name in INDEX_ARRAYS
@@ -181,12 +205,14 @@ class Embedder:
         index["period_start"] = np.asarray(
             self.corpus.array("period_start")[span.start : span.stop, r.periods[0] : r.periods[1]]
         )
-        keep = np.flatnonzero(state == EmbedState.DONE)
+        keep = np.flatnonzero(total > 0)
         table = shard_table(
             np.asarray(span)[keep],
             {k: v[keep] for k, v in index.items()},
             pooled[keep],
             total[keep],
+            np.asarray(present[keep].any(axis=1)),
+            self.corpus.params.period,
             self.provenance,
         )
         write_part(self.out, shard, table)
@@ -197,12 +223,13 @@ class Embedder:
 _EMBEDDERS: dict[str, Embedder] = {}
 
 
-def embedder(spec: EmbedSpec) -> Embedder:
-    """This process' `Embedder` for `spec` (opened on first use)."""
+def embedder(spec: EmbedSpec, create: bool = False) -> Embedder:
+    """This process' `Embedder` for `spec` (opened on first use). Only the planning
+    process creates the output (`create`); a worker that cannot see it says so."""
     key = json.dumps(asdict(spec), sort_keys=True, default=str)
     if key not in _EMBEDDERS:
         _EMBEDDERS.clear()  # one export per process at a time: free the previous model
-        _EMBEDDERS[key] = Embedder(spec)
+        _EMBEDDERS[key] = Embedder(spec, create=create)
     return _EMBEDDERS[key]
 
 
@@ -217,6 +244,7 @@ class EmbedPlan:
 
     spec: EmbedSpec
     todo: tuple[int, ...]
+    """This rank's shards still to compute (all of them outside torchrun)."""
     n_shards: int
     samples: int
     provenance: dict[str, Any]
@@ -229,11 +257,9 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
     whose inputs are still being built unless `allow_pending`."""
     if not Path(spec.checkpoint).is_file():
         raise EmbedError(f"checkpoint {spec.checkpoint} does not exist; pass a step_*.pt file")
-    job = embedder(spec)
-    corpus, r = job.corpus, job.resolved
-    modality_states = readable_states(corpus, "embed (to know which samples are built)")
-    modalities = sorted({band_group(g).modality for g in r.groups})
-    pending = np.stack([modality_states[m] == SampleState.PENDING for m in modalities]).any(0)
+    job = embedder(spec, create=True)
+    corpus = job.corpus
+    pending = job.pending_input = job.pending_inputs()
     if pending.any() and not spec.allow_pending:
         first = int(np.flatnonzero(pending)[0])
         raise EmbedError(
@@ -241,11 +267,13 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
             f"(e.g. sample {first}): finish the build (`terracube build CONFIG`) first, or "
             "pass --allow-pending to embed what is built (pending inputs count as missing)"
         )
-    done = states(job.group) != EmbedState.PENDING
+    written = states(job.group)
+    # pending: never finished; partial whose inputs have been built since: out of date
+    stale = (written == EmbedState.PENDING) | ((written == EmbedState.PARTIAL) & ~pending)
     todo = tuple(
         k
-        for k, span in enumerate(corpus.shards)
-        if not done[span.start : span.stop].all() or not has_part(job.out, k)
+        for k in rank_shards(len(corpus.shards))
+        if stale[corpus.shards[k].start : corpus.shards[k].stop].any() or not has_part(job.out, k)
     )
     return EmbedPlan(
         spec,
@@ -267,8 +295,13 @@ def finish_export(spec: EmbedSpec) -> Path | None:
     return consolidate(job.out, n_shards, job.resolved.dim, job.provenance)
 
 
-def rank_shards(todo: tuple[int, ...]) -> tuple[int, ...]:
-    """Under torchrun (RANK / WORLD_SIZE set) this rank's share of the shards, else all."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return todo[rank::world] if world > 1 else todo
+def torchrun_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun (RANK / WORLD_SIZE set), else (0, 1)."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank_shards(n_shards: int) -> range:
+    """This rank's fixed share of all shards (every WORLD_SIZE-th): decided before what is
+    done is looked at, so ranks that plan at different moments never split differently."""
+    rank, world = torchrun_world()
+    return range(rank, n_shards, world)

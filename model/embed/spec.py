@@ -88,20 +88,25 @@ def terracube_version() -> str:
 
 def resolve(spec: EmbedSpec, settings: dict[str, Any], corpus: Corpus) -> Resolved:
     """Patch, window, periods and groups of `spec`, defaults taken from the checkpoint."""
-    loader = settings.get("loader", {})
-    trained_crops = [int(c) for c in loader.get("crop_sizes", [])] or [64]
-    patch = spec.patch_size or trained_patch_size(settings) or 4
-    window = spec.window or max(trained_crops)
+    loader = settings.get("loader")
+    trained_crops = [int(c) for c in (loader or {}).get("crop_sizes", [])] or [64]
+    patch = spec.patch_size if spec.patch_size is not None else trained_patch_size(settings) or 4
+    window = spec.window if spec.window is not None else max(trained_crops)
+    said = (
+        f"--window {window} px"
+        if spec.window is not None
+        else f"the checkpoint's largest training crop ({window} px, the default window)"
+    )
     tile = TILE_PIXELS
     if not 1 <= patch <= 8:
         raise EmbedError(f"--patch-size {patch}: FlexiViT patch sizes are 1..8")
     if window % 4 or tile % window or not 4 <= window <= tile:
         raise EmbedError(
-            f"--window {window} px must divide the {tile} px tile and be a multiple of 4 "
-            "(the 40 m group's pixel factor), e.g. 32, 64 or 256"
+            f"{said}: a window must divide the {tile} px tile and be a multiple of 4 px "
+            "(the 40 m group's pixel factor), e.g. 32, 64 or 256; pass --window"
         )
     if window % patch:
-        raise EmbedError(f"--window {window} px is not a multiple of --patch-size {patch}")
+        raise EmbedError(f"{said} is not a multiple of the patch size {patch}; pass --window")
     start, stop = spec.periods or (0, corpus.n_periods)
     if not 0 <= start < stop <= corpus.n_periods:
         raise EmbedError(
@@ -145,7 +150,7 @@ def provenance(
 ) -> dict[str, Any]:
     """Everything needed to know where the embeddings came from (both outputs carry it)."""
     settings = checkpoint.get("settings", {})
-    loader = settings.get("loader", {})
+    loader = settings.get("loader") or {}
     modalities = sorted({band_group(g).modality for g in resolved.groups})
     return {
         "format_version": EMBED_FORMAT_VERSION,
@@ -184,5 +189,8 @@ def provenance(
 
 
 def identity(prov: dict[str, Any]) -> dict[str, Any]:
-    """The part of the provenance two runs must share to write into one output."""
-    return {k: v for k, v in prov.items() if k not in ("created", "terracube_version")}
+    """The part of the provenance two runs must share to write into one output (the
+    checkpoint by content: a renamed copy of the same file resumes)."""
+    keep = {k: v for k, v in prov.items() if k not in ("created", "terracube_version")}
+    keep["checkpoint"] = {k: v for k, v in prov["checkpoint"].items() if k != "file"}
+    return keep

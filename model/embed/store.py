@@ -10,8 +10,9 @@ task's write owns whole zarr shards and never races another task):
 - `input_present` [sample, group, time] bool: the group had valid pixels at that period.
 - `tile_id`, `epsg`, `x0`, `y0`, `center_lon`, `center_lat` [sample] and `period_start`
   [sample, time]: copied from the corpus, so the store georeferences itself.
-- `state` [sample] uint8: 0 pending, 1 done, 2 empty (nothing to encode). Written last in
-  a shard's write: a shard is finished exactly when its states are not pending.
+- `state` [sample] uint8: 0 pending, 1 done, 2 empty (nothing to encode), 3 partial
+  (embedded while inputs were still pending). Written last in a shard's write: a shard
+  is finished exactly when its states are not pending.
 
 Georeferencing follows the corpus: the CRS is per sample (`epsg`), the transform a
 template over `x0`/`y0`, and `embedding_sample` gives one sample as a DataArray with a CF
@@ -22,6 +23,9 @@ geo-embeddings Zarr proposal (`geoemb:*`, docs/embeddings.md says how far they a
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 import warnings
 from dataclasses import dataclass
 from enum import IntEnum
@@ -51,6 +55,10 @@ class EmbedState(IntEnum):
     PENDING = 0
     DONE = 1
     EMPTY = 2
+    """Nothing to encode: every input modality empty or failed, or no valid pixel."""
+    PARTIAL = 3
+    """Embedded while some input modality was still pending in the corpus (--allow-pending):
+    a later run recomputes it once the build has finished those inputs."""
 
 
 @dataclass(frozen=True)
@@ -226,12 +234,27 @@ def store_provenance(group: zarr.Group) -> dict[str, Any]:
 
 
 def open_or_create(
-    root: Path, corpus: Corpus, resolved: Resolved, prov: dict[str, Any]
+    root: Path, corpus: Corpus, resolved: Resolved, prov: dict[str, Any], create: bool = True
 ) -> zarr.Group:
-    """The store at `root`: created, or reopened when it was made by the same request."""
+    """The store at `root`, reopened when it was made by the same request, else created
+    (`create`). Creation happens under a temporary name renamed into place, so a crash
+    leaves no half-made store and of two processes creating at once one wins."""
     if not root.exists():
+        if not create:
+            raise EmbedError(
+                f"no embedding store at {root} on this machine: the output folder must be on "
+                "a filesystem every Dask worker sees (a shared mount), not a local disk"
+            )
         root.parent.mkdir(parents=True, exist_ok=True)
-        create_store(root, corpus, resolved, prov)
+        staging = root.with_name(f".{root.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            create_store(staging, corpus, resolved, prov)
+            os.rename(staging, root)
+        except OSError:
+            if not root.exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     group = open_embeddings(root, writable=True)
     old = store_provenance(group)
     if identity(old) != identity(prov):

@@ -3,7 +3,8 @@
 One row per embedded sample: `tile_id`, `sample`, `geometry` (the tile in lon/lat, WKB,
 OGC:CRS84: GeoParquet's one-CRS-per-column rule admits no per-row UTM zone),
 `geometry_tile_crs` (the same tile in its own UTM CRS, WKB) with `epsg`, `center_lon` /
-`center_lat`, `start_datetime` / `end_datetime` (first and last period start encoded),
+`center_lat`, `start_datetime` / `end_datetime` ([start of the first, end of the last)
+encoded period that had any input; the end is exclusive),
 `tokens` (encoded tokens pooled) and `embedding` (fixed-size list of float32). The footer
 holds the GeoParquet `geo` metadata and the run's provenance (`terracube:embeddings`).
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import pyarrow.parquet as pq
 import shapely
 from pyproj import CRS, Transformer
 from terracube.catalog.bands import TILE_SIZE_M
+from terracube.catalog.timescheme import add_months
 
 TABLE_NAME = "tiles.parquet"
 PARTS_DIR = "tiles.parts"
@@ -41,8 +45,10 @@ def _tile_polygons(epsg: int, x0: np.ndarray, y0: np.ndarray) -> tuple[Any, Any]
     """(tile-CRS squares, their lon/lat polygons) of tiles with upper-left (x0, y0)."""
     s = TILE_SIZE_M
     t = np.linspace(0.0, 1.0, EDGE_POINTS, endpoint=False)
-    ring_x = np.concatenate([t * s, np.full_like(t, s), s - t * s, np.zeros_like(t)])
-    ring_y = np.concatenate([np.zeros_like(t), -t * s, np.full_like(t, -s), -s + t * s])
+    # counter-clockwise (GeoParquet's orientation): down the west edge, east along the
+    # south edge, up the east edge, west along the north edge
+    ring_x = np.concatenate([np.zeros_like(t), t * s, np.full_like(t, s), s - t * s])
+    ring_y = np.concatenate([-t * s, np.full_like(t, -s), -s + t * s, np.zeros_like(t)])
     xs, ys = x0[:, None] + ring_x, y0[:, None] + ring_y
     square = shapely.box(x0, y0 - s, x0 + s, y0)
     to_lonlat = Transformer.from_crs(epsg, 4326, always_xy=True)
@@ -58,6 +64,7 @@ def geo_metadata(bbox: list[float] | None) -> dict[str, Any]:
         "geometry_types": ["Polygon"],
         "crs": CRS.from_user_input("OGC:CRS84").to_json_dict(),
         "edges": "planar",
+        "orientation": "counterclockwise",
     }
     if bbox is not None:
         column["bbox"] = bbox
@@ -85,14 +92,30 @@ def schema(dim: int, prov: dict[str, Any]) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
+def period_end(start_days: np.ndarray, period: str) -> np.ndarray:
+    """Exclusive end (days since epoch) of periods starting at `start_days`: `P1M` (calendar
+    month, the day clamped) or `P<n>D`."""
+    days = re.fullmatch(r"P(\d+)D", period)
+    if days:
+        return start_days + int(days.group(1))
+    if period != "P1M":
+        raise ValueError(f"period {period!r}: expected P1M or P<n>D")
+    starts = [date(1970, 1, 1) + timedelta(days=int(d)) for d in start_days.ravel()]
+    ends = [(add_months(d, 1) - date(1970, 1, 1)).days for d in starts]
+    return np.asarray(ends, dtype=np.int64).reshape(start_days.shape)
+
+
 def shard_table(
     samples: np.ndarray,
     index: dict[str, np.ndarray],
     pooled: np.ndarray,
     tokens: np.ndarray,
+    periods_present: np.ndarray,
+    period: str,
     prov: dict[str, Any],
 ) -> pa.Table:
-    """Rows of the embedded (non-empty) samples of one shard."""
+    """Rows of the embedded samples of one shard; `periods_present` (rows, T) says which
+    encoded periods had any input, and sets the row's [start_datetime, end_datetime)."""
     epsg = index["epsg"].astype(np.int64)
     square = np.empty(len(samples), dtype=object)
     lonlat = np.empty(len(samples), dtype=object)
@@ -101,10 +124,13 @@ def shard_table(
         sq, ll = _tile_polygons(int(code), index["x0"][rows], index["y0"][rows])
         square[rows], lonlat[rows] = sq, ll
     days = index["period_start"].astype(np.int64)
-    fill = int(np.iinfo(np.int32).min)
-    known = np.where(days == fill, np.iinfo(np.int64).max, days)
-    first = known.min(axis=1)
-    last = np.where(days == fill, np.iinfo(np.int64).min, days).max(axis=1)
+    rows = np.arange(len(samples))
+    if len(samples) and not periods_present.any(axis=1).all():
+        raise ValueError("a table row needs at least one period with input")
+    first_period = periods_present.argmax(axis=1)
+    last_period = periods_present.shape[1] - 1 - periods_present[:, ::-1].argmax(axis=1)
+    first = days[rows, first_period]
+    last = period_end(days[rows, last_period], period)
     columns = {
         "tile_id": pa.array([str(v) for v in index["tile_id"]], pa.string()),
         "sample": pa.array(samples.astype(np.int64)),

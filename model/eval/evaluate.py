@@ -207,9 +207,11 @@ def extract_features(
     normalizers = eval_set.normalizers()
     out: dict[str, list[np.ndarray]] = {"checkpoint": [], "random-init": [], "raw-pixels": []}
     masks = []
+    if params.patch_size is None:
+        raise ValueError("extract_features needs EvalParams.patch_size (evaluate() sets it)")
     for start in range(0, len(eval_set), params.batch_size):
         index = np.arange(start, min(start + params.batch_size, len(eval_set)))
-        batch = eval_set.batch(index, params.patch_size or 4, normalizers).to(params.torch_device())
+        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
         trained, present = encoder_features(encoders.trained, batch, per_token)
         random_init, _ = encoder_features(encoders.random_init, batch, per_token)
         out["checkpoint"].append(trained.float().cpu().numpy())
@@ -314,9 +316,10 @@ def evaluate(
         raise ValueError(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     eval_set = load_task(task, data, params, groups, storage_options)
     encoders = load_encoders(checkpoint, params)
-    if params.patch_size is None:  # the checkpoint's own, never a silent constant
+    if params.patch_size is None:  # the checkpoint's own (4 only for a random init)
         params = replace(params, patch_size=encoders.trained_patch_size or 4)
-    patch = int(params.patch_size or 4)
+    patch = params.patch_size
+    assert patch is not None
     per_token = eval_set.kind == "segmentation"
     features, usable = extract_features(eval_set, encoders, params, per_token, progress)
     labels = (

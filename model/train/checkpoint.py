@@ -126,7 +126,8 @@ def load_checkpoint(path: Path, expected_format: int | None = None) -> dict[str,
 def trained_patch_size(settings: dict[str, Any]) -> int | None:
     """The patch size a checkpoint's run trained at (the largest of several: fewest tokens);
     None when its settings do not say."""
-    sizes = settings.get("loader", {}).get("patch_sizes") if isinstance(settings, dict) else None
+    loader = settings.get("loader") if isinstance(settings, dict) else None
+    sizes = loader.get("patch_sizes") if isinstance(loader, dict) else None
     return max(int(p) for p in sizes) if sizes else None
 
 

@@ -197,6 +197,37 @@ def test_periods_select_the_time_axis(corpus: Path, checkpoint: Path, tmp_path: 
     assert str(ds["period_start"].values[0, 0])[:10] == "2024-08-01"
     table = gpd.read_parquet(tmp_path / "tiles.parquet")
     assert (table["start_datetime"].astype(str) == "2024-08-01").all()
+    assert (table["end_datetime"].astype(str) == "2024-09-01").all()  # exclusive end
+
+
+def test_table_time_span_and_ring_orientation(windowed: Path) -> None:
+    table = gpd.read_parquet(windowed / "tiles.parquet")
+    assert (table["start_datetime"].astype(str) == "2024-04-01").all()
+    assert (table["end_datetime"].astype(str) == "2024-09-01").all()  # [Apr, end of Aug)
+    assert all(shapely.is_ccw(g.exterior) for g in table.geometry)
+    assert all(shapely.is_ccw(shapely.from_wkb(g).exterior) for g in table["geometry_tile_crs"])
+
+
+def test_pending_inputs_are_refused_or_marked_partial_then_redone(
+    corpus: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    building = tmp_path / "building.zarr"
+    shutil.copytree(corpus, building)
+    opened = Corpus.open(building, writable=True)
+    opened.array("sentinel1_state")[4] = 0  # sample 4's S1 not built yet (shard 1)
+    spec = EmbedSpec(str(checkpoint), str(building), str(tmp_path / "out"), device="cpu")
+    with pytest.raises(EmbedError, match=r"1 sample\(s\) whose inputs are still pending"):
+        plan_export(spec)
+    partial = EmbedSpec(**{**spec.__dict__, "allow_pending": True})
+    report = run_embed(partial, progress=False)
+    assert report.pending_inputs == 1 and report.table is not None
+    ds = xr.open_zarr(tmp_path / "out" / "embeddings.zarr")
+    assert ds["state"].values[4] == EmbedState.PARTIAL
+    assert plan_export(partial).todo == ()  # still pending: nothing new to compute
+    opened.array("sentinel1_state")[4] = 1  # the build finished it
+    assert plan_export(partial).todo == (1,)  # only its shard is out of date
 
 
 def test_bad_requests_are_refused_by_name(corpus: Path, checkpoint: Path, tmp_path: Path) -> None:
@@ -205,6 +236,9 @@ def test_bad_requests_are_refused_by_name(corpus: Path, checkpoint: Path, tmp_pa
 
     with pytest.raises(EmbedError, match="--window 48"):
         plan_export(spec(window=48))
+    bad_crop = write_checkpoint(tmp_path / "ck48", crop=48)
+    with pytest.raises(EmbedError, match=r"largest training crop \(48 px"):
+        plan_export(EmbedSpec(str(bad_crop), str(corpus), str(tmp_path / "o48")))
     with pytest.raises(EmbedError, match="worldcover"):
         plan_export(spec(groups=("worldcover",)))
     with pytest.raises(EmbedError, match="--periods 0:3"):

@@ -228,11 +228,13 @@ def embed(
     ],
     out: Annotated[Path, typer.Option(help="Folder for embeddings.zarr and tiles.parquet.")],
     patch_size: Annotated[
-        int | None, typer.Option(help="Encoder patch size (default: the checkpoint's).")
+        int | None, typer.Option(min=1, help="Encoder patch size (default: the checkpoint's).")
     ] = None,
     window: Annotated[
         int | None,
-        typer.Option(help="Inference window in 10 m px (default: the largest training crop)."),
+        typer.Option(
+            min=4, help="Inference window in 10 m px (default: the largest training crop)."
+        ),
     ] = None,
     periods: Annotated[
         str | None, typer.Option(help="START:STOP corpus periods to encode (default: all).")
@@ -276,7 +278,7 @@ def embed(
     from terracube.model.train.checkpoint import CheckpointError
     from terracube.workflows.embed import run_embed
 
-    with model_errors(EmbedError, CheckpointError, ValueError, KeyError):
+    with model_errors(EmbedError, CheckpointError, ValueError, KeyError, RuntimeError):
         if scheduler and workers:
             raise ValueError("--scheduler runs on that cluster's workers: drop --workers")
         if "://" not in data and not Path(data).exists():

@@ -378,9 +378,15 @@ def stage_embed(run: DemoRun) -> StageOutcome:
     spec = EmbedSpec(str(checkpoint), str(run.paths.store), str(out), device="cpu")
     with torch_threads(run.params.torch_threads):
         report = run_embed(spec, progress=run.progress)
+    if report.failed or report.table is None:
+        raise DemoError(
+            f"the embedding export failed ({'; '.join(report.failed) or 'unfinished shards'}); "
+            "run the demo again"
+        )
+    if report.shards_run == 0:
+        return StageOutcome(True)
     return StageOutcome(
-        report.shards_run == 0,
-        {"tiles": report.samples_done, "shards_run": report.shards_run, "out": str(out)},
+        False, {"tiles": report.samples_done, "shards_run": report.shards_run, "out": str(out)}
     )
 
 

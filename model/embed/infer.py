@@ -2,7 +2,7 @@
 
 Attention grows with the square of the token count, and a whole 256 px tile is far
 beyond the context any encoder was trained on: at patch 4 with 12 periods of the five
-encodable groups it is 246k tokens (the demo trains on 32 px crops: 960 tokens). So a
+encodable groups it is 246k tokens (the demo trains on 32 px crops at patch 8: 960). So a
 tile is cut into non-overlapping `window` x `window` px windows, each window is encoded
 on its own exactly as an evaluation crop is (`model.encode`: every valid token of every
 encodable group), and the windows' tokens are put back on the tile's token grid. With

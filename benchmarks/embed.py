@@ -100,7 +100,7 @@ def _embed_child(spec: EmbedSpec, queue: Any) -> None:
 
 
 def _loader_child(spec: EmbedSpec, queue: Any) -> None:
-    job = Embedder(spec, create=True)
+    job = Embedder(spec, create=True)  # a fresh one: the floor writes nothing
     samples = [i for i in range(job.corpus.n_samples) if job.has_input[i]]
     began = time.perf_counter()
     pixels = 0

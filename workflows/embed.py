@@ -92,7 +92,7 @@ def run_embed(
         url, options = build_first(spec.data, scheduler, workers, progress)
         spec = replace(spec, data=url, storage_options=options)
     plan = plan_export(spec)
-    tasks = [EmbedTask(spec, k) for k in plan.todo]
+    tasks = [EmbedTask(spec, k, plan.run) for k in plan.todo]
     summaries: list[ShardSummary] = []
     failed: list[str] = []
     bar = StepProgress("embed", len(tasks), "shards", every_s=every_s) if progress else None
@@ -116,7 +116,7 @@ def run_embed(
     finally:
         if bar is not None:
             bar.close()
-    table = None if failed else finish_export(spec)
+    table = None if failed else finish_export(plan)
     return EmbedReport(
         out=Path(spec.out),
         store=Path(spec.out) / STORE_NAME,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -62,10 +63,13 @@ class EmbedTask:
 
     spec: EmbedSpec
     shard: int
+    run: str
+    """The export run (`EmbedPlan.run`): a worker opens its `Embedder` once per run, so a
+    long-lived process never writes through handles of an earlier run's output."""
 
     @property
     def key(self) -> str:
-        return f"embed-shard-{self.shard}"
+        return f"embed-{self.run[:8]}-shard-{self.shard}"
 
 
 @dataclass(frozen=True)
@@ -223,10 +227,10 @@ class Embedder:
 _EMBEDDERS: dict[str, Embedder] = {}
 
 
-def embedder(spec: EmbedSpec, create: bool = False) -> Embedder:
-    """This process' `Embedder` for `spec` (opened on first use). Only the planning
-    process creates the output (`create`); a worker that cannot see it says so."""
-    key = json.dumps(asdict(spec), sort_keys=True, default=str)
+def embedder(spec: EmbedSpec, run: str, create: bool = False) -> Embedder:
+    """This process' `Embedder` for `spec` in export run `run` (opened on first use). Only
+    the planning process creates the output (`create`); a worker that cannot see it says so."""
+    key = run + json.dumps(asdict(spec), sort_keys=True, default=str)
     if key not in _EMBEDDERS:
         _EMBEDDERS.clear()  # one export per process at a time: free the previous model
         _EMBEDDERS[key] = Embedder(spec, create=create)
@@ -235,7 +239,7 @@ def embedder(spec: EmbedSpec, create: bool = False) -> Embedder:
 
 def run_embed_task(task: EmbedTask) -> ShardSummary:
     """What a Dask worker (or this process) runs for one shard."""
-    return embedder(task.spec).embed_shard(task.shard)
+    return embedder(task.spec, task.run).embed_shard(task.shard)
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ class EmbedPlan:
     """What an export has to do, decided before any shard runs."""
 
     spec: EmbedSpec
+    run: str
+    """A fresh id per `plan_export` call: what the run's tasks carry."""
     todo: tuple[int, ...]
     """This rank's shards still to compute (all of them outside torchrun)."""
     n_shards: int
@@ -257,7 +263,8 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
     whose inputs are still being built unless `allow_pending`."""
     if not Path(spec.checkpoint).is_file():
         raise EmbedError(f"checkpoint {spec.checkpoint} does not exist; pass a step_*.pt file")
-    job = embedder(spec, create=True)
+    run = uuid.uuid4().hex
+    job = embedder(spec, run, create=True)
     corpus = job.corpus
     pending = job.pending_input = job.pending_inputs()
     if pending.any() and not spec.allow_pending:
@@ -277,6 +284,7 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
     )
     return EmbedPlan(
         spec,
+        run,
         todo,
         len(corpus.shards),
         corpus.n_samples,
@@ -285,9 +293,9 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
     )
 
 
-def finish_export(spec: EmbedSpec) -> Path | None:
+def finish_export(plan: EmbedPlan) -> Path | None:
     """tiles.parquet once every shard is done (None while some are not)."""
-    job = embedder(spec)
+    job = embedder(plan.spec, plan.run)
     done = states(job.group) != EmbedState.PENDING
     n_shards = len(job.corpus.shards)
     if not done.all() or not all(has_part(job.out, k) for k in range(n_shards)):

@@ -12,7 +12,7 @@ import rioxarray  # noqa: F401 (registers the .rio accessor)
 import shapely
 import xarray as xr
 from affine import Affine
-from terracube.model.embed.run import EmbedTask, embedder, plan_export, run_embed_task
+from terracube.model.embed.run import EmbedTask, plan_export, run_embed_task
 from terracube.model.embed.spec import EmbedError, EmbedSpec, file_sha256
 from terracube.model.embed.store import EmbedState, embedding_sample
 from terracube.model.eval.evaluate import EvalParams, encoder_features, evaluate, load_encoders
@@ -247,7 +247,7 @@ def test_bad_requests_are_refused_by_name(corpus: Path, checkpoint: Path, tmp_pa
         plan_export(EmbedSpec(str(tmp_path / "none.pt"), str(corpus), str(tmp_path / "o")))
     plan_export(spec(patch_size=8))
     with pytest.raises(EmbedError, match="patch_size"):
-        embedder(spec(patch_size=4))  # the same --out, another patch size: refused
+        plan_export(spec(patch_size=4))  # the same --out, another patch size: refused
 
 
 def test_a_damaged_shard_fails_its_task_by_name(
@@ -259,7 +259,7 @@ def test_a_damaged_shard_fails_its_task_by_name(
     shutil.copytree(corpus, damaged)
     (damaged / "s2_10m" / "c" / "1").rename(tmp_path / "moved")  # shard 1 of s2_10m
     spec = EmbedSpec(str(checkpoint), str(damaged), str(tmp_path / "out"), device="cpu")
-    plan_export(spec)
+    run = plan_export(spec).run
     with pytest.raises(EmbedError, match=r"shard 1 .*terracube validate"):
-        run_embed_task(EmbedTask(spec, 1))
-    assert run_embed_task(EmbedTask(spec, 0)).done == 3
+        run_embed_task(EmbedTask(spec, 1, run))
+    assert run_embed_task(EmbedTask(spec, 0, run)).done == 3

@@ -181,7 +181,7 @@ def test_cli_says_what_is_wrong_in_one_line(corpus: Path, checkpoint: Path, tmp_
     out = str(tmp_path / "o")
     for args, expected in (
         (["--periods", "2"], "--periods '2': give START:STOP"),
-        (["--window", "100"], "--window 100 px must divide"),
+        (["--window", "100"], "--window 100 px: a window must divide"),
         (["--groups", "s2_10m,osm"], "not encodable groups"),
     ):
         result = runner.invoke(

@@ -32,6 +32,7 @@ from terracube.pipeline.corpus.schema import (
     SampleState,
     plan_arrays,
 )
+from terracube.pipeline.corpus.shard_whole import read_array
 from terracube.pipeline.corpus.store import Corpus, SampleData
 from terracube.pipeline.corpus.zarr_adapter import run_sync
 
@@ -59,6 +60,19 @@ class Damage:
 def shard_key(arr: zarr.Array, shard: int) -> str:
     """The key of shard `shard` (along the sample axis) of `arr`, relative to its array."""
     return arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+
+
+_MARK = 987654321
+
+
+def shard_keys(arr: zarr.Array, n: int) -> list[str]:
+    """`shard_key` of shards 0..n-1, from one encoded key: zarr's encoder costs ~5 us a
+    call, and status asks for every shard of ~30 arrays (950k calls at 100k samples)."""
+    template = shard_key(arr, _MARK)
+    if template.count(str(_MARK)) != 1:  # pragma: no cover (an encoding without the index)
+        return [shard_key(arr, i) for i in range(n)]
+    head, tail = template.split(str(_MARK))
+    return [f"{head}{i}{tail}" for i in range(n)]
 
 
 async def _keys(store: object, prefix: str) -> set[str]:
@@ -99,7 +113,7 @@ def missing_shards(
     for name, arr in arrays.items():
         keys = stored_keys(root, name)
         present[name] = np.fromiter(
-            (shard_key(arr, i) in keys for i in range(len(spans))), dtype=bool, count=len(spans)
+            (key in keys for key in shard_keys(arr, len(spans))), dtype=bool, count=len(spans)
         )
     if version >= COMPLETE_SHARDS_SINCE:
         # written = some sample of the shard has a non-pending state. `write_shard` writes
@@ -153,6 +167,14 @@ def _format1_required(
 def corpus_damage(corpus: Corpus) -> list[Damage]:
     """Missing shard files (`integrity.missing_shards`) and per-sample arrays status reads
     that cannot be decoded; the band data itself is decoded by `terracube validate` only."""
+    return damage_and_arrays(corpus)[0]
+
+
+def damage_and_arrays(
+    corpus: Corpus,
+) -> tuple[list[Damage], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`corpus_damage`, plus the state codes (per modality) and valid fractions (per
+    group) it read on the way: `terracube status` needs them too and reads them once."""
     p = corpus.params
     damage: list[Damage] = []
     states: dict[str, np.ndarray] = {}
@@ -164,11 +186,11 @@ def corpus_damage(corpus: Corpus) -> list[Damage]:
             damage.append(Damage(array, -1, array, range(0), "array is missing"))
             continue
         try:
-            into[key] = np.asarray(corpus.array(array)[:])
+            into[key] = read_array(corpus.array(array))
         except Exception as exc:
             damage += _undecodable(corpus, array, exc)
     damage += missing_shards(corpus.group, p, corpus.format_version, states, fractions)
-    return damage
+    return damage, states, fractions
 
 
 def _undecodable(corpus: Corpus, name: str, exc: Exception) -> list[Damage]:

@@ -42,6 +42,7 @@ from terracube.pipeline.corpus.schema import (
     plan_arrays,
     root_attrs,
 )
+from terracube.pipeline.corpus.shard_whole import read_array
 from zarr.abc.store import Store
 from zarr.codecs import BytesCodec, ZstdCodec
 from zarr.errors import ZarrUserWarning
@@ -282,7 +283,7 @@ class Corpus:
             raise KeyError(
                 f"modality {modality!r} is not in this corpus ({', '.join(self.params.modalities)})"
             )
-        return np.asarray(self.array(f"{modality}_state")[:])
+        return read_array(self.array(f"{modality}_state"))
 
     # ------------------------------------------------------------------ writes
 

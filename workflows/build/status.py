@@ -20,8 +20,9 @@ from typing import IO, Any
 
 import numpy as np
 from terracube.catalog.registry import MODALITIES
-from terracube.pipeline.corpus.integrity import corpus_damage
+from terracube.pipeline.corpus.integrity import damage_and_arrays
 from terracube.pipeline.corpus.schema import DAYS_FILL
+from terracube.pipeline.corpus.shard_whole import read_array
 from terracube.pipeline.corpus.store import Corpus, SampleState
 from terracube.workflows.build.failures import split_error, top_reasons
 
@@ -35,12 +36,12 @@ def corpus_status(
     counts: dict[str, dict[str, int]] = {}
     coverage: dict[str, list[float | None]] = {}
     failed: list[tuple[str, str, str]] = []
-    damage = corpus_damage(corpus)
+    damage, all_states, fractions = damage_and_arrays(corpus)  # each array read once
     unreadable = {d.array for d in damage if d.reason.startswith("cannot")}
     for name in p.modalities:
-        if f"{name}_state" in unreadable:
+        if f"{name}_state" in unreadable or name not in all_states:
             continue
-        states = corpus.states(name)
+        states = all_states[name]
         counts[name] = {
             s.name.lower(): int(np.count_nonzero(states == int(s))) for s in SampleState
         }
@@ -52,7 +53,7 @@ def corpus_status(
         if MODALITIES[name].temporal and not any(
             f"{g.name}_valid_fraction" in unreadable for g in MODALITIES[name].groups
         ):
-            coverage[name] = _period_coverage(corpus, name, states)
+            coverage[name] = _period_coverage(corpus, name, states, fractions)
     return {
         "url": corpus.url,
         "samples": p.n_samples,
@@ -77,21 +78,27 @@ def corpus_status(
     }
 
 
-def _period_coverage(corpus: Corpus, name: str, states: np.ndarray) -> list[float | None]:
-    """Per period: share of done samples with any valid pixel (None when nothing is done)."""
+def _period_coverage(
+    corpus: Corpus, name: str, states: np.ndarray, fractions: Mapping[str, np.ndarray]
+) -> list[float | None]:
+    """Per period: share of done samples with any valid pixel (None when nothing is done).
+    `fractions`: group -> valid fractions already read (read here when absent)."""
     done = states == SampleState.DONE
     if not done.any():
         return [None] * corpus.n_periods
     valid = np.zeros((corpus.n_samples, corpus.n_periods), dtype=bool)
     for group in MODALITIES[name].groups:
         if group.name in corpus.params.groups:
-            valid |= np.asarray(corpus.array(f"{group.name}_valid_fraction")[:]) > 0
+            fraction = fractions.get(group.name)
+            if fraction is None:
+                fraction = read_array(corpus.array(f"{group.name}_valid_fraction"))
+            valid |= fraction > 0
     return [round(float(v), 6) for v in valid[done].mean(axis=0)]
 
 
 def _typical_period_starts(corpus: Corpus) -> list[str | None]:
     """Period starts of the first written sample (samples may have their own anchors)."""
-    days = np.asarray(corpus.array("period_start")[:])
+    days = read_array(corpus.array("period_start"))
     written = np.flatnonzero((days != DAYS_FILL).all(axis=1))
     if not written.size:
         return [None] * corpus.n_periods

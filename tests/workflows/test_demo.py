@@ -123,7 +123,8 @@ def test_demo_writes_every_report_artifact(first_run: FirstRun) -> None:
     assert "4 tiles x 3 periods" in md
     assert "Store ../corpus.zarr: 4 samples x 3 periods" in md and "(complete;" in md
     assert str(paths.root) not in md and str(paths.root) not in html  # relative paths only
-    assert "tile_map.png" in md_images
+    assert "tile_map.png" in md_images and "embedding_pc1.png" in md_images
+    assert "## Embeddings" in md and (paths.root / "embeddings" / "tiles.parquet").is_file()
     assert [row[0] for row in table_rows(md, "Run")] == [s for s in STAGES if s != "report"]
     assert "OpenStreetMap contributors" in md
 

@@ -177,6 +177,7 @@ def write_build_config(paths: DemoPaths, params: DemoParams) -> Path:
 
 def stage_plan(run: DemoRun) -> StageOutcome:
     """Search the world's static catalog and keep the plan tables and the dry-run summary."""
+    from terracube.catalog.plan_store import PlanFormatError, read_meta
     from terracube.catalog.plan_summary import summarize
     from terracube.workflows.build.runner import make_and_save_plan, plan_dir
     from terracube.workflows.config import load_config
@@ -184,7 +185,11 @@ def stage_plan(run: DemoRun) -> StageOutcome:
     config = load_config(write_build_config(run.paths, run.params))
     saved = plan_dir(config) / "config.json"
     if run.state.completed("plan") and run.paths.plan_summary.is_file() and saved.is_file():
-        return StageOutcome(True)
+        try:
+            read_meta(plan_dir(config))  # a plan saved by an older terracube is made again
+            return StageOutcome(True)
+        except (PlanFormatError, FileNotFoundError):
+            run.echo("  the saved plan is of an older format: planning again")
     summary = summarize(make_and_save_plan(config))
     _write_json(run.paths.plan_summary, summary)
     return StageOutcome(

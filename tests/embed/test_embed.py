@@ -35,20 +35,7 @@ from tests.embed.corpus import (
     classes_of,
     tile_epsg,
     write_checkpoint,
-    write_embed_corpus,
 )
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("embed") / "corpus.zarr"
-    write_embed_corpus(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=3)
 
 
 def export(corpus: Path, checkpoint: Path, out: Path, **options: object) -> EmbedSpec:

@@ -22,23 +22,11 @@ from terracube.workflows.embed import run_embed
 from terracube.workflows.world.generate import WorldManifest
 from typer.testing import CliRunner
 
-from tests.embed.corpus import N_TILES, PER_SHARD, write_checkpoint, write_embed_corpus
+from tests.embed.corpus import N_TILES, PER_SHARD, write_checkpoint
 from tests.workflows.workflows_support import world_config
 
 REPO = Path(__file__).resolve().parents[2]
 ARRAYS = ("embedding", "tokens", "input_present", "state", "tile_id", "epsg", "x0", "y0")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("embed-runs") / "corpus.zarr"
-    write_embed_corpus(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_checkpoint(tmp_path_factory.mktemp("ckpt"), seed=1)
 
 
 def cli(*args: str) -> list[str]:

@@ -255,6 +255,11 @@ def open_or_create(
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    if not (root / "zarr.json").is_file():
+        raise EmbedError(
+            f"{root} exists but is not an embedding store (no zarr.json: empty, or another "
+            "kind of folder): delete it or choose another --out"
+        )
     group = open_embeddings(root, writable=True)
     old = store_provenance(group)
     if identity(old) != identity(prov):

@@ -179,3 +179,13 @@ def test_cli_says_what_is_wrong_in_one_line(corpus: Path, checkpoint: Path, tmp_
         assert expected in result.output and "Traceback" not in result.output
     missing = runner.invoke(app, ["embed", "nope.pt", "--data", str(corpus), "--out", out])
     assert missing.exit_code == 2 and "checkpoint" in missing.output
+    (tmp_path / "file").write_text("x")
+    as_file = runner.invoke(
+        app, ["embed", str(checkpoint), "--data", str(corpus), "--out", str(tmp_path / "file")]
+    )
+    assert as_file.exit_code == 2 and "is a file; pass a folder" in as_file.output
+    (tmp_path / "leftover" / "embeddings.zarr").mkdir(parents=True)
+    leftover = runner.invoke(
+        app, ["embed", str(checkpoint), "--data", str(corpus), "--out", str(tmp_path / "leftover")]
+    )
+    assert leftover.exit_code == 2 and "is not an embedding store" in leftover.output

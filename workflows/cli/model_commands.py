@@ -283,6 +283,8 @@ def embed(
             raise ValueError("--scheduler runs on that cluster's workers: drop --workers")
         if "://" not in data and not Path(data).exists():
             raise FileNotFoundError(f"--data {data} does not exist; pass a corpus or build config")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} is a file; pass a folder (it is created if absent)")
 
         def absolute(path: str) -> str:
             return path if "://" in path else str(Path(path).resolve())

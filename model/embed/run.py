@@ -266,7 +266,7 @@ def plan_export(spec: EmbedSpec) -> EmbedPlan:
     run = uuid.uuid4().hex
     job = embedder(spec, run, create=True)
     corpus = job.corpus
-    pending = job.pending_input = job.pending_inputs()
+    pending = job.pending_input  # read just now: a fresh run id opens a fresh Embedder
     if pending.any() and not spec.allow_pending:
         first = int(np.flatnonzero(pending)[0])
         raise EmbedError(

@@ -300,7 +300,7 @@ def embedding_sample(root: Path | str, index: int) -> xr.DataArray:
     x0, y0 = float(one["x0"].values), float(one["y0"].values)
     if int(one["state"].values) == EmbedState.PENDING or epsg == 0:
         raise EmbedError(f"sample {index} of {root} is not embedded yet; run embed again")
-    gsd = float(store_provenance(zarr.open_group(root, mode="r"))["gsd_m"])
+    gsd = float(ds.attrs[PROVENANCE_ATTR]["gsd_m"])
     side = one.sizes["y"]
     centres = (np.arange(side) + 0.5) * gsd
     transform = Affine(gsd, 0.0, x0, 0.0, -gsd, y0)

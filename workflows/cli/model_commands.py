@@ -330,7 +330,12 @@ def embed(
             f"{summary['window']} px, normalised with {summary['normalisation']}"
         )
         typer.echo(f"maps:  {report.store}")
-        typer.echo(f"tiles: {report.table or 'not yet (other shards are still running)'}")
+        waiting = (
+            "not written: some shards failed (below); rerun after the repair"
+            if report.failed
+            else "not yet (other torchrun ranks' shards are still running)"
+        )
+        typer.echo(f"tiles: {report.table or waiting}")
         if report.pending_inputs:
             typer.echo(
                 f"warning: {report.pending_inputs} sample(s) had inputs still pending "

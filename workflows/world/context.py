@@ -16,7 +16,9 @@ class WorldContext:
     stac_dir: Path
     grids: dict[int, ZoneGrid]
     classes: dict[int, np.ndarray]
-    """epsg -> uint8 class per 120 m block."""
+    """epsg -> uint8 WorldCover class per 120 m block."""
+    signal: dict[int, np.ndarray]
+    """epsg -> uint8 signal code per block: the class, or a crop type on cropland (crops.py)."""
     period_starts: list[date]
     """Period starts plus the end of the last period."""
     s2_table: dict[int, np.ndarray]
@@ -33,7 +35,7 @@ class WorldContext:
         lookup = np.zeros((256, first.shape[-1]), dtype=first.dtype)
         for code, values in table.items():
             lookup[code] = values[period]
-        return lookup[self.classes[epsg]]
+        return lookup[self.signal[epsg]]
 
     def item_dir(self, collection: str, item_id: str) -> Path:
         return self.stac_dir / collection / item_id

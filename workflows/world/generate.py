@@ -20,6 +20,7 @@ from terracube.workflows.world.config import (
     zone_grids,
 )
 from terracube.workflows.world.context import WorldContext
+from terracube.workflows.world.crops import CROP_TYPES, signal_blocks, write_crop_labels
 from terracube.workflows.world.landcover import block_classes
 from terracube.workflows.world.modalities import landsat, sentinel1, sentinel2, worldcover
 from terracube.workflows.world.modalities.osm import build_features, write_osm_xml
@@ -83,11 +84,13 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
     grids = zone_grids(tiles)
     starts = period_starts(preset)
     months = [d.month for d in starts[:-1]]
+    classes = {g.epsg: block_classes(g, seed) for g in grids}
     ctx = WorldContext(
         seed=seed,
         stac_dir=out / "stac",
         grids={g.epsg: g for g in grids},
-        classes={g.epsg: block_classes(g, seed) for g in grids},
+        classes=classes,
+        signal={g.epsg: signal_blocks(g, classes[g.epsg], seed) for g in grids},
         period_starts=starts,
         s2_table=s2_stored(months),
         landsat_table=landsat_dn(months),
@@ -121,9 +124,12 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
     collections[worldcover.COLLECTION.id] = (worldcover.COLLECTION, wc_items)
     for grid in grids:
         np.save(truth_dir / f"blocks_{grid.epsg}.npy", ctx.classes[grid.epsg])
+        np.save(truth_dir / f"signal_{grid.epsg}.npy", ctx.signal[grid.epsg])
         worldcover.write_worldcover_cog(
             truth_dir / f"classes_{grid.epsg}.tif", ctx.classes[grid.epsg], grid
         )
+
+    write_crop_labels(truth_dir, grids, ctx.signal)
 
     catalog = write_static_catalog(out / "stac", collections)
     ndjson = write_ndjson(out / "ndjson", out / "stac", collections)
@@ -141,6 +147,7 @@ def _generate(out: Path, seed: int, preset: WorldSize) -> WorldManifest:
             "period_end": starts[-1].isoformat(),
             "zones": [asdict(g) for g in grids],
             "tiles": [t.id for t in tiles],
+            "crop_types": [asdict(t) for t in CROP_TYPES],
             "scenes": scene_truth,
             "sentinel2_l2a": _table_doc(ctx.s2_table, S2_BANDS, "reflectance x 10000 (uint16)"),
             "landsat_c2l2": _table_doc(ctx.landsat_table, LANDSAT_BANDS, "C2 L2 DN (uint16)"),

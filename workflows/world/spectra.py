@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 from terracube.catalog.registry import S2_GROUPS, WORLDCOVER_CLASSES, band_group
+from terracube.workflows.world.crops import CROP_TYPE_CODES, crop_type, phase_month
 from terracube.workflows.world.landcover import (
     BARE,
     BUILT,
@@ -31,6 +32,8 @@ S2_BANDS: tuple[str, ...] = tuple(b.name for g in S2_GROUPS for b in g.bands)
 LANDSAT_BANDS: tuple[str, ...] = band_group("landsat").band_names
 S1_BANDS: tuple[str, ...] = band_group("s1").band_names
 CLASSES: tuple[int, ...] = tuple(WORLDCOVER_CLASSES)
+SIGNAL_CODES: tuple[int, ...] = (*CLASSES, *CROP_TYPE_CODES)
+"""Keys of the value tables: the WorldCover classes and the crop types under cropland."""
 
 LANDSAT_TO_S2 = {
     "SR_B1": "B01",
@@ -108,7 +111,10 @@ def _mix(code: int, green: float) -> dict[str, float]:
 
 
 def reflectance(code: int, month: int) -> dict[str, float]:
-    """Clear-sky surface reflectance per S2 band name for a class in a calendar month."""
+    """Clear-sky surface reflectance per S2 band name for a signal code in a calendar month
+    (a crop type is cropland at its own phase of the season, crops.py)."""
+    if crop_type(code) is not None:
+        return _mix(CROP, greenness(phase_month(code, month)))
     return _mix(code, greenness(month))
 
 
@@ -119,7 +125,7 @@ def s2_stored(months: list[int]) -> dict[int, np.ndarray]:
             [[round(reflectance(code, m)[b] * 10000) for b in S2_BANDS] for m in months],
             dtype=np.uint16,
         )
-        for code in CLASSES
+        for code in SIGNAL_CODES
     }
 
 
@@ -128,7 +134,7 @@ def landsat_dn(months: list[int]) -> dict[int, np.ndarray]:
     sr = band_group("landsat").bands[0].radiometry
     st = band_group("landsat").bands[-1].radiometry
     table = {}
-    for code in CLASSES:
+    for code in SIGNAL_CODES:
         rows = []
         for m in months:
             refl = reflectance(code, m)
@@ -142,7 +148,9 @@ def landsat_dn(months: list[int]) -> dict[int, np.ndarray]:
 
 
 def surface_temperature_k(code: int, month: int) -> float:
-    """Plausible land surface temperature (K) at 47 N: seasonal cycle plus a class offset."""
+    """Plausible land surface temperature (K) at 47 N: seasonal cycle plus a class offset
+    (every crop type is cropland's: temperature follows the climate, not the crop)."""
+    code = CROP if crop_type(code) is not None else code
     green = greenness(month)
     if code in (WATER, WETLAND):
         return 276.0 + 15.0 * green
@@ -151,9 +159,9 @@ def surface_temperature_k(code: int, month: int) -> float:
 
 
 def s1_mean_db(code: int, month: int) -> tuple[float, float]:
-    """(VV, VH) mean backscatter in dB of a class in a calendar month."""
-    vv, vh, amplitude = S1_MEAN_DB[code]
-    swing = amplitude * (greenness(month) - 0.5)
+    """(VV, VH) mean backscatter in dB of a signal code in a calendar month."""
+    vv, vh, amplitude = S1_MEAN_DB[CROP if crop_type(code) is not None else code]
+    swing = amplitude * (greenness(phase_month(code, month)) - 0.5)
     return vv + swing, vh + swing
 
 
@@ -161,5 +169,5 @@ def s1_mean_linear(months: list[int]) -> dict[int, np.ndarray]:
     """class -> float64 (period, pol) mean linear power (the speckle mean)."""
     return {
         code: np.array([[10 ** (v / 10) for v in s1_mean_db(code, m)] for m in months])
-        for code in CLASSES
+        for code in SIGNAL_CODES
     }

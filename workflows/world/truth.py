@@ -5,7 +5,10 @@ Files under DIR/truth/:
   period), every scene (item id, zone, period, baseline offset, sky stack
   index), items intersecting each (tile, modality, period), all-cloud cases,
   OSM features;
-- blocks_<epsg>.npy: class per 120 m block of the zone's extent;
+- blocks_<epsg>.npy: WorldCover class per 120 m block of the zone's extent;
+- signal_<epsg>.npy: the signal code per block that the value tables are keyed by (the
+  class, or the crop type on cropland: crops.py);
+- crop_types/: 10 m crop-type label rasters per zone and classes.json (the context task);
 - classes_<epsg>.tif: the same map at 10 m (identical to the WorldCover COG);
 - sky_<modality>_<epsg>.npy: (scene, block_y, block_x) sky codes (clouds.py);
   SCL and QA_PIXEL are derived from them, so masks are also derivable from
@@ -30,10 +33,12 @@ from terracube.catalog.grid import Tile
 from terracube.catalog.registry import S2_GROUPS, GeometryKind, band_group
 from terracube.workflows.world.clouds import CLEAR
 from terracube.workflows.world.config import BLOCK_M, ZoneGrid
+from terracube.workflows.world.crops import label_blocks
 from terracube.workflows.world.modalities.osm import OsmFeature
 from terracube.workflows.world.spectra import LANDSAT_BANDS, S1_BANDS, S2_BANDS
 
-TRUTH_FORMAT = 1
+TRUTH_FORMAT = 2
+"""2: signal codes (crop types under cropland) and the crop-type label rasters."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,15 @@ class WorldTruth:
         epsg, rows, cols = self.block_index(tile_id, resolution)
         return self.blocks(epsg)[np.ix_(rows, cols)]
 
+    def signal(self, tile_id: str, resolution: float = 10) -> np.ndarray:
+        """uint8 signal code of every pixel of a tile (the key of the value tables)."""
+        epsg, rows, cols = self.block_index(tile_id, resolution)
+        return np.load(self.root / f"signal_{epsg}.npy")[np.ix_(rows, cols)]
+
+    def crop_type_labels(self, tile_id: str) -> np.ndarray:
+        """(256, 256) uint8 crop-type label of every 10 m pixel (0 = not cropland)."""
+        return label_blocks(self.signal(tile_id, 10))
+
     def expected_worldcover(self, tile_id: str) -> np.ndarray:
         """(1, 256, 256) uint8, the registry's worldcover group on the tile grid."""
         return self.classes(tile_id, band_group("worldcover").resolution)[None]
@@ -140,7 +154,7 @@ class WorldTruth:
         period: int,
         resolution: float,
     ) -> np.ndarray:
-        classes = self.classes(tile_id, resolution)
+        classes = self.signal(tile_id, resolution)
         lookup = np.zeros((256, len(band_indices)), dtype=np.uint16)
         for code, values in table.items():
             lookup[code] = values[period][band_indices]
@@ -172,7 +186,7 @@ class WorldTruth:
 
     def expected_s1_mean(self, tile_id: str, period: int, db: bool = True) -> np.ndarray:
         """(2, 256, 256) float32 class-mean VV/VH (speckle-free expectation), dB or linear."""
-        classes = self.classes(tile_id, band_group("s1").resolution)
+        classes = self.signal(tile_id, band_group("s1").resolution)
         lookup = np.full((256, len(S1_BANDS)), np.nan)
         for code, values in self.s1_linear.items():
             lookup[code] = values[period]

@@ -31,14 +31,18 @@ from terracube.model.eval.metrics import (
     mean_iou,
     multilabel_f1,
 )
-from terracube.model.eval.probes import (
-    KnnParams,
-    LinearProbeParams,
-    ProbeResult,
-    knn_classify,
-    knn_multilabel,
-    linear_probe,
+from terracube.model.eval.probes import KnnParams, LinearProbeParams, LogisticParams, ProbeResult
+from terracube.model.eval.protocols import (
+    GEOBENCH_KNN,
+    GEOBENCH_LOGISTIC,
+    OLMOEARTH_KNN,
+    OLMOEARTH_LINEAR,
+    PROTOCOL_OF_PROBE,
+    ProbeSet,
+    intervals,
+    run_probes,
 )
+from terracube.model.eval.raster_labels import raster_task
 from terracube.model.eval.report import write_report
 from terracube.model.eval.tasks import (
     IGNORE,
@@ -57,6 +61,8 @@ from terracube.model.train.pretrain import CHECKPOINT_FORMAT
 TASKS: tuple[str, ...] = (
     "worldcover-classification",
     "worldcover-segmentation",
+    "raster-classification",
+    "raster-segmentation",
     "eurosat",
     "bigearthnet",
 )
@@ -73,8 +79,17 @@ class EvalParams:
     batch_size: int = 32
     test_fraction: float = 0.25
     crop: CropParams = field(default_factory=CropParams)
-    knn: KnnParams = field(default_factory=KnnParams)
-    linear: LinearProbeParams = field(default_factory=LinearProbeParams)
+    knn: KnnParams = OLMOEARTH_KNN
+    linear: LinearProbeParams = OLMOEARTH_LINEAR
+    """The olmoearth protocol's probes (protocols.py)."""
+    geobench: bool = True
+    """Also the geobench protocol: kNN k=5 uniform votes, logistic regression C sweep."""
+    knn5: KnnParams = GEOBENCH_KNN
+    logistic: LogisticParams = GEOBENCH_LOGISTIC
+    bootstrap: int = 1000
+    """Resamples of the 95 % intervals (0: none)."""
+    labels: str | None = None
+    """raster-* tasks: the folder of label GeoTIFFs (raster_labels.py)."""
     max_train_tokens: int = 50_000
     """Segmentation: seeded subsample of the training tokens handed to the probes."""
     eurosat_month: int = 0
@@ -243,24 +258,6 @@ def score(kind: str, truth: np.ndarray, result: ProbeResult, n_classes: int) -> 
     return metrics
 
 
-def _probe(
-    kind: str,
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    n_classes: int,
-    params: EvalParams,
-) -> dict[str, ProbeResult]:
-    multilabel = kind == "multilabel"
-    knn = (
-        knn_multilabel(train_x, train_y, test_x, params.knn)
-        if multilabel
-        else knn_classify(train_x, train_y, test_x, n_classes, params.knn)
-    )
-    linear = linear_probe(train_x, train_y, test_x, n_classes, params.linear, multilabel=multilabel)
-    return {"knn": knn, "linear": linear}
-
-
 def _rows_of(
     features: np.ndarray,
     rows: np.ndarray,
@@ -288,6 +285,16 @@ def load_task(
             "classification" if task.endswith("classification") else "segmentation"
         )
         return worldcover_task(data, kind, params.crop, groups, storage_options)
+    if task in ("raster-classification", "raster-segmentation"):
+        if params.labels is None:
+            raise ValueError(
+                f"task {task!r} reads its labels from rasters; pass --labels DIR (a folder of "
+                "label GeoTIFFs, one per UTM zone, 10 m)"
+            )
+        raster_kind: Literal["classification", "segmentation"] = (
+            "classification" if task.endswith("classification") else "segmentation"
+        )
+        return raster_task(data, params.labels, raster_kind, params.crop, groups, storage_options)
     if task == "eurosat":
         return read_eurosat(Path(data), month=params.eurosat_month)
     if task == "bigearthnet":
@@ -331,6 +338,9 @@ def evaluate(
     n_classes = len(eval_set.class_names)
     rows: list[dict[str, Any]] = []
     sizes: dict[str, int] = {}
+    predictions: dict[tuple[str, str], np.ndarray] = {}
+    test_truth = np.zeros(0, dtype=np.int64)
+    probes = ProbeSet(params.knn, params.linear, params.geobench, params.knn5, params.logistic)
     for done, (name, feats) in enumerate(features.items()):
         if progress is not None:
             progress("probes", done, len(features))
@@ -344,16 +354,32 @@ def evaluate(
             )
             train_x, train_y = train_x[pick], train_y[pick]
         sizes = {"train": len(train_y), "test": len(test_y)}
-        for probe, result in _probe(
-            eval_set.kind, train_x, train_y, test_x, n_classes, params
+        test_truth = test_y
+        for probe, result in run_probes(
+            eval_set.kind, train_x, train_y, test_x, n_classes, probes
         ).items():
-            row: dict[str, Any] = {"features": name, "probe": probe}
+            row: dict[str, Any] = {
+                "features": name,
+                "probe": probe,
+                "protocol": PROTOCOL_OF_PROBE[probe],
+            }
             row.update(score(eval_set.kind, test_y, result, n_classes))
             if result.learning_rate is not None:
                 row["learning_rate"], row["epochs"] = result.learning_rate, result.epochs
+            if result.c is not None:
+                row["C"] = result.c
             rows.append(row)
+            predictions[(name, probe)] = np.asarray(result.predictions)
     if progress is not None:
         progress("probes", len(features), len(features))
+    differences: list[dict[str, Any]] = []
+    if params.bootstrap > 0:
+        per_row, differences = intervals(
+            eval_set.kind, test_truth, predictions, n_classes, params.seed, params.bootstrap
+        )
+        for row in rows:
+            if (row["features"], row["probe"]) in per_row:
+                row["ci"] = per_row[(row["features"], row["probe"])]
     results: dict[str, Any] = {
         "task": task,
         "kind": eval_set.kind,
@@ -365,7 +391,7 @@ def evaluate(
         "n_test": sizes["test"],
         "unit": "patch" if per_token else "sample",
         "split": {
-            "by": "tile" if task.startswith("worldcover") else "sample",
+            "by": "tile" if task.startswith(("worldcover", "raster")) else "sample",
             "seed": params.seed,
             "test_fraction": params.test_fraction,
             "train_samples": len(np.unique(eval_set.split_keys[train_rows])),
@@ -376,10 +402,25 @@ def evaluate(
             "learning_rates": list(params.linear.learning_rates),
             "max_epochs": params.linear.max_epochs,
             "patience": params.linear.patience,
+            "optimizer": params.linear.optimizer,
+            "weight_decay": params.linear.weight_decay,
             "val_fraction": params.linear.val_fraction,
+        },
+        "geobench": {
+            "knn_k": params.knn5.k,
+            "knn_votes": params.knn5.weighting,
+            "logistic_C": list(params.logistic.cs),
+        }
+        if params.geobench
+        else None,
+        "bootstrap": {
+            "resamples": params.bootstrap,
+            "level": 0.95,
+            "over": "test " + ("patches" if per_token else "samples"),
         },
         "patch_size": patch,
         "rows": rows,
+        "differences": differences,
     }
     write_report(results, Path(out_dir))
     return results

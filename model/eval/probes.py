@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,21 +33,27 @@ class KnnParams:
     temperature: float = KNN_TEMPERATURE
     chunk: int = 1024
     """Test rows scored at once, to bound the (chunk, n_train) similarity matrix."""
+    weighting: Literal["exp", "uniform"] = "exp"
+    """"exp": votes weighted exp(sim / T) (DINO, OlmoEarth); "uniform": one vote each."""
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.temperature <= 0 or self.chunk < 1:
             raise ValueError(f"KnnParams needs k >= 1, temperature > 0, chunk >= 1; got {self}")
+        if self.weighting not in ("exp", "uniform"):
+            raise ValueError(f"KnnParams.weighting={self.weighting!r}; use 'exp' or 'uniform'")
 
 
 @dataclass(frozen=True)
 class LinearProbeParams:
     learning_rates: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     max_epochs: int = 200
-    patience: int = 20
-    """Epochs without a validation improvement before a run stops."""
+    patience: int | None = 20
+    """Epochs without a validation improvement before a run stops (None: run them all and
+    keep the best validation epoch, OlmoEarth's protocol)."""
     val_fraction: float = 0.2
     batch_size: int = 1024
     weight_decay: float = 1e-4
+    optimizer: Literal["adam", "adamw"] = "adam"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -54,8 +61,10 @@ class LinearProbeParams:
             raise ValueError("learning_rates must be a non-empty tuple of positive values")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction}; it must lie in (0, 1)")
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+        if self.max_epochs < 1 or (self.patience or 1) < 1 or self.batch_size < 1:
             raise ValueError("max_epochs, patience and batch_size must be >= 1")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer={self.optimizer!r}; use 'adam' or 'adamw'")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,8 @@ class ProbeResult:
     learning_rate: float | None = None
     epochs: int | None = None
     val_score: float | None = None
+    c: float | None = None
+    """Logistic regression: the chosen inverse regularisation."""
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -101,7 +112,10 @@ def knn_votes(
         sim = test_unit[start : start + params.chunk] @ train_unit.T
         # stable sort on -sim: equal similarities keep training order (the reference does too)
         nearest = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-        weights = np.exp(np.take_along_axis(sim, nearest, axis=1) / params.temperature)
+        if params.weighting == "uniform":
+            weights = np.ones(nearest.shape)
+        else:
+            weights = np.exp(np.take_along_axis(sim, nearest, axis=1) / params.temperature)
         votes[start : start + params.chunk] = np.einsum("nk,nkc->nc", weights, targets[nearest])
     return votes
 
@@ -167,7 +181,8 @@ def _fit_logistic(
     layer = torch.nn.Linear(x.shape[1], n_out)
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
-    optimiser = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=params.weight_decay)
+    kind = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
+    optimiser = kind(layer.parameters(), lr=lr, weight_decay=params.weight_decay)
     generator = torch.Generator().manual_seed(params.seed)
     best = (-np.inf, 0, {k: v.clone() for k, v in layer.state_dict().items()})
     since_best = 0
@@ -188,7 +203,7 @@ def _fit_logistic(
             since_best = 0
         else:
             since_best += 1
-            if since_best >= params.patience:
+            if params.patience is not None and since_best >= params.patience:
                 break
     layer.load_state_dict(best[2])
     return float(best[0]), best[1], layer
@@ -241,3 +256,71 @@ def linear_probe(
         return ProbeResult(probs > 0.5, probs, lr, epochs, val_score)
     probs = torch.softmax(logits, 1).numpy()
     return ProbeResult(probs.argmax(1), probs, lr, epochs, val_score)
+
+
+# --------------------------------------------------------------------------- logistic regression
+
+
+@dataclass(frozen=True)
+class LogisticParams:
+    """scikit-learn's L2 logistic regression with a sweep over C (inverse regularisation),
+    C chosen on a validation split of train (the torchgeo / GEO-Bench style linear probe)."""
+
+    cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+    val_fraction: float = 0.2
+    max_iter: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.cs or min(self.cs) <= 0:
+            raise ValueError("cs must be a non-empty tuple of positive values")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction={self.val_fraction}; it must lie in (0, 1)")
+
+
+def logistic_probe(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    n_classes: int,
+    params: LogisticParams | None = None,
+) -> ProbeResult:
+    """Single-label logistic regression (lbfgs, multinomial) on standardised features; the C
+    with the best validation accuracy is kept (ties: the smaller C)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    params = params or LogisticParams()
+    _check_features(np.asarray(train_x), np.asarray(test_x), len(train_y))
+    train_y = np.asarray(train_y, dtype=np.int64)
+    fit_idx, val_idx = split_train_val(len(train_y), params.val_fraction, params.seed)
+    x, val_x, test = (
+        t.numpy().astype(np.float64)
+        for t in _standardise(
+            np.asarray(train_x, dtype=np.float64)[fit_idx],
+            np.asarray(train_x, dtype=np.float64)[val_idx],
+            np.asarray(test_x, dtype=np.float64),
+        )
+    )
+    only = np.unique(train_y[fit_idx])
+    if len(only) < 2:  # one class to learn from: the probe can only predict it
+        probs = np.zeros((test.shape[0], n_classes))
+        probs[:, only[0]] = 1.0
+        val = accuracy(train_y[val_idx], np.full(len(val_idx), only[0]))
+        return ProbeResult(probs.argmax(1), probs, None, None, val, c=None)
+    best: tuple[float, float, LogisticRegression] | None = None
+    for c in sorted(params.cs):
+        model = LogisticRegression(C=c, max_iter=params.max_iter)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(x, train_y[fit_idx])
+        val = accuracy(train_y[val_idx], model.predict(val_x))
+        if best is None or val > best[0]:
+            best = (val, c, model)
+    assert best is not None
+    val_score, c, model = best
+    probs = np.zeros((test.shape[0], n_classes))
+    probs[:, model.classes_] = model.predict_proba(test)
+    return ProbeResult(probs.argmax(1), probs, None, None, val_score, c=c)

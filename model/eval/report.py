@@ -23,25 +23,71 @@ METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _cell(row: dict[str, Any], metric: str) -> str:
+    value = f"{row[metric]:.4f}"
+    ci = row.get("ci", {}).get(metric)
+    return f"{value} [{ci[1]:.3f}, {ci[2]:.3f}]" if ci else value
+
+
+def _linear_text(results: dict[str, Any]) -> str:
+    linear = results["linear"]
+    stop = (
+        f"early stopping (patience {linear['patience']})"
+        if linear.get("patience")
+        else f"{linear['max_epochs']} epochs, best validation epoch kept"
+    )
+    return (
+        f"Linear probe: logistic regression, {linear.get('optimizer', 'adam')}, lr sweep "
+        f"{linear['learning_rates']}, {stop}."
+    )
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     metrics = METRIC_COLUMNS[results["kind"]]
     header = ["features", "probe", *metrics]
+    geobench = results.get("geobench")
     lines = [
         f"# Evaluation: {results['task']}",
         "",
         f"Encoder: {results['encoder']}. Train/test {results['unit']}s: "
         f"{results['n_train']} / {results['n_test']} (split by {results['split']['by']}, "
         f"seed {results['split']['seed']}). kNN: k={results['knn']['k']}, cosine similarity, "
-        f"votes weighted exp(sim/T) with T={results['knn']['temperature']}. Linear probe: "
-        f"logistic regression, lr sweep {results['linear']['learning_rates']}, early stopping "
-        "on a validation split of train.",
+        f"votes weighted exp(sim/T) with T={results['knn']['temperature']}. "
+        + _linear_text(results)
+        + (
+            f" geobench protocol: knn5 = kNN k={geobench['knn_k']} ({geobench['knn_votes']} "
+            f"votes), logreg = scikit-learn logistic regression, C sweep {geobench['logistic_C']}."
+            if geobench
+            else ""
+        ),
         "",
+    ]
+    boot = results.get("bootstrap") or {}
+    if boot.get("resamples"):
+        lines += [
+            f"Brackets: 95 % bootstrap interval over {boot['over']} ({boot['resamples']} resamples).",
+            "",
+        ]
+    lines += [
         "| " + " | ".join(header) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * len(metrics)) + "|",
     ]
     for row in results["rows"]:
-        cells = [row["features"], row["probe"], *(f"{row[m]:.4f}" for m in metrics)]
+        cells = [row["features"], row["probe"], *(_cell(row, m) for m in metrics)]
         lines.append("| " + " | ".join(cells) + " |")
+    if results.get("differences"):
+        lines += [
+            "",
+            "## Checkpoint minus baseline (paired bootstrap)",
+            "",
+            "| probe | minus | metric | difference | 95 % interval | verdict |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for d in results["differences"]:
+            lines.append(
+                f"| {d['probe']} | {d['minus']} | {d['metric']} | {d['value']:+.4f} | "
+                f"[{d['low']:+.3f}, {d['high']:+.3f}] | {d['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,7 @@ Train/test are split by tile, so crops of one tile never straddle the split.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -200,6 +200,10 @@ def _months(period_start_days: np.ndarray) -> np.ndarray:
     return days.astype("datetime64[M]").astype(np.int64) % 12
 
 
+PixelLabels = Callable[[int, dict[str, np.ndarray]], np.ndarray]
+"""(sample index, its record) -> (256, 256) int64 class index per 10 m pixel, IGNORE = none."""
+
+
 def worldcover_task(
     store: str | os.PathLike[str],
     kind: Literal["classification", "segmentation"],
@@ -208,10 +212,43 @@ def worldcover_task(
     storage_options: dict[str, Any] | None = None,
 ) -> EvalSet:
     """Crops of every corpus tile whose WorldCover is `done`, labelled from WorldCover."""
-    params = params or CropParams()
     corpus = Corpus.open(store, storage_options)
     if "worldcover" not in corpus.params.groups:
         raise ValueError(f"{corpus.url!r} has no worldcover group to derive labels from")
+    lookup = np.full(256, IGNORE, dtype=np.int64)
+    lookup[list(WORLDCOVER_CODES)] = np.arange(len(WORLDCOVER_CODES))
+
+    def labels(_: int, record: dict[str, np.ndarray]) -> np.ndarray:
+        return lookup[record["worldcover"][0]]
+
+    return corpus_crop_task(
+        corpus,
+        f"worldcover-{kind}",
+        kind,
+        labels,
+        WORLDCOVER_NAMES,
+        params,
+        groups,
+        label_groups=("worldcover",),
+        label_name="WorldCover",
+    )
+
+
+def corpus_crop_task(
+    corpus: Corpus,
+    name: str,
+    kind: Literal["classification", "segmentation"],
+    pixel_labels: PixelLabels,
+    class_names: tuple[str, ...],
+    params: CropParams | None = None,
+    groups: Sequence[str] | None = None,
+    label_groups: tuple[str, ...] = (),
+    label_name: str = "labelled",
+) -> EvalSet:
+    """Crops of the corpus tiles whose `label_groups` are `done` (all tiles when none),
+    labelled per pixel by `pixel_labels`: classification takes the crop's majority class
+    (ties: the lower index), segmentation keeps the pixels."""
+    params = params or CropParams()
     inputs = _input_groups(corpus, groups)
     damage = corpus_damage(corpus)
     if damage:  # a missing shard would be scored as fill values
@@ -220,14 +257,20 @@ def worldcover_task(
             "evaluate a whole corpus"
         )
     states = readable_states(corpus, "evaluation (to know which samples are built)")
-    samples = np.flatnonzero(states["worldcover"] == SampleState.DONE)
+    needed = label_groups or inputs
+    ready = np.ones(corpus.n_samples, dtype=bool)
+    for g in label_groups:
+        ready &= states[band_group(g).modality] == SampleState.DONE
+    if not label_groups:
+        ready &= np.any([states[band_group(g).modality] == SampleState.DONE for g in inputs], 0)
+    samples = np.flatnonzero(ready)
     if samples.size == 0:
-        raise ValueError(f"{corpus.url!r} has no sample with worldcover done; build it first")
+        raise ValueError(
+            f"{corpus.url!r} has no sample with {', '.join(needed)} done; build it first"
+        )
     rng = np.random.default_rng(params.seed)
     if params.max_tiles is not None and samples.size > params.max_tiles:
         samples = np.sort(rng.choice(samples, params.max_tiles, replace=False))
-    lookup = np.full(256, IGNORE, dtype=np.int64)
-    lookup[list(WORLDCOVER_CODES)] = np.arange(len(WORLDCOVER_CODES))
     tile_px = band_group("worldcover").pixels
     windows = crop_windows(tile_px, params)
     per_tile = min(len(windows), params.max_crops_per_tile or len(windows))
@@ -244,14 +287,14 @@ def worldcover_task(
     tile_ids = corpus.array("tile_id")
     for i in samples:
         try:
-            record = corpus.read_sample(int(i), groups=(*inputs, "worldcover"))
+            record = corpus.read_sample(int(i), groups=(*inputs, *label_groups))
         except Exception as exc:  # a shard that fails to decode: name it, do not guess
             raise ValueError(
                 f"sample {int(i)} of {corpus.url!r} cannot be decoded "
                 f"({type(exc).__name__}: {str(exc)[:200]}); run `terracube validate` on "
                 "the store and `terracube repair CONFIG`"
             ) from None
-        classes = lookup[record["worldcover"][0]]
+        classes = pixel_labels(int(i), record)
         period_months = _months(np.asarray(corpus.array("period_start")[int(i)]))
         tile = str(tile_ids[int(i)])
         sample_present = {g: _presence(corpus, g, int(i), states) for g in inputs}
@@ -265,7 +308,7 @@ def worldcover_task(
             if labelled.mean() < params.min_labelled:
                 continue
             if kind == "classification":
-                counts = np.bincount(crop_classes[labelled], minlength=len(WORLDCOVER_CODES))
+                counts = np.bincount(crop_classes[labelled], minlength=len(class_names))
                 labels.append(int(counts.argmax()))
             else:
                 labels.append(crop_classes)
@@ -276,16 +319,17 @@ def worldcover_task(
             months.append(period_months)
     if not labels:
         raise ValueError(
-            f"no crop of {corpus.url!r} has >= {params.min_labelled:.0%} WorldCover-labelled pixels"
+            f"no crop of {corpus.url!r} has >= {params.min_labelled:.0%} {label_name} pixels; "
+            "lower CropParams.min_labelled or check the labels cover the corpus"
         )
     return EvalSet(
-        name=f"worldcover-{kind}",
+        name=name,
         kind=kind,
         raw={g: np.stack(v) for g, v in raw.items()},
         present={g: np.stack(v) for g, v in present.items()},
         months=np.stack(months).astype(np.int64),
         labels=np.stack(labels).astype(np.int64),
-        class_names=WORLDCOVER_NAMES,
+        class_names=class_names,
         split_keys=np.array(keys),
         stats=read_stats(corpus),
     )

@@ -98,7 +98,9 @@ def label_blocks(signal: np.ndarray) -> np.ndarray:
     return lookup[signal]
 
 
-def write_crop_labels(truth_dir: Path, grids: list[ZoneGrid], signal: dict[int, np.ndarray]) -> Path:
+def write_crop_labels(
+    truth_dir: Path, grids: list[ZoneGrid], signal: dict[int, np.ndarray]
+) -> Path:
     """truth/crop_types/crop_types_<epsg>.tif (10 m, nodata 0) and classes.json."""
     folder = truth_dir / LABELS_DIR
     folder.mkdir(parents=True, exist_ok=True)

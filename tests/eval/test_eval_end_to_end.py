@@ -167,7 +167,9 @@ def scores(row: dict) -> dict:
 
 
 def md_rows(text: str) -> list[list[str]]:
-    lines = [ln for ln in text.splitlines() if ln.startswith("| ")]
+    """Cells of the results table (the first table; the differences table follows)."""
+    first = text.split("\n## ")[0]
+    lines = [ln for ln in first.splitlines() if ln.startswith("| ")]
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[1:]]
 
 
@@ -176,12 +178,21 @@ def test_evaluate_classification_writes_consistent_table_and_figure(
 ) -> None:
     results = evaluate(None, "worldcover-classification", tiny_corpus, tmp_path, FAST)
     assert [(r["features"], r["probe"]) for r in results["rows"]] == [
-        (f, p) for f in ("checkpoint", "random-init", "raw-pixels") for p in ("knn", "linear")
+        (f, p)
+        for f in ("checkpoint", "random-init", "raw-pixels")
+        for p in ("knn", "linear", "knn5", "logreg")
     ]
     rows = {(r["features"], r["probe"]): r for r in results["rows"]}
     # no checkpoint: the encoder under test *is* the same-seed random init
-    for probe in ("knn", "linear"):
+    for probe in ("knn", "linear", "knn5", "logreg"):
         assert scores(rows["checkpoint", probe]) == scores(rows["random-init", probe])
+    for row in results["rows"]:  # every interval holds its value
+        for metric, (value, low, high) in row["ci"].items():
+            assert value == pytest.approx(row[metric]) and low <= value <= high
+    versus_random = [d for d in results["differences"] if d["minus"] == "random-init"]
+    assert len(versus_random) == 4 * 2  # probes x (accuracy, macro_f1)
+    for d in versus_random:  # identical predictions: a zero difference, never "better"
+        assert (d["value"], d["low"], d["high"], d["verdict"]) == (0, 0, 0, "not resolved")
     # the label signal is in the inputs: raw pixels separate the classes
     assert rows["raw-pixels", "knn"]["accuracy"] >= 0.9
     # test crops = crops of the held-out tiles
@@ -204,7 +215,7 @@ def test_evaluate_classification_writes_consistent_table_and_figure(
     table = md_rows((tmp_path / "results.md").read_text())
     assert [r[:2] for r in table] == [[r["features"], r["probe"]] for r in results["rows"]]
     for cells, row in zip(table, results["rows"], strict=True):
-        assert [float(c) for c in cells[2:]] == [
+        assert [float(c.split(" [")[0]) for c in cells[2:]] == [
             round(row[m], 4) for m in METRIC_COLUMNS["classification"]
         ]
     image = matplotlib.image.imread(tmp_path / "confusion_matrix.png")

@@ -283,7 +283,9 @@ def corpus_crop_task(
         )
     raw: dict[str, list[np.ndarray]] = {g: [] for g in inputs}
     present: dict[str, list[np.ndarray]] = {g: [] for g in inputs}
-    labels, keys, months = [], [], []
+    labels: list[int | np.ndarray] = []
+    keys: list[str] = []
+    months: list[np.ndarray] = []
     tile_ids = corpus.array("tile_id")
     for i in samples:
         try:

@@ -98,6 +98,7 @@ class ModelConfig(_Strict):
     target: Literal[tuple(TARGET_KINDS)] = _MODEL.target  # type: ignore[valid-type]
     target_dim: int | None = Field(default=_MODEL.target_dim, gt=0)
     target_seed: int = _MODEL.target_seed
+    ema_momentum: float = Field(default=_MODEL.ema_momentum, gt=0, lt=1)
     patch_resize: Literal[tuple(PATCH_RESIZES)] = _MODEL.patch_resize  # type: ignore[valid-type]
     negatives: Literal[tuple(NEGATIVE_SCOPES)] = _MODEL.negatives  # type: ignore[valid-type]
     patch_reduction: Literal[tuple(PATCH_REDUCTIONS)] = _MODEL.patch_reduction  # type: ignore[valid-type]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from terracube.catalog.registry import band_group
@@ -43,6 +44,13 @@ from terracube.model.nn.losses import (
     instance_contrastive_loss,
     pack,
     patch_discrimination_loss,
+)
+from terracube.model.nn.objectives import (
+    EMA_MOMENTUM,
+    EmaTarget,
+    pixel_loss,
+    pixel_target_dim,
+    pixel_targets,
 )
 from terracube.model.nn.sequence import GroupSpan, TokenSequence
 from terracube.model.nn.target import TARGET_KINDS, FrozenTarget, TargetKind
@@ -70,6 +78,8 @@ class LatentMIMConfig:
     """Width of a "random_projection" target; None = the encoder width."""
     target_seed: int = 0
     """Seed of a "random_projection" target."""
+    ema_momentum: float = EMA_MOMENTUM
+    """Momentum of an "ema_encoder" target (objectives.py)."""
     patch_resize: PatchResize = "image_bicubic"
     negatives: NegativeScope = "modality"
     patch_reduction: PatchReduction = "per_sample"
@@ -99,7 +109,9 @@ class LatentMIMConfig:
             raise ValueError(f"drop_path={self.drop_path}; it must lie in [0, 1)")
         if self.decoder_depth is not None and self.decoder_depth < 1:
             raise ValueError(f"decoder_depth={self.decoder_depth}; it must be >= 1")
-        if self.target == "patch_embed_copy" and self.target_dim is not None:
+        if not 0.0 < self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum={self.ema_momentum}; it must lie in (0, 1)")
+        if self.target != "random_projection" and self.target_dim is not None:
             raise ValueError(
                 "target_dim applies to target: random_projection only; a patch-embedding "
                 "copy has the encoder's width"
@@ -145,25 +157,53 @@ class LatentMIM(nn.Module):
         size = model_size(c.size)
         self.size = size
         every = Tokenizer(size.dim, all_groups(), c.base_patch_size, c.patch_resize)
-        if c.target == "patch_embed_copy":
-            self.target = FrozenTarget.copy_of(every, c.patch_resize)
-        else:
+        if c.target == "random_projection":
             dim = c.target_dim or size.dim
             self.target = FrozenTarget.random(dim, c.target_seed, c.base_patch_size, c.patch_resize)
+        else:  # the copy also gives the maps' targets of "ema_encoder"
+            self.target = FrozenTarget.copy_of(every, c.patch_resize)
+        target_dim = (
+            pixel_target_dim(c.base_patch_size) if c.target == "pixels" else self.target.target_dim
+        )
         for g in decode_only_groups():
             del every.embed[g]  # maps are never encoded: no online patch embedding
         self.tokenizer = every
         self.channel_embedding = ChannelEmbedding(size.dim)
         self.encoder = Encoder(size, c.drop_path)
-        self.decoder = Decoder(size, self.target.target_dim, c.depth_of_decoder)
+        self.decoder = Decoder(size, target_dim, c.depth_of_decoder)
         self.projection = nn.Linear(size.dim, size.dim) if c.contrastive_projection else None
         for module in (self.encoder, self.decoder, self.projection):
             if module is not None:
                 init_weights(module)
+        self.ema_target = (
+            EmaTarget(self.tokenizer, self.channel_embedding, self.encoder)
+            if c.target == "ema_encoder"
+            else None
+        )
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """After an optimizer step: an "ema_encoder" target follows the online weights."""
+        if self.ema_target is not None:
+            online = {
+                "tokenizer": self.tokenizer,
+                "channel_embedding": self.channel_embedding,
+                "encoder": self.encoder,
+            }
+            self.ema_target.follow(online, self.config.ema_momentum)
 
     # ------------------------------------------------------------------ tokens
-    def embed(self, batch: Batch, with_targets: bool) -> TokenSequence:
-        """Every token of every present group: content, encodings, validity, ids, targets."""
+    def embed(
+        self, batch: Batch, with_targets: bool, source: EmaTarget | None = None
+    ) -> TokenSequence:
+        """Every token of every present group: content, encodings, validity, ids, targets.
+        `source` swaps in another tokenizer and channel embedding (the EMA target's)."""
+        tokenizer = self.tokenizer if source is None else cast(Tokenizer, source.tokenizer)
+        channel_embedding = (
+            self.channel_embedding
+            if source is None
+            else cast(ChannelEmbedding, source.channel_embedding)
+        )
         p, grid, b = batch.patch_size, batch.grid, batch.batch_size
         device = batch.months.device
         spans, content, fixed, valid, group_ids, modality_ids, targets = ([] for _ in range(7))
@@ -176,9 +216,9 @@ class LatentMIM(nn.Module):
             enc = enc.expand(b, t, *grid, -1)
             gid = group_index(name)
             ids = torch.full((1,), gid, device=device)
-            tokens = enc + self.channel_embedding(ids)
-            if name in self.tokenizer.embed:
-                tokens = tokens + self.tokenizer(name, data, pixel_valid, p)
+            tokens = enc + channel_embedding(ids)
+            if name in tokenizer.embed:
+                tokens = tokens + tokenizer(name, data, pixel_valid, p)
             span = GroupSpan(name, start, (t, *grid))
             spans.append(span)
             start += span.length
@@ -187,7 +227,10 @@ class LatentMIM(nn.Module):
             valid.append(batch.token_valid(name).reshape(b, -1))
             group_ids.append(torch.full((span.length,), gid, device=device))
             modality_ids.append(torch.full((span.length,), modality_index(name), device=device))
-            if with_targets:
+            if with_targets and self.config.target == "pixels":
+                target = pixel_targets(data, pixel_valid, p, self.config.base_patch_size)
+                targets.append(target.reshape(b, span.length, -1))
+            elif with_targets:
                 targets.append(self.target(name, data, pixel_valid, p).reshape(b, span.length, -1))
         return TokenSequence(
             spans=tuple(spans),
@@ -233,15 +276,18 @@ class LatentMIM(nn.Module):
         """Losses of one step over one or more masked views (two enable the contrastive term).
 
         Returns loss, patch_discrimination, contrastive, pooled (B, D) of the first view,
-        pooled_views (V, B, D), and encoded/decoded token counts (device tensors).
+        pooled_views (V, B, D), encoded (B, L, D) and encoded_present (B, L) of the first
+        view (detached, for diagnostics), and encoded/decoded token counts (device tensors).
         """
         if not view_masks:
             raise ValueError("view_masks is empty; pass at least one ViewMasks (see mask_batch)")
         validate_batch(batch)
         seq = self.embed(batch, with_targets=True)
         assert seq.targets is not None
+        targets = seq.targets if self.ema_target is None else self._ema_targets(batch, seq)
         scopes = _scopes(seq.spans, self.config.negatives)
         patch_losses, pooled_views, projected, has_tokens = [], [], [], []
+        first_tokens: tuple[Tensor, Tensor] | None = None
         n_encoded = n_decoded = seq.valid.new_zeros((), dtype=torch.long)
         for view in view_masks:
             counts = view.counts
@@ -252,6 +298,8 @@ class LatentMIM(nn.Module):
             encoded_length = _longest(counts, [s.group for s in seq.spans], 0)
             tokens, pooled, enc_index, present = self._run_encoder(seq, encode, encoded_length)
             pooled_views.append(pooled)
+            if first_tokens is None:  # diagnostics, selected by the caller (no device read here)
+                first_tokens = (tokens.detach(), present)
             projected.append(self.projection(pooled) if self.projection is not None else pooled)
             has_tokens.append(present.any(dim=1))
             n_encoded = n_encoded + present.sum()
@@ -277,7 +325,10 @@ class LatentMIM(nn.Module):
                 seq.group_ids.gather(1, enc_index),
                 present,
             )
-            target = gather_tokens(seq.targets, dec_index)
+            target = gather_tokens(targets, dec_index)
+            if self.config.target == "pixels":
+                patch_losses.append(pixel_loss(pred, target, dec_present))
+                continue
             per_scope = [
                 (p, t, s)
                 for p, t, s in zip(
@@ -309,9 +360,31 @@ class LatentMIM(nn.Module):
             "contrastive": contrastive.detach(),
             "pooled": pooled_views[0],
             "pooled_views": torch.stack(pooled_views),
+            "encoded": first_tokens[0] if first_tokens else seq.content.new_zeros(0, 0, 1),
+            "encoded_present": first_tokens[1] if first_tokens else seq.valid.new_zeros(0, 0),
             "encoded_tokens": n_encoded,
             "decoded_tokens": n_decoded,
         }
+
+    @torch.no_grad()
+    def _ema_targets(self, batch: Batch, seq: TokenSequence) -> Tensor:
+        """The EMA encoder's output at every valid encodable token (it sees them all);
+        the maps keep their frozen patch-embedding targets."""
+        assert self.ema_target is not None and seq.targets is not None
+        teacher = self.embed(batch, with_targets=False, source=self.ema_target)
+        encode = torch.zeros_like(teacher.valid)
+        for span in teacher.spans:
+            if span.group in encodable_groups():
+                stop = span.start + span.length
+                encode[:, span.start : stop] = teacher.valid[:, span.start : stop]
+        index, present = pack(encode, None)
+        if index.shape[1] == 0:
+            return seq.targets
+        tokens, _ = self.ema_target.encoder(gather_tokens(teacher.content, index), present)
+        full = seq.targets.clone()
+        rows = torch.arange(index.shape[0], device=index.device)[:, None].expand_as(index)
+        full[rows[present], index[present]] = tokens[present].to(full.dtype)
+        return full
 
 
 def _check_encodable(masks: dict[str, Tensor], counts: dict[str, Tensor] | None = None) -> None:

@@ -25,8 +25,9 @@ from terracube.model.nn.losses import float32_region
 from terracube.model.nn.tokenizer import FlexiPatchEmbed, PatchResize, Tokenizer, patch_embed
 from torch import Tensor, nn
 
-TargetKind = Literal["patch_embed_copy", "random_projection"]
-TARGET_KINDS: tuple[str, ...] = ("patch_embed_copy", "random_projection")
+TargetKind = Literal["patch_embed_copy", "random_projection", "ema_encoder", "pixels"]
+TARGET_KINDS: tuple[str, ...] = ("patch_embed_copy", "random_projection", "ema_encoder", "pixels")
+"""The last two are ablation arms, built in objectives.py."""
 
 
 class FrozenTarget(nn.Module):

@@ -32,8 +32,22 @@ def effective_rank(embeddings: Tensor, eps: float = 1e-12) -> float:
     return float(torch.exp(entropy))
 
 
-def collapse_report(embeddings: Tensor) -> dict[str, float]:
+def mean_pairwise_cosine(embeddings: Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows (near 1 when collapsed)."""
+    z = F.normalize(_check(embeddings), dim=-1)
+    n = z.shape[0]
+    total = z.sum(0)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+COLLAPSE_RANK = 2.0
+"""Token embeddings whose effective rank falls below this have collapsed to a line or so:
+pretraining warns (out of 128 dimensions for nano; a healthy run sits in the tens)."""
+
+
+def collapse_report(embeddings: Tensor, prefix: str = "") -> dict[str, float]:
     return {
-        "embedding_std": embedding_std(embeddings),
-        "effective_rank": effective_rank(embeddings),
+        f"{prefix}embedding_std": embedding_std(embeddings),
+        f"{prefix}effective_rank": effective_rank(embeddings),
+        f"{prefix}mean_cosine": mean_pairwise_cosine(embeddings),
     }

@@ -12,7 +12,11 @@
   groups encoded and 1..all present groups decoded; a group on both sides has its valid
   tokens split 50/50, one side only goes wholly to that side (50.8 % encoded, 35.7 %
   decoded on the same batch).
-Invalid tokens are never encoded nor decoded, under either strategy. A sample with no
+- "uniform_random": the ablation arm of plain MAE-style masking: every valid token on its
+  own is encoded with probability encode_ratio, else decoded with probability
+  decode_ratio / (1 - encode_ratio), with no regard to band groups or modalities (maps:
+  decoded with probability decode_ratio, never encoded).
+Invalid tokens are never encoded nor decoded, under any strategy. A sample with no
 valid encodable token gets no tokens at all (nothing to predict from).
 
 Either way one compiled call masks every view of a batch, from one draw of a
@@ -38,8 +42,8 @@ from torch import Tensor
 
 MIN_ENCODED_GROUPS = 2
 
-MaskingStrategy = Literal["modality_cross_random", "group_split"]
-MASKING_STRATEGIES: tuple[str, ...] = ("modality_cross_random", "group_split")
+MaskingStrategy = Literal["modality_cross_random", "group_split", "uniform_random"]
+MASKING_STRATEGIES: tuple[str, ...] = ("modality_cross_random", "group_split", "uniform_random")
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,10 @@ def _masks(
             seed,
             out.numpy(),
         )
+    elif params.strategy == "uniform_random":
+        _uniform_views(
+            valid, starts_array, sizes_array, _encodable(groups), params, seed, out.numpy()
+        )
     else:
         mask_views(
             valid,
@@ -246,6 +254,27 @@ def _masks(
         dim=2,
     )  # (views, 2, groups, B)
     return [ViewMasks.of_flat(out[v], layout, counts[v]) for v in range(views)]
+
+
+def _uniform_views(
+    valid: np.ndarray,
+    starts: np.ndarray,
+    sizes: np.ndarray,
+    encodable: np.ndarray,
+    params: MaskingParams,
+    seed: int,
+    out: np.ndarray,
+) -> None:
+    """out (views, 2, tokens) := independent per-token draws (see "uniform_random")."""
+    rng = np.random.default_rng(seed)
+    lengths = np.diff(np.append(starts, valid.size))
+    can_encode = np.repeat(encodable, lengths)
+    e, d = params.encode_ratio, params.decode_ratio
+    for view in range(out.shape[0]):
+        u = rng.random(valid.size)
+        encode = valid & can_encode & (u < e)
+        decode = valid & np.where(can_encode, (u >= e) & (u < e + d), u < d)
+        out[view, 0], out[view, 1] = encode, decode
 
 
 def sample_view_masks(

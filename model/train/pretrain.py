@@ -42,7 +42,7 @@ from terracube.model.train.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from terracube.model.train.diagnostics import collapse_report
+from terracube.model.train.diagnostics import COLLAPSE_RANK, collapse_report
 from terracube.model.train.schedule import OptimParams, WarmupCosine, warmup_cosine
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -252,6 +252,7 @@ class _Trainer:
             settings.max_decode_error_share, epoch_reads * settings.loader.batch_size
         )
         self.step = 0
+        self.warned_at = -(10**9)
         self.metrics_path = settings.out_dir / METRICS_FILE
 
     # ------------------------------------------------------------------ checkpoints
@@ -329,6 +330,7 @@ class _Trainer:
         samples = errors = 0
         bad_shards: tuple[str, ...] = ()
         pooled = []
+        token_sample = None
         for micro in range(s.optim.accumulation):
             t0 = time.perf_counter()
             item = next(items)
@@ -342,9 +344,12 @@ class _Trainer:
             errors += item.decode_errors
             bad_shards += item.bad_shards
             pooled.append(out["pooled"].detach().float())
+            if token_sample is None:
+                token_sample = (out["encoded"], out["encoded_present"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
+        self.model.update_target()  # an EMA target follows; the frozen ones do nothing
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -375,6 +380,22 @@ class _Trainer:
         }
         if embeddings.shape[0] >= 2:
             row.update(collapse_report(embeddings))
+        tokens_now = None
+        if token_sample is not None:  # after the step: reading back is free now
+            tokens_now = token_sample[0][token_sample[1]][:1024].float().cpu()
+        if tokens_now is not None and tokens_now.shape[0] >= 2:
+            row.update(collapse_report(tokens_now, prefix="token_"))
+            if row["token_effective_rank"] < COLLAPSE_RANK and self.step - self.warned_at >= 100:
+                self.warned_at = self.step
+                log.warning(
+                    "step %d: the encoded tokens' effective rank is %.2f (below %.1f; mean "
+                    "cosine %.3f): the embeddings are collapsing. Lower the learning rate, "
+                    "check the target (a learned EMA target can collapse) or the inputs",
+                    self.step,
+                    row["token_effective_rank"],
+                    COLLAPSE_RANK,
+                    row["token_mean_cosine"],
+                )
         return row
 
     def run(

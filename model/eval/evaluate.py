@@ -211,6 +211,34 @@ Progress = Callable[[str, int, int], None]
 """(stage, done, total): called as features are extracted and probes fitted."""
 
 
+def feature_set(
+    eval_set: EvalSet,
+    model: LatentMIM | None,
+    params: EvalParams,
+    per_token: bool,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every sample from one frozen encoder (None: raw pixels), and the mask
+    of rows/patches that had an encoded token."""
+    if params.patch_size is None:
+        raise ValueError("feature_set needs EvalParams.patch_size (evaluate() sets it)")
+    normalizers = eval_set.normalizers()
+    out, masks = [], []
+    for start in range(0, len(eval_set), params.batch_size):
+        index = np.arange(start, min(start + params.batch_size, len(eval_set)))
+        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
+        if model is None:
+            features = raw_pixel_features(batch, per_token)
+            present = torch.ones(features.shape[:-1], dtype=torch.bool)
+        else:
+            features, present = encoder_features(model, batch, per_token)
+        out.append(features.float().cpu().numpy())
+        masks.append(present.cpu().numpy())
+        if progress is not None:
+            progress("features", int(index[-1]) + 1, len(eval_set))
+    return np.concatenate(out).astype(np.float64), np.concatenate(masks)
+
+
 def extract_features(
     eval_set: EvalSet,
     encoders: Encoders,
@@ -218,24 +246,12 @@ def extract_features(
     per_token: bool,
     progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Features of every sample for each feature set, and the mask of usable rows/patches."""
-    normalizers = eval_set.normalizers()
-    out: dict[str, list[np.ndarray]] = {"checkpoint": [], "random-init": [], "raw-pixels": []}
-    masks = []
-    if params.patch_size is None:
-        raise ValueError("extract_features needs EvalParams.patch_size (evaluate() sets it)")
-    for start in range(0, len(eval_set), params.batch_size):
-        index = np.arange(start, min(start + params.batch_size, len(eval_set)))
-        batch = eval_set.batch(index, params.patch_size, normalizers).to(params.torch_device())
-        trained, present = encoder_features(encoders.trained, batch, per_token)
-        random_init, _ = encoder_features(encoders.random_init, batch, per_token)
-        out["checkpoint"].append(trained.float().cpu().numpy())
-        out["random-init"].append(random_init.float().cpu().numpy())
-        out["raw-pixels"].append(raw_pixel_features(batch, per_token).cpu().numpy())
-        masks.append(present.cpu().numpy())
-        if progress is not None:
-            progress("features", int(index[-1]) + 1, len(eval_set))
-    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}, np.concatenate(masks)
+    """Features of every sample for each feature set, and the mask of usable rows/patches
+    (where the encoder under test had an encoded token)."""
+    trained, usable = feature_set(eval_set, encoders.trained, params, per_token, progress)
+    random_init, _ = feature_set(eval_set, encoders.random_init, params, per_token)
+    raw, _ = feature_set(eval_set, None, params, per_token)
+    return {"checkpoint": trained, "random-init": random_init, "raw-pixels": raw}, usable
 
 
 # --------------------------------------------------------------------------- scoring

@@ -25,6 +25,7 @@ from terracube.workflows.cli.app import EXIT_USER_ERROR, app
 from terracube.workflows.demo.doc_figures import figures_markdown, generated_block
 from terracube.workflows.demo.params import (
     CLASSIFICATION,
+    CONTEXT,
     SEGMENTATION,
     STAGES,
     STATE_FILE,
@@ -35,7 +36,14 @@ from terracube.workflows.demo.run import DemoState
 from typer.testing import CliRunner
 
 runner = CliRunner()
-TASKS = (CLASSIFICATION, SEGMENTATION)
+TASKS = (CLASSIFICATION, CONTEXT, SEGMENTATION)
+TITLES = {CONTEXT: "crop types (context task)"}
+
+
+def cell(row: dict[str, Any], metric: str) -> str:
+    """How the report prints a metric: value and its 95 % interval."""
+    ci = row["ci"][metric]
+    return f"{row[metric]:.4f} [{ci[1]:.3f}, {ci[2]:.3f}]"
 
 
 @dataclass(frozen=True)
@@ -104,17 +112,28 @@ def test_demo_writes_every_report_artifact(first_run: FirstRun) -> None:
         results = read_results(paths, task)
         metrics = METRIC_COLUMNS[results["kind"]]
         expected_rows = [
-            [row["features"], row["probe"], *(f"{row[m]:.4f}" for m in metrics)]
+            [row["features"], row["probe"], *(cell(row, m) for m in metrics)]
             for row in results["rows"]
         ]
-        assert table_rows(md, f"Evaluation: {task}") == expected_rows
+        section = f"Evaluation: {TITLES.get(task, task)}"
+        assert table_rows(md, section) == expected_rows
         assert [r[:2] for r in expected_rows] == [
-            [f, p] for f in ("checkpoint", "random-init", "raw-pixels") for p in ("knn", "linear")
+            [f, p]
+            for f in ("checkpoint", "random-init", "raw-pixels")
+            for p in ("knn", "linear", "knn5", "logreg")
         ]
         for row in expected_rows:
-            assert "".join(f"<td>{cell}</td>" for cell in row) in html
-        verdicts = [line for line in md.splitlines() if "random-init (" in line]
-        assert any(line.startswith(("knn: pretrained", "linear: pretrained")) for line in verdicts)
+            assert "".join(f"<td>{c}</td>" for c in row) in html
+        # one verdict per probe and baseline, and it follows the interval
+        body = md.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+        for d in (d for d in results["differences"] if d["metric"] == "accuracy"):
+            word = {"better": "beats", "worse": "is WORSE than"}.get(
+                d["verdict"], "is NOT resolved from"
+            )
+            assert (d["verdict"] == "better") == (d["low"] > 0)
+            assert (
+                f"{d['probe']} ({d['protocol']}): pretrained {word} {d['minus']}: accuracy" in body
+            )
         assert results["checkpoint"].endswith("step_00000012.pt")
 
     # plan summary, corpus status and timings come from the stages' own files

@@ -12,6 +12,7 @@ from terracube.catalog.grid import Tile
 from terracube.workflows.world import WorldManifest, WorldTruth
 from terracube.workflows.world.crops import CROP_TYPE_CODES, CROP_TYPES, LABELS_DIR
 from terracube.workflows.world.landcover import CROP
+from terracube.workflows.world.scenes import ALL_CLOUD_PERIOD
 from terracube.workflows.world.spectra import (
     landsat_dn,
     reflectance,
@@ -74,13 +75,11 @@ def test_a_year_of_values_is_the_same_multiset_for_every_crop_type() -> None:
 
 def test_peak_season_spectra_are_equal_and_timing_differs() -> None:
     nir = {code: [reflectance(code, m)["B08"] for m in YEAR] for code in CROP_TYPE_CODES}
-    peaks = {code: max(values) for code, values in nir.items()}
-    assert len(set(peaks.values())) == 1
-    peak_month = {code: YEAR[int(np.argmax(values))] for code, values in nir.items()}
-    # spring crop peaks 3 months before the summer crop, autumn 3 months after
-    assert peak_month[41] == (peak_month[42] - 3 - 1) % 12 + 1
-    assert peak_month[43] == (peak_month[42] + 3 - 1) % 12 + 1
-    spring, summer = CROP_TYPES[0], CROP_TYPES[1]
-    peak = {m: reflectance(summer.code, m)["B08"] for m in YEAR}
-    assert reflectance(spring.code, peak_month[41]) == reflectance(summer.code, peak_month[42])
-    assert peak[peak_month[42]] == peaks[42]
+    assert len({max(values) for values in nir.values()}) == 1  # one peak spectrum
+    for kind in CROP_TYPES:  # the peak is the middle month of the type's own season
+        assert YEAR[int(np.argmax(nir[kind.code]))] == kind.season_start + 1
+        peak = reflectance(kind.code, kind.season_start + 1)
+        assert peak == reflectance(CROP_TYPES[0].code, CROP_TYPES[0].season_start + 1)
+    # February, the all-cloud Sentinel-2 month, is bare soil for every type
+    feb = {tuple(reflectance(code, ALL_CLOUD_PERIOD + 1).values()) for code in CROP_TYPE_CODES}
+    assert len(feb) == 1

@@ -130,16 +130,24 @@ def evaluate(
     task: Annotated[
         str,
         typer.Option(
-            help="worldcover-classification, worldcover-segmentation, eurosat or bigearthnet."
+            help="worldcover-classification, worldcover-segmentation, raster-classification, "
+            "raster-segmentation (labels from --labels), eurosat or bigearthnet."
         ),
     ],
-    data: Annotated[str, typer.Option(help="Corpus store (WorldCover tasks) or dataset folder.")],
+    data: Annotated[str, typer.Option(help="Corpus store (corpus tasks) or dataset folder.")],
     out: Annotated[Path, typer.Option(help="Folder for results.json, results.md and PNGs.")],
     patch_size: Annotated[
         int | None,
         typer.Option(help="Encoder patch size 1-8 (default: the checkpoint's; 4 for 'none')."),
     ] = None,
-    crop: Annotated[int, typer.Option(help="WorldCover tasks: crop edge in 10 m pixels.")] = 32,
+    crop: Annotated[int, typer.Option(help="Corpus tasks: crop edge in 10 m pixels.")] = 32,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="raster-* tasks: folder of label GeoTIFFs (10 m, one per UTM zone)."),
+    ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(min=0, help="Resamples of the 95 % intervals (0: none).")
+    ] = 1000,
     seed: Annotated[int, typer.Option(help="Split and probe seed.")] = 0,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     as_json: JsonOption = False,
@@ -150,7 +158,9 @@ def evaluate(
         ),
     ] = PLAIN_EVERY_S,
 ) -> None:
-    """Probe a frozen encoder (kNN and linear) next to random-init and raw-pixel baselines.
+    """Probe a frozen encoder next to random-init and raw-pixel baselines, with both probe
+    protocols (olmoearth: kNN k=20 + linear; geobench: kNN k=5 + logistic regression) and
+    95 % bootstrap intervals.
 
     Writes results.json, results.md and (single-label tasks) confusion_matrix.png
     into OUT and prints the results table (--json: the results as one JSON object).
@@ -180,9 +190,18 @@ def evaluate(
         if "://" not in data and not Path(data).exists():
             raise FileNotFoundError(f"--data {data} does not exist; pass a corpus store or folder")
         crop_params = CropParams(crop=crop, seed=seed)
-        if task.startswith("worldcover"):
+        if task.startswith(("worldcover", "raster")):
             crop_windows(band_group("worldcover").pixels, crop_params)  # checks --crop first
-        params = EvalParams(patch_size=patch_size, seed=seed, device=device, crop=crop_params)
+        if labels is not None and not labels.exists():
+            raise FileNotFoundError(f"--labels {labels} does not exist; pass a folder of GeoTIFFs")
+        params = EvalParams(
+            patch_size=patch_size,
+            seed=seed,
+            device=device,
+            crop=crop_params,
+            labels=None if labels is None else str(labels),
+            bootstrap=bootstrap,
+        )
         bars: dict[str, StepProgress] = {}
 
         def progress(stage: str, done: int, total: int) -> None:

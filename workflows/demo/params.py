@@ -22,6 +22,10 @@ STAGES: tuple[str, ...] = (
 )
 CLASSIFICATION = "worldcover-classification"
 SEGMENTATION = "worldcover-segmentation"
+CONTEXT = "raster-segmentation"
+"""The context task: crop types from the world's label rasters (workflows/world/crops.py)."""
+CONTEXT_LABELS = ("truth", "crop_types")
+"""Where the world keeps the context task's label rasters, under the world folder."""
 
 Echo = Callable[[str], None]
 
@@ -106,6 +110,13 @@ PRESETS: dict[str, DemoParams] = {
         evaluation=EvalStage(patch_size=8, crop=32, max_crops_per_tile=16, segmentation=False),
     ),
 }
+
+
+def eval_tasks(params: DemoParams) -> tuple[str, ...]:
+    """The evaluations the demo runs, in report order."""
+    if params.evaluation.segmentation:
+        return (CLASSIFICATION, CONTEXT, SEGMENTATION)
+    return (CLASSIFICATION, CONTEXT)
 
 
 def demo_params(size: str) -> DemoParams:

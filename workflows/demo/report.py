@@ -18,7 +18,7 @@ from io import StringIO
 from pathlib import Path
 from typing import Any
 
-from terracube.workflows.demo.params import DemoParams, DemoPaths
+from terracube.workflows.demo.params import CONTEXT, DemoParams, DemoPaths
 
 INDEX_MD = "index.md"
 INDEX_HTML = "index.html"
@@ -132,26 +132,42 @@ def results_table(results: dict[str, Any]) -> Table:
     from terracube.model.eval.report import METRIC_COLUMNS
 
     metrics = METRIC_COLUMNS[results["kind"]]
+
+    def cell(row: dict[str, Any], m: str) -> str:
+        ci = row.get("ci", {}).get(m)
+        return f"{row[m]:.4f} [{ci[1]:.3f}, {ci[2]:.3f}]" if ci else f"{row[m]:.4f}"
+
     rows = tuple(
-        (row["features"], row["probe"], *(f"{row[m]:.4f}" for m in metrics))
-        for row in results["rows"]
+        (row["features"], row["probe"], *(cell(row, m) for m in metrics)) for row in results["rows"]
     )
-    return Table(("features", "probe", *metrics), rows)
+    return Table(("features", "probe", *(f"{m} [95 % CI]" for m in metrics)), rows)
+
+
+VERDICT_WORDS = {
+    "better": "beats",
+    "worse": "is WORSE than",
+    "not resolved": "is NOT resolved from",
+}
 
 
 def pretraining_verdict(results: dict[str, Any]) -> list[str]:
-    """Per probe: does the pretrained encoder beat the random-init one (every metric)?"""
-    from terracube.model.eval.report import METRIC_COLUMNS
-
-    metrics = METRIC_COLUMNS[results["kind"]]
-    by_key = {(r["features"], r["probe"]): r for r in results["rows"]}
+    """Per probe and baseline: the checkpoint's accuracy minus the baseline's, with its paired
+    95 % interval; "beats" only when the interval lies above zero."""
     lines = []
-    for probe in dict.fromkeys(r["probe"] for r in results["rows"]):
-        trained, random = by_key[("checkpoint", probe)], by_key[("random-init", probe)]
-        deltas = ", ".join(f"{m} {trained[m]:.4f} vs {random[m]:.4f}" for m in metrics)
-        beats = all(trained[m] > random[m] for m in metrics)
-        word = "beats" if beats else "does NOT beat"
-        lines.append(f"{probe}: pretrained {word} random-init ({deltas})")
+    for d in results.get("differences", []):
+        if d["metric"] != "accuracy":
+            continue
+        word = VERDICT_WORDS[d["verdict"]]
+        lines.append(
+            f"{d['probe']} ({d['protocol']}): pretrained {word} {d['minus']}: accuracy "
+            f"{d['value']:+.4f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        )
+    if not lines:  # an older results.json without intervals
+        by_key = {(r["features"], r["probe"]): r for r in results["rows"]}
+        for probe in dict.fromkeys(r["probe"] for r in results["rows"]):
+            trained, random = by_key[("checkpoint", probe)], by_key[("random-init", probe)]
+            word = "beats" if trained["accuracy"] > random["accuracy"] else "does NOT beat"
+            lines.append(f"{probe}: pretrained {word} random-init (no interval recorded)")
     return lines
 
 
@@ -364,16 +380,27 @@ def _eval_section(paths: DemoPaths, report: Path, task: str) -> Section:
         f"{results['n_train']} train / {results['n_test']} test {results['unit']}s, split by "
         f"{results['split']['by']} ({results['split']['train_samples']} / "
         f"{results['split']['test_samples']} tiles), patch size {results['patch_size']}. "
-        f"kNN: k={results['knn']['k']}, T={results['knn']['temperature']}; linear probe: "
-        "logistic regression with early stopping. Encoder: "
-        f"{results['encoder']}. Full results: {relative(folder / RESULTS_JSON, report)}."
+        f"Protocols: olmoearth (knn: k={results['knn']['k']}, T={results['knn']['temperature']}; "
+        "linear: AdamW logistic regression, best validation epoch of a learning-rate sweep) and "
+        "geobench (knn5: k=5, one vote each; logreg: scikit-learn logistic regression, C "
+        "sweep). Brackets: 95 % bootstrap intervals over test "
+        f"{results['unit']}es. Encoder: {results['encoder']}. Full results: "
+        f"{relative(folder / RESULTS_JSON, report)}."
     )
+    if task == CONTEXT:
+        intro = (
+            "The context task: crop types under WorldCover's cropland that share one "
+            "phenology shifted by whole months, so every time-order-blind feature (raw "
+            "pixels' mean and std over the year) is at chance, 1/3, on clear sky; only the "
+            "timing of the season tells them apart. " + intro
+        )
     blocks: list[Block] = [Text(intro), results_table(results)]
     blocks += [Text(line) for line in pretraining_verdict(results)]
     if (folder / CONFUSION_PNG).is_file():
         name = _copy(folder / CONFUSION_PNG, report, f"confusion_{task}.png")
         blocks.append(Image(name, f"confusion matrix, {task}"))
-    return Section(f"Evaluation: {task}", tuple(blocks))
+    title = "crop types (context task)" if task == CONTEXT else task
+    return Section(f"Evaluation: {title}", tuple(blocks))
 
 
 def _embed_section(paths: DemoPaths, report: Path) -> Section:

@@ -1,12 +1,9 @@
-"""`terracube demo`: world -> plan -> build -> stats -> pretrain -> evaluate -> report.
+"""`terracube demo`: world -> plan -> build -> stats -> pretrain -> evaluate -> embed -> report.
 
-The whole pipeline on the embedded synthetic world, sized to finish on a laptop.
-Every stage records its completion and timings in `DIR/demo_state.json`; running
-the demo again skips what is finished (the world, the plan, the built shards, the
-statistics, a finished pretraining run, existing evaluation results) and resumes
-what is not (a build resumes shard by shard, pretraining from its newest
-checkpoint). The report folder is rewritten on every run, because it shows the
-timings of that run.
+The whole pipeline on the embedded synthetic world, sized to finish on a laptop. Every
+stage records its completion and timings in `DIR/demo_state.json`; running the demo again
+skips what is finished and resumes what is not (a build shard by shard, pretraining from
+its newest checkpoint). The report is rewritten on every run: it shows that run's timings.
 """
 
 from __future__ import annotations
@@ -19,15 +16,15 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from terracube.workflows.demo.params import (
-    CLASSIFICATION,
-    SEGMENTATION,
+    CONTEXT,
+    CONTEXT_LABELS,
     STAGES,
     STATE_VERSION,
     DemoError,
@@ -35,6 +32,7 @@ from terracube.workflows.demo.params import (
     DemoPaths,
     Echo,
     demo_params,
+    eval_tasks,
 )
 from terracube.workflows.demo.report import write_demo_report
 from terracube.workflows.progress import StepProgress
@@ -328,12 +326,9 @@ def stage_pretrain(run: DemoRun) -> StageOutcome:
     )
 
 
-def eval_tasks(params: DemoParams) -> tuple[str, ...]:
-    return (CLASSIFICATION, SEGMENTATION) if params.evaluation.segmentation else (CLASSIFICATION,)
-
-
 def stage_evaluate(run: DemoRun) -> StageOutcome:
-    """kNN and linear probes of trained vs random-init vs raw pixels, per WorldCover task."""
+    """Both probe protocols of trained vs random-init vs raw pixels, with intervals, per task:
+    WorldCover, and the context task (crop types told apart only by their season)."""
     from terracube.model.eval.evaluate import EvalParams, evaluate
     from terracube.model.eval.report import RESULTS_JSON
     from terracube.model.eval.tasks import CropParams
@@ -356,8 +351,15 @@ def stage_evaluate(run: DemoRun) -> StageOutcome:
         if done_before and json.loads(existing.read_text())["checkpoint"] == str(checkpoint):
             continue
         skipped = False
+        task_params = params
+        if task == CONTEXT:  # every crop (more test patches), labels from the world's truth
+            labels, crops = (
+                run.paths.world.joinpath(*CONTEXT_LABELS),
+                replace(params.crop, max_crops_per_tile=None),
+            )
+            task_params = replace(params, labels=str(labels), crop=crops)
         with torch_threads(run.params.torch_threads):
-            results = evaluate(checkpoint, task, run.paths.store, out, params)
+            results = evaluate(checkpoint, task, run.paths.store, out, task_params)
         detail[task] = {"n_train": results["n_train"], "n_test": results["n_test"]}
     return StageOutcome(skipped, detail)
 

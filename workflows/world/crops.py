@@ -1,14 +1,23 @@
 """Crop types: the context task's truth, visible only through the timing of the season.
 
 WorldCover says "cropland" and nothing more; underneath, every cropland block of the
-world belongs to a field of one of three crop types that share one phenology curve,
-shifted by a whole number of months (spring, summer, autumn crops). Their peak-season
-spectra are equal, and over a whole year (12 monthly periods) each type takes the very
-same set of monthly values in every band of every sensor, only in another order. So any
-feature that forgets time order (the per-band mean and std over the year, a histogram of
-the monthly values, one peak-season date) cannot tell them apart: its ceiling is chance,
-1/3 on clear sky. What separates them is *when* the green-up happens, which an encoder
-sees only by relating each token's value to its month encoding.
+world belongs to a field of one of three crop types. Each is bare soil for nine months
+and grows through one three-month season of the same shape (green-up, peak, harvest:
+greenness 0.7, 1.0, 0.7): spring crops in March-May, summer crops in June-August, autumn
+crops in September-November. Their peak-season spectra are equal, and over a whole year
+(12 monthly periods) each type takes the very same multiset of monthly values in every
+band of every sensor, only in another order. So any feature that forgets time order
+(the per-band mean and std over the year, a histogram of the monthly values, one
+peak-season date) cannot tell them apart: its ceiling is chance, 1/3, on clear sky.
+
+The seasons avoid the world's all-cloud Sentinel-2 month (February, scenes.py), where
+every type is bare soil, so losing it takes the same value from every type; the other
+clouds are drawn independently of the month, so the values they hide are, in
+distribution, the same for every type too. (A first design shifted one smooth yearly
+curve by +-3 months; the all-cloud month then removed a different phase from each type,
+and raw pixels scored 0.98 on it: measured, and why the seasons are now pulses.) What
+separates the types is *when* the season happens, which an encoder sees only by
+relating each token's value to its month encoding.
 
 Fields are 360 m squares of a grid in local metres around the reference point (so both
 zones agree), each with a seeded type; as with land cover, a block takes the type of the
@@ -46,14 +55,18 @@ class CropType:
     label: int
     """Value in the label rasters (1..3; 0 = not cropland)."""
     name: str
-    shift_months: int
-    """Phenology delay against the summer crop (negative = earlier)."""
+    season_start: int
+    """Calendar month (1..12) of green-up; the season lasts three months."""
 
+
+SEASON_GREENNESS = (0.7, 1.0, 0.7)
+"""Greenness (spectra.py's 0..1 phenology scale) through the three months of a season;
+0 (bare soil) outside it."""
 
 CROP_TYPES: tuple[CropType, ...] = (
-    CropType(41, 1, "spring crop", -3),
-    CropType(42, 2, "summer crop", 0),
-    CropType(43, 3, "autumn crop", 3),
+    CropType(41, 1, "spring crop", 3),
+    CropType(42, 2, "summer crop", 6),
+    CropType(43, 3, "autumn crop", 9),
 )
 CROP_TYPE_CODES: tuple[int, ...] = tuple(t.code for t in CROP_TYPES)
 LABELS_DIR = "crop_types"
@@ -64,12 +77,13 @@ def crop_type(code: int) -> CropType | None:
     return next((t for t in CROP_TYPES if t.code == code), None)
 
 
-def phase_month(code: int, month: int) -> int:
-    """The calendar month (1..12) whose phenology a signal code shows in `month`."""
+def crop_greenness(code: int, month: int) -> float:
+    """Greenness of a crop type in a calendar month (1..12): its season's, else bare 0."""
     kind = crop_type(code)
     if kind is None:
-        return month
-    return (month - 1 - kind.shift_months) % 12 + 1
+        raise ValueError(f"signal code {code} is not a crop type ({CROP_TYPE_CODES})")
+    step = (month - kind.season_start) % 12
+    return SEASON_GREENNESS[step] if step < len(SEASON_GREENNESS) else 0.0
 
 
 def field_types(east: np.ndarray, north: np.ndarray, seed: int) -> np.ndarray:
@@ -116,8 +130,9 @@ def write_crop_labels(
         "nodata": 0,
         "classes": {str(t.label): t.name for t in CROP_TYPES},
         "about": (
-            "crop type of every cropland pixel of the synthetic world; the types share one "
-            f"phenology shifted by whole months ({', '.join(f'{t.name} {t.shift_months:+d}' for t in CROP_TYPES)}); "
+            "crop type of every cropland pixel of the synthetic world; bare soil outside one "
+            "three-month season of the same shape, which starts in month "
+            f"{', '.join(f'{t.season_start} ({t.name})' for t in CROP_TYPES)}; "
             f"fields are {FIELD_M:.0f} m squares, constant on {BLOCK_M} m blocks"
         ),
     }

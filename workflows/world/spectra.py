@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 from terracube.catalog.registry import S2_GROUPS, WORLDCOVER_CLASSES, band_group
-from terracube.workflows.world.crops import CROP_TYPE_CODES, crop_type, phase_month
+from terracube.workflows.world.crops import CROP_TYPE_CODES, crop_greenness, crop_type
 from terracube.workflows.world.landcover import (
     BARE,
     BUILT,
@@ -114,7 +114,7 @@ def reflectance(code: int, month: int) -> dict[str, float]:
     """Clear-sky surface reflectance per S2 band name for a signal code in a calendar month
     (a crop type is cropland at its own phase of the season, crops.py)."""
     if crop_type(code) is not None:
-        return _mix(CROP, greenness(phase_month(code, month)))
+        return _mix(CROP, crop_greenness(code, month))
     return _mix(code, greenness(month))
 
 
@@ -161,7 +161,8 @@ def surface_temperature_k(code: int, month: int) -> float:
 def s1_mean_db(code: int, month: int) -> tuple[float, float]:
     """(VV, VH) mean backscatter in dB of a signal code in a calendar month."""
     vv, vh, amplitude = S1_MEAN_DB[CROP if crop_type(code) is not None else code]
-    swing = amplitude * (greenness(phase_month(code, month)) - 0.5)
+    green = crop_greenness(code, month) if crop_type(code) is not None else greenness(month)
+    swing = amplitude * (green - 0.5)
     return vv + swing, vh + swing
 
 

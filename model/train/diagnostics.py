@@ -51,3 +51,16 @@ def collapse_report(embeddings: Tensor, prefix: str = "") -> dict[str, float]:
         f"{prefix}effective_rank": effective_rank(embeddings),
         f"{prefix}mean_cosine": mean_pairwise_cosine(embeddings),
     }
+
+
+def collapse_warning(row: dict[str, float], step: int) -> str | None:
+    """The warning pretraining logs for a metrics row whose encoded tokens collapsed."""
+    rank = row.get("token_effective_rank")
+    if rank is None or rank >= COLLAPSE_RANK:
+        return None
+    return (
+        f"step {step}: the encoded tokens' effective rank is {rank:.2f} (below "
+        f"{COLLAPSE_RANK:.1f}; mean cosine {row.get('token_mean_cosine', float('nan')):.3f}): "
+        "the embeddings are collapsing. Lower the learning rate, check the target (a learned "
+        "EMA target can collapse) or the inputs"
+    )

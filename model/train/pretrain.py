@@ -42,7 +42,7 @@ from terracube.model.train.checkpoint import (
     rng_states,
     save_checkpoint,
 )
-from terracube.model.train.diagnostics import COLLAPSE_RANK, collapse_report
+from terracube.model.train.diagnostics import collapse_report, collapse_warning
 from terracube.model.train.schedule import OptimParams, WarmupCosine, warmup_cosine
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -385,17 +385,10 @@ class _Trainer:
             tokens_now = token_sample[0][token_sample[1]][:1024].float().cpu()
         if tokens_now is not None and tokens_now.shape[0] >= 2:
             row.update(collapse_report(tokens_now, prefix="token_"))
-            if row["token_effective_rank"] < COLLAPSE_RANK and self.step - self.warned_at >= 100:
+            warning = collapse_warning(row, self.step)
+            if warning is not None and self.step - self.warned_at >= 100:
                 self.warned_at = self.step
-                log.warning(
-                    "step %d: the encoded tokens' effective rank is %.2f (below %.1f; mean "
-                    "cosine %.3f): the embeddings are collapsing. Lower the learning rate, "
-                    "check the target (a learned EMA target can collapse) or the inputs",
-                    self.step,
-                    row["token_effective_rank"],
-                    COLLAPSE_RANK,
-                    row["token_mean_cosine"],
-                )
+                log.warning(warning)
         return row
 
     def run(

@@ -9,7 +9,11 @@ from terracube.model.nn.groups import encodable_groups
 from terracube.model.nn.objectives import pixel_loss, pixel_target_dim, pixel_targets
 from terracube.model.nn.olmoearth import LatentMIM, LatentMIMConfig
 from terracube.model.nn.synthetic import synthetic_batch
-from terracube.model.train.diagnostics import mean_pairwise_cosine
+from terracube.model.train.diagnostics import (
+    collapse_report,
+    collapse_warning,
+    mean_pairwise_cosine,
+)
 from terracube.model.train.masking import MaskingParams, mask_batch
 
 GROUPS = ("s2_10m", "s2_20m", "s1", "worldcover")
@@ -123,3 +127,13 @@ def test_mean_pairwise_cosine() -> None:
     want = (sims.sum() - sims.diag().sum()) / (7 * 6)
     assert mean_pairwise_cosine(x) == pytest.approx(float(want), abs=1e-6)
     assert mean_pairwise_cosine(torch.ones(4, 3) + 1e-6 * x[:4, :3]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_collapsed_tokens_are_warned_about() -> None:
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    healthy = collapse_report(x, prefix="token_")
+    assert healthy["token_effective_rank"] > 10 and collapse_warning(healthy, 5) is None
+    line = torch.ones(64, 16) + 1e-4 * x  # every token on one direction
+    collapsed = collapse_report(line, prefix="token_")
+    warning = collapse_warning(collapsed, 7)
+    assert warning is not None and warning.startswith("step 7:") and "collapsing" in warning

@@ -229,6 +229,7 @@ def main() -> int:
         "raw-pixels": {"probes": summary(raw_pred)},
     }
     arm_results: dict[str, Any] = {}
+    arm_predictions: dict[str, dict[str, np.ndarray]] = {}
     for arm in arms:
         per_seed: list[dict[str, np.ndarray]] = []
         training: list[dict[str, Any]] = []
@@ -252,6 +253,7 @@ def main() -> int:
                 flush=True,
             )
         stacked = {p: np.stack([s[p] for s in per_seed]) for p in per_seed[0]}
+        arm_predictions[arm] = stacked
         entry: dict[str, Any] = {"probes": summary(stacked), "differences": {}}
         for p, pred in stacked.items():
             for other, base in (("random-init", random_pred[p]), ("raw-pixels", raw_pred[p])):
@@ -275,11 +277,13 @@ def main() -> int:
             diffs = entry.get("differences", {})
             dr = diffs.get(f"{p}_minus_random-init")
             dp = diffs.get(f"{p}_minus_raw-pixels")
+            dq = diffs.get(f"{p}_minus_recipe")
             fmt = lambda d: f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" if d else "-"  # noqa: E731
             diag = entry.get("diagnostics", {})
             print(
                 f"{name:<17} {p:<7} {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}]{'':<6} {fmt(dr):<28} {fmt(dp):<28} "
                 f"{diag.get('effective_rank', float('nan')):5.1f} {diag.get('mean_cosine', float('nan')):.3f}"
+                + (f"  minus recipe {fmt(dq)}" if dq else "")
             )
     recipe = arm_results.get("recipe", {}).get("differences", {})
     result = {

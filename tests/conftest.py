@@ -147,6 +147,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> WorldManifest:
 
 
 @pytest.fixture(scope="session")
+def world_corpus(world: WorldManifest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The world's corpus, every modality, built once per session with its statistics
+    (read-only for the tests that use it: training and evaluation)."""
+    from terracube.model.data.pixel_stats import stats_command
+    from terracube.workflows.build.runner import BuildOptions, build_corpus
+    from terracube.workflows.config import load_config
+
+    from tests.workflows.workflows_support import world_config
+
+    folder = tmp_path_factory.mktemp("world-corpus")
+    config = load_config(world_config(world, folder))
+    report = build_corpus(config, BuildOptions(synchronous=True, show_progress=False))
+    assert report.tiles["done"] == len(world.tile_ids), report.tiles
+    stats_command(config.store_url)
+    return config.store_url
+
+
+@pytest.fixture(scope="session")
 def world_truth(world: WorldManifest) -> WorldTruth:
     """The world's ground truth (load_truth), read once per session."""
     return load_truth(world.root)

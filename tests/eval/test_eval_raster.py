@@ -14,23 +14,13 @@ from terracube.model.eval.evaluate import EvalParams, evaluate
 from terracube.model.eval.probes import LinearProbeParams
 from terracube.model.eval.raster_labels import raster_task
 from terracube.model.eval.tasks import IGNORE, CropParams
-from terracube.workflows.build.runner import BuildOptions, build_corpus
-from terracube.workflows.config import load_config
 from terracube.workflows.world import WorldManifest, WorldTruth
 from terracube.workflows.world.crops import LABELS_DIR
 
-from tests.workflows.workflows_support import world_config
-
 
 @pytest.fixture(scope="module")
-def world_store(world: WorldManifest, tmp_path_factory: pytest.TempPathFactory) -> str:
-    folder = tmp_path_factory.mktemp("raster-eval")
-    config = load_config(
-        world_config(world, folder, modalities=["sentinel2_l2a", "sentinel1", "worldcover"])
-    )
-    report = build_corpus(config, BuildOptions(synchronous=True, show_progress=False))
-    assert report.tiles["done"] == len(world.tile_ids)
-    return config.store_url
+def world_store(world_corpus: str) -> str:
+    return world_corpus
 
 
 def test_crops_carry_the_truth_labels(
@@ -39,7 +29,7 @@ def test_crops_carry_the_truth_labels(
     params = CropParams(crop=32, min_labelled=0.25)
     ds = raster_task(world_store, world.truth_dir / LABELS_DIR, "segmentation", params)
     assert ds.class_names == ("spring crop", "summer crop", "autumn crop")
-    assert set(ds.raw) == {"s2_10m", "s2_20m", "s2_40m", "s1"}  # labels never an input
+    assert set(ds.raw) == {"s2_10m", "s2_20m", "s2_40m", "landsat", "s1"}  # never the labels
     windows = [(y, x) for y in range(0, 256, 32) for x in range(0, 256, 32)]
     row = 0
     for tile_id in sorted(world.tile_ids):

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 import torch
 from terracube.model.data.loader import CorpusStream
-from terracube.model.data.pixel_stats import stats_command
 from terracube.model.data.plan import LoaderParams
 from terracube.model.eval.evaluate import EvalParams, load_encoders
 from terracube.model.train.diagnostics import effective_rank, embedding_std
 from terracube.model.train.pretrain import PretrainSettings, train
 from terracube.model.train.schedule import OptimParams
-from terracube.workflows.build.runner import BuildOptions, build_corpus
-from terracube.workflows.config import load_config
-
-from tests.workflows.workflows_support import world_config
 
 STEPS = 200
 RANK_FLOOR = 8.0
@@ -28,15 +23,11 @@ RANK_FLOOR = 8.0
 
 
 @pytest.mark.slow
-def test_nano_200_steps_on_the_world_corpus(world, tmp_path: Path) -> None:
-    config = load_config(world_config(world, tmp_path / "build"))
-    report = build_corpus(config, BuildOptions(synchronous=True, show_progress=False))
-    assert report.tiles["done"] == len(world.tile_ids)
-    stats_command(config.store_url)
+def test_nano_200_steps_on_the_world_corpus(world_corpus: str, tmp_path: Path) -> None:
 
     crop = LoaderParams(batch_size=4, crop_sizes=(32,), patch_sizes=(8,), token_budget=4096)
     settings = PretrainSettings(
-        store=config.store_url,
+        store=world_corpus,
         checkpoint_dir=tmp_path / "ckpt",
         out_dir=tmp_path / "run",
         steps=STEPS,
@@ -61,7 +52,7 @@ def test_nano_200_steps_on_the_world_corpus(world, tmp_path: Path) -> None:
 
     # Token embeddings of fresh crops from the same corpus, from the trained encoder.
     encoders = load_encoders(checkpoint, EvalParams(size="nano", patch_size=8))
-    stream = CorpusStream(config.store_url, replace(crop, seed=99))
+    stream = CorpusStream(world_corpus, replace(crop, seed=99))
     item = next(iter(stream))
     with torch.no_grad():
         _, tokens = encoders.trained.eval().encode(item.batch)

@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from terracube.model.eval.report import METRIC_COLUMNS
 from terracube.workflows.demo.report import throughput
@@ -57,9 +58,26 @@ def figures_markdown(record: Path) -> str:
             "|---|---|" + "---:|" * len(metrics),
         ]
         for row in results["rows"]:
-            cells = " | ".join(f"{row[m]:.4f}" for m in metrics)
+            cells = " | ".join(_cell(row, m) for m in metrics)
             lines.append(f"| {row['features']} | {row['probe']} | {cells} |")
+        verdicts = [d for d in results.get("differences", []) if d["metric"] == "accuracy"]
+        if verdicts:
+            lines += [
+                "",
+                "| probe | accuracy minus | difference [95 % CI] | verdict |",
+                "|---|---|---|---|",
+            ]
+            for d in verdicts:
+                lines.append(
+                    f"| {d['probe']} | {d['minus']} | {d['value']:+.4f} "
+                    f"[{d['low']:+.3f}, {d['high']:+.3f}] | {d['verdict']} |"
+                )
     return "\n".join(lines) + "\n"
+
+
+def _cell(row: dict[str, Any], metric: str) -> str:
+    ci = row.get("ci", {}).get(metric)
+    return f"{row[metric]:.4f} [{ci[1]:.3f}, {ci[2]:.3f}]" if ci else f"{row[metric]:.4f}"
 
 
 def generated_block(doc: str) -> str:

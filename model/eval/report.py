@@ -23,6 +23,11 @@ METRIC_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def plural(unit: str) -> str:
+    """ "sample" -> "samples", "patch" -> "patches"."""
+    return unit + ("es" if unit.endswith(("ch", "sh", "s", "x")) else "s")
+
+
 def _cell(row: dict[str, Any], metric: str) -> str:
     value = f"{row[metric]:.4f}"
     ci = row.get("ci", {}).get(metric)
@@ -49,7 +54,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation: {results['task']}",
         "",
-        f"Encoder: {results['encoder']}. Train/test {results['unit']}s: "
+        f"Encoder: {results['encoder']}. Train/test {plural(results['unit'])}: "
         f"{results['n_train']} / {results['n_test']} (split by {results['split']['by']}, "
         f"seed {results['split']['seed']}). kNN: k={results['knn']['k']}, cosine similarity, "
         f"votes weighted exp(sim/T) with T={results['knn']['temperature']}. "
@@ -116,7 +121,7 @@ def plot_confusion(results: dict[str, Any], path: Path, features: str = "checkpo
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{features} / {row['probe']}: acc {row['accuracy']:.3f}", fontsize=9)
-    fig.suptitle(f"{results['task']} ({results['unit']}s)")
+    fig.suptitle(f"{results['task']} ({plural(results['unit'])})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

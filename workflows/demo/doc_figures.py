@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from terracube.model.eval.report import METRIC_COLUMNS
+from terracube.model.eval.report import METRIC_COLUMNS, plural
 from terracube.workflows.demo.report import throughput
 
 BEGIN = "<!-- figures: generated from docs/demo-run/ by workflows/demo/doc_figures.py -->"
@@ -28,13 +28,14 @@ END = "<!-- end of generated figures -->"
 def figures_markdown(record: Path) -> str:
     """The timings and results tables of the run recorded in `record`."""
     state = json.loads((record / "demo_state.json").read_text())
-    last = state["last_run"]
+    full_runs = [r for r in state.get("runs", []) if not r.get("skipped")]
+    last = full_runs[-1] if full_runs else state["last_run"]  # the run that did every stage
     when = last["finished_at"][:10]
     rss = f", peak RSS {last['peak_rss_mb'] / 1024:.2f} GB" if "peak_rss_mb" in last else ""
     total = sum(entry["seconds"] for entry in state["stages"].values())
     lines = [
         f"Recorded run ({when}, `terracube demo --size {state['params']['size']}` on the "
-        f"2-core development machine): **{total / 60:.0f} min {total % 60:.0f} s** of "
+        f"2-core development machine): **{int(total // 60)} min {total % 60:.0f} s** of "
         f"stage time{rss}.",
         "",
         "| stage | wall s | CPU s | throughput |",
@@ -51,7 +52,7 @@ def figures_markdown(record: Path) -> str:
         lines += [
             "",
             f"{results['task']}: {results['n_train']} train / {results['n_test']} test "
-            f"{results['unit']}s, split by {results['split']['by']}, patch size "
+            f"{plural(results['unit'])}, split by {results['split']['by']}, patch size "
             f"{results['patch_size']}, encoder {results['encoder']}.",
             "",
             "| features | probe | " + " | ".join(metrics) + " |",

@@ -372,27 +372,28 @@ def _pretrain_section(paths: DemoPaths, report: Path, state: dict[str, Any]) -> 
 
 
 def _eval_section(paths: DemoPaths, report: Path, task: str) -> Section:
-    from terracube.model.eval.report import CONFUSION_PNG, RESULTS_JSON
+    from terracube.model.eval.report import CONFUSION_PNG, RESULTS_JSON, plural
 
     folder = paths.eval_dir(task)
     results = json.loads((folder / RESULTS_JSON).read_text())
     intro = (
-        f"{results['n_train']} train / {results['n_test']} test {results['unit']}s, split by "
+        f"{results['n_train']} train / {results['n_test']} test {plural(results['unit'])}, split by "
         f"{results['split']['by']} ({results['split']['train_samples']} / "
         f"{results['split']['test_samples']} tiles), patch size {results['patch_size']}. "
         f"Protocols: olmoearth (knn: k={results['knn']['k']}, T={results['knn']['temperature']}; "
         "linear: AdamW logistic regression, best validation epoch of a learning-rate sweep) and "
         "geobench (knn5: k=5, one vote each; logreg: scikit-learn logistic regression, C "
-        "sweep). Brackets: 95 % bootstrap intervals over test "
-        f"{results['unit']}es. Encoder: {results['encoder']}. Full results: "
+        "sweep). Brackets: 95 % bootstrap intervals over the test "
+        f"{plural(results['unit'])}. Encoder: {results['encoder']}. Full results: "
         f"{relative(folder / RESULTS_JSON, report)}."
     )
     if task == CONTEXT:
         intro = (
-            "The context task: crop types under WorldCover's cropland that share one "
-            "phenology shifted by whole months, so every time-order-blind feature (raw "
-            "pixels' mean and std over the year) is at chance, 1/3, on clear sky; only the "
-            "timing of the season tells them apart. " + intro
+            "The context task: three crop types under WorldCover's cropland, each bare soil "
+            "outside one three-month season of the same shape (March, June or September "
+            "onwards), so every time-order-blind feature (raw pixels' mean and std over the "
+            "year) is at chance, 1/3, on clear sky; only the timing of the season tells them "
+            "apart. " + intro
         )
     blocks: list[Block] = [Text(intro), results_table(results)]
     blocks += [Text(line) for line in pretraining_verdict(results)]

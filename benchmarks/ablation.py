@@ -267,6 +267,15 @@ def main() -> int:
         entry["training"] = {k: float(np.mean([t[k] for t in training])) for k in training[0]}
         arm_results[arm] = entry
 
+    if "recipe" in arm_predictions:  # each arm against the recipe, paired on the same patches
+        for arm, stacked in arm_predictions.items():
+            if arm == "recipe":
+                continue
+            for p, pred in stacked.items():
+                d = paired_difference(
+                    truth, pred, arm_predictions["recipe"][p], n_classes, "accuracy", args.bootstrap
+                )
+                arm_results[arm]["differences"][f"{p}_minus_recipe"] = d.as_list()
     print()
     print(
         f"{'arm':<17} {'probe':<7} {'accuracy [95% CI]':<26} {'minus random [CI]':<28} {'minus raw [CI]':<28} rank  cos"

@@ -93,6 +93,19 @@ def _seed_draws(n_seeds: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 11]).integers(0, n_seeds, size=(n_seeds, resamples))
 
 
+def _point(truth: np.ndarray, preds: np.ndarray, k: int, metric: str) -> float:
+    """The metric on the whole test set, averaged over the seeds' predictions."""
+    full = np.arange(len(truth))[None]
+    return float(
+        np.mean([metrics_of_confusions(_confusions(truth, p, full, k), metric)[0] for p in preds])
+    )
+
+
+def _interval(point: float, values: np.ndarray) -> Interval:
+    low, high = np.percentile(values, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)])
+    return Interval(point, float(low), float(high))
+
+
 def bootstrap_interval(
     truth: np.ndarray,
     pred: np.ndarray,
@@ -107,12 +120,7 @@ def bootstrap_interval(
     index = resample_indices(len(truth), resamples, seed)
     seeds = _seed_draws(len(preds), resamples, seed)
     values = _per_resample(truth, preds, index, n_classes, metric, seeds)
-    full = np.arange(len(truth))[None]
-    point = np.mean(
-        [metrics_of_confusions(_confusions(truth, p, full, n_classes), metric)[0] for p in preds]
-    )
-    low, high = np.percentile(values, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)])
-    return Interval(float(point), float(low), float(high))
+    return _interval(_point(truth, preds, n_classes, metric), values)
 
 
 def paired_difference(
@@ -133,17 +141,5 @@ def paired_difference(
     diff = _per_resample(truth, a, index, n_classes, metric, seeds_a) - _per_resample(
         truth, b, index, n_classes, metric, seeds_b
     )
-    full = np.arange(len(truth))[None]
-
-    def point(preds: np.ndarray) -> float:
-        return float(
-            np.mean(
-                [
-                    metrics_of_confusions(_confusions(truth, p, full, n_classes), metric)[0]
-                    for p in preds
-                ]
-            )
-        )
-
-    low, high = np.percentile(diff, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)])
-    return Interval(point(a) - point(b), float(low), float(high))
+    point = _point(truth, a, n_classes, metric) - _point(truth, b, n_classes, metric)
+    return _interval(point, diff)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -44,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 ARMS: dict[str, dict[str, Any]] = {
     "recipe": {},
@@ -62,7 +64,7 @@ def peak_rss_mb() -> float:
 def prepare_corpus(work: Path) -> tuple[str, Path]:
     """The demo world and its built corpus (+ stats) under `work`, made once."""
     from terracube.model.data.pixel_stats import stats_command
-    from terracube.workflows.build.runner import build_corpus
+    from terracube.workflows.build.runner import BuildOptions, build_corpus
     from terracube.workflows.config import load_config
     from terracube.workflows.world import generate_world
     from terracube.workflows.world.crops import LABELS_DIR
@@ -70,15 +72,11 @@ def prepare_corpus(work: Path) -> tuple[str, Path]:
     world = work / "world"
     if not (world / "build.yaml").is_file():
         if world.exists():
-            import shutil
-
             shutil.rmtree(world)
         t0 = time.perf_counter()
         generate_world(world, seed=0, size="demo")
         print(f"world generated in {time.perf_counter() - t0:.0f} s", flush=True)
     config_path = work / "build.yaml"
-    import yaml
-
     document = yaml.safe_load((world / "build.yaml").read_text())
     for source in document["modalities"].values():
         for key in ("catalog", "path"):
@@ -89,19 +87,13 @@ def prepare_corpus(work: Path) -> tuple[str, Path]:
     config = load_config(config_path)
     if not (work / "corpus.zarr" / ".built").exists():
         t0 = time.perf_counter()
-        report = build_corpus(config, _build_options())
+        report = build_corpus(config, BuildOptions(synchronous=True, show_progress=False))
         if report.tiles.get("done") != 20:
             raise SystemExit(f"the world corpus did not build: {report.tiles}")
         stats_command(config.store_url)
         (work / "corpus.zarr" / ".built").write_text("ok\n")
         print(f"corpus built in {time.perf_counter() - t0:.0f} s", flush=True)
     return config.store_url, world / "truth" / LABELS_DIR
-
-
-def _build_options() -> Any:
-    from terracube.workflows.build.runner import BuildOptions
-
-    return BuildOptions(synchronous=True, show_progress=False)
 
 
 def pretrain_arm(

@@ -231,9 +231,7 @@ def _masks(
             out.numpy(),
         )
     elif params.strategy == "uniform_random":
-        _uniform_views(
-            valid, starts_array, sizes_array, _encodable(groups), params, seed, out.numpy()
-        )
+        _uniform_views(valid, starts_array, _encodable(groups), params, seed, out.numpy())
     else:
         mask_views(
             valid,
@@ -259,7 +257,6 @@ def _masks(
 def _uniform_views(
     valid: np.ndarray,
     starts: np.ndarray,
-    sizes: np.ndarray,
     encodable: np.ndarray,
     params: MaskingParams,
     seed: int,

@@ -330,7 +330,7 @@ class _Trainer:
         samples = errors = 0
         bad_shards: tuple[str, ...] = ()
         pooled = []
-        token_sample = None
+        encoded: tuple[torch.Tensor, torch.Tensor] | None = None  # first micro-batch's tokens
         for micro in range(s.optim.accumulation):
             t0 = time.perf_counter()
             item = next(items)
@@ -344,8 +344,8 @@ class _Trainer:
             errors += item.decode_errors
             bad_shards += item.bad_shards
             pooled.append(out["pooled"].detach().float())
-            if token_sample is None:
-                token_sample = (out["encoded"], out["encoded_present"])
+            if encoded is None:
+                encoded = (out["encoded"], out["encoded_present"])
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.optim.grad_clip)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
@@ -380,11 +380,10 @@ class _Trainer:
         }
         if embeddings.shape[0] >= 2:
             row.update(collapse_report(embeddings))
-        tokens_now = None
-        if token_sample is not None:  # after the step: reading back is free now
-            tokens_now = token_sample[0][token_sample[1]][:1024].float().cpu()
-        if tokens_now is not None and tokens_now.shape[0] >= 2:
-            row.update(collapse_report(tokens_now, prefix="token_"))
+        assert encoded is not None
+        sample = encoded[0][encoded[1]][:1024].float().cpu()  # after the step: reads are free
+        if sample.shape[0] >= 2:
+            row.update(collapse_report(sample, prefix="token_"))
             warning = collapse_warning(row, self.step)
             if warning is not None and self.step - self.warned_at >= 100:
                 self.warned_at = self.step

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from terracube.workflows.world.crops import LABELS_DIR
+
 STATE_FILE = "demo_state.json"
 STATE_VERSION = 1
 STAGES: tuple[str, ...] = (
@@ -24,7 +26,7 @@ CLASSIFICATION = "worldcover-classification"
 SEGMENTATION = "worldcover-segmentation"
 CONTEXT = "raster-segmentation"
 """The context task: crop types from the world's label rasters (workflows/world/crops.py)."""
-CONTEXT_LABELS = ("truth", "crop_types")
+CONTEXT_LABELS = ("truth", LABELS_DIR)
 """Where the world keeps the context task's label rasters, under the world folder."""
 
 Echo = Callable[[str], None]

@@ -1,4 +1,5 @@
-"""Issue 7 acceptance on real pipeline output: 200 CPU steps of nano on the synthetic
+"""Issue 7 acceptance on real pipeline output: 100 CPU steps (200 until the evidence
+benchmark, `benchmarks/ablation.py`, took over the learning claim) of nano on the synthetic
 world's corpus reduce the loss, and the encoder's token embeddings do not collapse."""
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from terracube.model.train.diagnostics import effective_rank, embedding_std
 from terracube.model.train.pretrain import PretrainSettings, train
 from terracube.model.train.schedule import OptimParams
 
-STEPS = 200
+STEPS = 100
 RANK_FLOOR = 8.0
 """Out of 128 dimensions; a collapsed encoder sits near 1."""
 
 
 @pytest.mark.slow
-def test_nano_200_steps_on_the_world_corpus(world_corpus: str, tmp_path: Path) -> None:
+def test_nano_100_steps_on_the_world_corpus(world_corpus: str, tmp_path: Path) -> None:
 
     crop = LoaderParams(batch_size=4, crop_sizes=(32,), patch_sizes=(8,), token_budget=4096)
     settings = PretrainSettings(

@@ -133,12 +133,14 @@ def test_scene_grids_at_a_zone_boundary_plan_the_same(zone_edge) -> None:
     ],
 )
 def test_scene_grids_plan_the_same_under_other_rules(zone_edge, params: PlanParams) -> None:
+    """Every third tile of the boundary AOI (both zones, the cut scenes' columns): the
+    reference's time grows with the tiles, and the rules meet the same cases."""
     tiles, items = zone_edge
-    _assert_same(tiles, YEAR, items, params=params)
+    _assert_same(tiles[::3], YEAR, items, params=params)
 
 
 def test_scattered_tiles_with_their_own_anchors_plan_the_same(world: WorldManifest) -> None:
-    tiles = worldwide_tiles(60, seed=5)
+    tiles = worldwide_tiles(30, seed=5)
     tables = item_tables(tiles, date(2022, 11, 1), 16, templates(world.ndjson), seed=1)
     items = {name: _items(t) for name, t in tables.items()}
     anchors = [date(2022, 11 + (i % 2), 1) if i % 2 == 0 else date(2023, 1, 1)

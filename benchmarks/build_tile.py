@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.services from a checkout
 
 from terracube.catalog.grid import Tile
-from terracube.catalog.osm import OsmFeatures
+from terracube.catalog.osm.features import OsmFeatures
 from terracube.catalog.registry import BAND_GROUPS, band_group
 from terracube.catalog.stac.items import NormalizedItem, normalize_item
 from terracube.pipeline.read.reader import (

@@ -65,47 +65,79 @@ def _tiles(scenario: str, n: int) -> list[Any]:
     return worldwide_tiles(n, seed=0) if scenario == "worldwide" else contiguous_tiles(n)
 
 
-def plan_step(scenario: str, n: int, root: str, reference: bool, out: Any) -> None:
-    """Runs in a fresh process: tables, plan (and the reference planner) for one N."""
-    from terracube.catalog.plan import make_plan_reference, write_plan
+def store_step(scenario: str, n: int, root: str, reference: bool, out: Any) -> None:
+    """Runs in a fresh process: the search answers of one N, streamed to an item store
+    on disk (what a search writes; `catalog.plan_items.ItemStoreWriter`), and the
+    per-tile reference planner on the same tables when asked."""
+    from terracube.catalog.plan import make_plan_reference
+    from terracube.catalog.plan_items import ItemStoreWriter
     from terracube.catalog.timescheme import TimeScheme
+    from terracube.workflows.world.item_tables import item_tables
 
     base = Path(root)
     record_templates = pickle.loads((base / "templates.pkl").read_bytes())
     tick = time.perf_counter()
     tiles = _tiles(scenario, n)
-    from terracube.workflows.world.item_tables import item_tables
-
     tables = item_tables(tiles, START, MONTHS, record_templates, seed=0)
     tables_seconds = time.perf_counter() - tick
-    rss_tables = _rss_mb()
-    scheme = TimeScheme(START, MONTHS)
-    directory = base / f"plan-{scenario}-{n}"
+    directory = base / f"items-{scenario}-{n}"
     tick = time.perf_counter()
-    write_plan(tiles, scheme, tables, directory)
-    plan_seconds = time.perf_counter() - tick
-    meta = json.loads((directory / "plan.json").read_text())
-    result = {
-        "scenario": scenario,
-        "tiles": len(tiles),
+    writer = ItemStoreWriter(directory)
+    for name, table in tables.items():
+        for first in range(0, len(table), 65_536):
+            writer.add(name, table, np.arange(first, min(first + 65_536, len(table))))
+    writer.close()
+    result: dict[str, Any] = {
         "items": {k: len(v) for k, v in tables.items()},
         "tables_seconds": round(tables_seconds, 2),
-        "plan_seconds": round(plan_seconds, 2),
-        "plan_ms_per_tile": round(1000 * plan_seconds / len(tiles), 3),
-        "assignments": meta["assignments"],
-        "plan_items": meta["items"],
-        "plan_mb": round(sum(p.stat().st_size for p in directory.iterdir()) / 2**20, 1),
-        "tables_rss_mb": round(rss_tables, 1),
-        "plan_peak_rss_mb": round(_rss_mb(), 1),
+        "store_seconds": round(time.perf_counter() - tick, 2),
+        "store_mb": round(sum(p.stat().st_size for p in directory.iterdir()) / 2**20, 1),
+        "store_peak_rss_mb": round(_rss_mb(), 1),
     }
     if reference:
         items = {name: [t.item(r) for r in range(len(t))] for name, t in tables.items()}
         tick = time.perf_counter()
-        make_plan_reference(tiles, scheme, items)
-        ref = time.perf_counter() - tick
-        result["reference_seconds"] = round(ref, 2)
-        result["speedup_vs_reference"] = round(ref / plan_seconds, 1)
+        make_plan_reference(tiles, TimeScheme(START, MONTHS), items)
+        result["reference_seconds"] = round(time.perf_counter() - tick, 2)
     out.put(result)
+
+
+def plan_step(scenario: str, n: int, root: str, out: Any) -> None:
+    """Runs in a fresh process: read the item store's planning columns and plan them
+    with `catalog.plan.write_plan` into a saved plan (peak RSS is this step's own)."""
+    from terracube.catalog.plan import write_plan
+    from terracube.catalog.plan_items import read_item_tables
+    from terracube.catalog.timescheme import TimeScheme
+    from terracube.workflows.world.item_tables import SCENE_GRIDS
+
+    base = Path(root)
+    tiles = _tiles(scenario, n)
+    rss_tiles = _rss_mb()
+    directory = base / f"plan-{scenario}-{n}"
+    tick = time.perf_counter()
+    tables = read_item_tables(base / f"items-{scenario}-{n}", [g.modality for g in SCENE_GRIDS])
+    read_seconds = time.perf_counter() - tick
+    write_plan(tiles, TimeScheme(START, MONTHS), tables, directory)
+    plan_seconds = time.perf_counter() - tick
+    meta = json.loads((directory / "plan.json").read_text())
+    out.put(
+        {
+            "scenario": scenario,
+            "tiles": len(tiles),
+            "read_items_seconds": round(read_seconds, 2),
+            "plan_seconds": round(plan_seconds, 2),
+            "plan_ms_per_tile": round(1000 * plan_seconds / len(tiles), 3),
+            "assignments": meta["assignments"],
+            "plan_items": meta["items"],
+            "plan_mb": round(
+                sum(p.stat().st_size for p in directory.iterdir() if p.name != "items.parquet")
+                / 2**20,
+                1,
+            ),
+            "tiles_rss_mb": round(rss_tiles, 1),
+            "plan_peak_rss_mb": round(_rss_mb(), 1),
+        }
+    )
 
 
 def _in_process(target: Any, *args: Any) -> dict[str, Any]:
@@ -192,6 +224,7 @@ def track_step(n: int, root: Path, plan_dir: Path, samples_per_shard: int) -> di
     resume_seconds = time.perf_counter() - tick
     return {
         "samples": n,
+        "samples_per_shard": samples_per_shard,
         "shards": len(corpus.shards),
         "create_seconds": round(create_seconds, 2),
         "task_payload_bytes": payload,
@@ -230,7 +263,9 @@ def main() -> None:
     ap.add_argument("--tiles", default="1000,10000", help="comma-separated N")
     ap.add_argument("--scenarios", default="worldwide,contiguous")
     ap.add_argument("--reference-up-to", type=int, default=1000)
-    ap.add_argument("--samples-per-shard", type=int, default=4)
+    ap.add_argument(
+        "--samples-per-shard", type=int, default=0, help="0: the default for each N (sizing)"
+    )
     ap.add_argument("--keep", type=Path, default=None, help="work folder to keep")
     args = ap.parse_args()
     try:
@@ -246,13 +281,21 @@ def main() -> None:
     tracks: list[dict[str, Any]] = []
     for n in sizes:
         for scenario in args.scenarios.split(","):
-            row = _in_process(plan_step, scenario, n, str(root), n <= args.reference_up_to)
+            stored = _in_process(store_step, scenario, n, str(root), n <= args.reference_up_to)
+            row = {**_in_process(plan_step, scenario, n, str(root)), **stored}
+            if "reference_seconds" in row:
+                row["speedup_vs_reference"] = round(
+                    row["reference_seconds"] / row["plan_seconds"], 1
+                )
             plans.append(row)
             print(json.dumps({"step": "plan", **row}), flush=True)
-        track = track_step(n, root, root / f"plan-worldwide-{n}", args.samples_per_shard)
+        from terracube.workflows.sizing import default_samples_per_shard
+
+        per_shard = args.samples_per_shard or default_samples_per_shard(n)
+        track = track_step(n, root, root / f"plan-worldwide-{n}", per_shard)
         tracks.append(track)
         print(json.dumps({"step": "track", **track}), flush=True)
-        for p in root.glob(f"plan-*-{n}"):
+        for p in [*root.glob(f"plan-*-{n}"), *root.glob(f"items-*-{n}")]:
             shutil.rmtree(p)
         shutil.rmtree(root / f"store-{n}.zarr", ignore_errors=True)
     worldwide = [p for p in plans if p["scenario"] == "worldwide"]

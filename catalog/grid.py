@@ -416,8 +416,17 @@ def cover(aoi: AoiLike) -> list[Tile]:
     intersects it is kept. Clips that only touch edges belonging to a
     neighbouring zone (e.g. a bbox ending exactly on 6 E) add nothing.
     """
+    epsg, col, row = cover_columns(aoi)
+    return [
+        Tile(e, c, r) for e, c, r in zip(epsg.tolist(), col.tolist(), row.tolist(), strict=True)
+    ]
+
+
+def cover_columns(aoi: AoiLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`cover` as (epsg, col, row) int64 arrays, in the same order: counting and sizing
+    2.3M tiles of the contiguous US need no Tile objects."""
     geometry = aoi_geometry(aoi)
-    tiles: list[Tile] = []
+    parts: list[np.ndarray] = [np.zeros((0, 3), dtype=np.int64)]
     for epsg in sorted(_candidate_zones(geometry.bounds)):
         region = _zone_region(epsg)
         part = shapely.intersection(geometry, region.box)
@@ -425,8 +434,9 @@ def cover(aoi: AoiLike) -> list[Tile]:
             continue
         # np.unique sorts (col, row) pairs natively: 10^5 Tiles sort ~10x slower in Python.
         col_rows = np.unique(_col_rows_meeting(_project(part, epsg)), axis=0)
-        tiles.extend(Tile(epsg, int(c), int(r)) for c, r in col_rows)
-    return tiles
+        parts.append(np.column_stack([np.full(len(col_rows), epsg, np.int64), col_rows]))
+    found = np.concatenate(parts)
+    return found[:, 0], found[:, 1], found[:, 2]
 
 
 def _project(geometry: shapely.Geometry, epsg: int) -> shapely.Geometry:

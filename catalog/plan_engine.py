@@ -31,6 +31,7 @@ from terracube.catalog.coverage import coverage_of_pairs, tile_coverage
 from terracube.catalog.grid import Tile
 from terracube.catalog.plan_items import ItemTable, datetime_ns
 from terracube.catalog.registry import modality
+from terracube.catalog.tile_arrays import footprints_lonlat, tile_bounds
 from terracube.catalog.timescheme import TimeScheme
 
 STATIC_PERIOD = -1
@@ -76,9 +77,9 @@ class TileChunk:
             first_sample=first_sample,
             tiles=tiles,
             period_edges=np.stack(rows) if rows else np.zeros((0, scheme.periods + 1), np.int64),
-            footprints=np.array([t.footprint_lonlat() for t in tiles], dtype=object),
+            footprints=footprints_lonlat(tiles),
             epsg=np.array([t.epsg for t in tiles], dtype=np.int64),
-            bounds=np.array([t.bounds for t in tiles], dtype=np.float64).reshape(-1, 4),
+            bounds=tile_bounds(tiles),
         )
 
 
@@ -111,8 +112,10 @@ class FootprintIndex:
     ascending, so item order inside a footprint is the table's order)."""
 
     def __init__(self, table: ItemTable) -> None:
-        wkb = shapely.to_wkb(table.geometry)
-        unique, first, inverse = np.unique(wkb, return_index=True, return_inverse=True)
+        # an item store numbers its footprints: then no WKB to compare
+        footprint = table.footprint
+        keys = footprint if footprint is not None else shapely.to_wkb(table.geometry)
+        unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         self.geometries = table.geometry[first]
         self.tree = shapely.STRtree(self.geometries)
         order = np.argsort(inverse, kind="stable")

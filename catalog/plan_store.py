@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import os
+import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -33,6 +35,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from terracube.catalog import plan_items
 from terracube.catalog.plan_items import ItemTable
 from terracube.catalog.stac.item_records import item_from_record
 from terracube.catalog.stac.items import NormalizedItem
@@ -40,7 +43,7 @@ from terracube.catalog.timescheme import TimeScheme
 
 PLAN_FORMAT_VERSION = 2
 SAMPLES_PER_GROUP = 256
-ITEMS_PER_GROUP = 512
+ITEMS_PER_GROUP = plan_items.ITEMS_PER_GROUP
 _CACHED_ITEM_GROUPS = 32
 _KEY = 1 << 40
 """modality position * _KEY + item row: one integer per (modality, item)."""
@@ -96,7 +99,13 @@ class PlanWriter:
         self._availability = pq.ParquetWriter(
             self.directory / "availability.parquet", _AVAILABILITY
         )
-        self._items = pq.ParquetWriter(self.directory / "items.parquet", _ITEMS)
+        stored = [tables[n].store_rows for n in self.names]
+        self._stored = bool(self.names) and all(rows is not None for rows in stored)
+        """Every table was read from one item store: its file is the plan's items, item
+        rows are its rows, and nothing is written again."""
+        self._items = (
+            None if self._stored else pq.ParquetWriter(self.directory / "items.parquet", _ITEMS)
+        )
         self.rows = 0
 
     def add(
@@ -146,7 +155,13 @@ class PlanWriter:
 
     def _number(self, modality: np.ndarray, item: np.ndarray) -> np.ndarray:
         """Item rows in order of first use; items used for the first time are queued for
-        items.parquet."""
+        items.parquet. With an item store, its rows."""
+        if self._stored:
+            out = np.empty(len(item), dtype=np.int64)
+            for position, name in enumerate(self.names):
+                chosen = modality == position
+                out[chosen] = self.tables[name].store_rows[item[chosen]]  # type: ignore[index]
+            return out
         out = self._known(modality, item)
         fresh = np.flatnonzero(out < 0)
         if not len(fresh):
@@ -171,6 +186,8 @@ class PlanWriter:
         return out
 
     def _flush_items(self, final: bool) -> None:
+        if self._items is None:
+            return
         while len(self._pending) >= ITEMS_PER_GROUP or (final and self._pending):
             group, self._pending = self._pending[:ITEMS_PER_GROUP], self._pending[ITEMS_PER_GROUP:]
             first = self._next_row - len(self._pending) - len(group)
@@ -186,7 +203,11 @@ class PlanWriter:
     ) -> Path:
         self._flush_items(final=True)
         for writer in (self._assignments, self._availability, self._items):
-            writer.close()
+            if writer is not None:
+                writer.close()
+        items = self._next_row
+        if self._stored:
+            items = self._place_store()
         samples.to_parquet(self.directory / "samples.parquet", row_group_size=SAMPLES_PER_GROUP)
         meta = {
             "format_version": PLAN_FORMAT_VERSION,
@@ -194,13 +215,31 @@ class PlanWriter:
             "search": dict(search),
             "samples": len(samples),
             "assignments": self.rows,
-            "items": self._next_row,
+            "items": items,
             "modalities": self.names,
-            "items_per_group": ITEMS_PER_GROUP,
+            "items_per_group": self._group_size(),
             "plan_id": uuid.uuid4().hex,
         }
         (self.directory / "plan.json").write_text(json.dumps(meta, indent=2, default=str))
         return self.directory
+
+    def _group_size(self) -> int:
+        if not self._stored:
+            return ITEMS_PER_GROUP
+        return int(next(iter(self.tables.values())).records.group_size)
+
+    def _place_store(self) -> int:
+        """The item store's file becomes the plan's items.parquet: hard-linked when on
+        the same file system (the bytes are kept once), else copied."""
+        source = next(iter(self.tables.values())).records.path
+        target = self.directory / "items.parquet"
+        if source.resolve() != target.resolve():
+            target.unlink(missing_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
+        return int(pq.ParquetFile(target).metadata.num_rows)
 
 
 def _by_sample_group(table: pa.Table, samples: np.ndarray) -> list[pa.Table]:

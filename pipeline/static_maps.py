@@ -96,7 +96,7 @@ def osm_raster(
 ) -> np.ndarray:
     """(categories, rows, cols) uint8 percent cover per registry OSM category.
 
-    `features` are in the tile CRS with a `category` column (catalog.osm
+    `features` are in the tile CRS with a `category` column (catalog.osm.features
     `OsmFeatures.features_for_tile`); unknown categories raise.
     """
     n = group.pixels
@@ -111,7 +111,7 @@ def osm_raster(
     if unknown:
         raise ValueError(
             f"OSM features carry categories {unknown} the registry does not know; "
-            f"categorize them with terracube.catalog.osm.categorize"
+            f"categorize them with terracube.catalog.osm.features.categorize"
         )
     transform = tile.transform(params.fine_m)
     minx, _, _, maxy = tile.bounds
@@ -141,7 +141,7 @@ def osm_raster(
 
 def _check_features(features: gpd.GeoDataFrame, tile: Tile) -> None:
     if "category" not in features.columns:
-        raise ValueError("OSM features need a 'category' column (catalog.osm.categorize)")
+        raise ValueError("OSM features need a 'category' column (catalog.osm.features.categorize)")
     if features.crs is None or features.crs.to_epsg() != tile.epsg:
         raise ValueError(
             f"OSM features are in {features.crs}, tile {tile.id} is EPSG:{tile.epsg}; "

@@ -179,7 +179,9 @@ SourceConfig = Annotated[
 class OutputConfig(_Strict):
     store: str
     """Local path or fsspec URL such as s3://bucket/corpus.zarr."""
-    samples_per_shard: int = Field(default=4, gt=0, le=4096)
+    samples_per_shard: int | None = Field(default=None, gt=0, le=4096)
+    """None: chosen from the corpus size (`workflows.sizing.default_samples_per_shard`:
+    4 up to 80k samples, then enough to stay near 20k shards, at most 32)."""
     zstd_level: int = Field(default=3, ge=1, le=22)
     storage_options: dict[str, Any] = Field(default_factory=dict)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import shapely
-from terracube.catalog.grid import Tile, cover
-from terracube.catalog.osm_extract import ExtractError, extract_bounds
+from terracube.catalog.grid import Tile, cover, cover_columns
+from terracube.catalog.osm.extract import ExtractError, extract_bounds
 from terracube.catalog.plan import Plan, PlanParams
 from terracube.catalog.registry import MODALITIES, is_osm, modality
 from terracube.catalog.stac.http import LOCAL_CATALOG_POLICY, REMOTE_POLICY, RetryPolicy
@@ -361,6 +361,73 @@ def stratified_tiles(
             "found nothing to draw (check modalities.worldcover or use 'cover')"
         )
     return chosen
+
+
+def dry_run_estimate(config: BuildConfig) -> dict[str, Any] | None:
+    """The sizing of a build whose tiles number more than `SEARCH_LIMIT_TILES` (None at
+    or below it: the dry run searches then). From tile columns alone, in seconds for
+    millions of tiles; random sampling draws the same tiles `select_tiles` would."""
+    from terracube.workflows.sizing import SEARCH_LIMIT_TILES, count_regions, sizing
+
+    aoi = config.aoi
+    field = "aoi.tiles" if aoi.tiles is not None else "aoi.geojson" if aoi.geojson else "aoi.bbox"
+    try:
+        if aoi.tiles is not None:
+            if len(aoi.tiles) <= SEARCH_LIMIT_TILES:
+                return None
+            parsed = sorted({Tile.from_id(t) for t in aoi.tiles})
+            epsg, col, row = (np.array(v, dtype=np.int64)
+                              for v in zip(*[(t.epsg, t.col, t.row) for t in parsed], strict=True))  # fmt: skip
+        elif aoi.geojson is not None:
+            path = config.resolve(aoi.geojson)
+            if not path.is_file():
+                raise ConfigError(f"aoi.geojson: {path} does not exist")
+            epsg, col, row = cover_columns(json.loads(path.read_text()))
+        else:
+            assert aoi.bbox is not None
+            epsg, col, row = cover_columns(aoi.bbox)
+    except ConfigError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{field}: {exc}") from None
+    covered = len(epsg)
+    sampling = config.sampling
+    note = f"{covered} tiles cover the AOI"
+    if sampling.mode == "random" and sampling.n is not None and sampling.n <= covered:
+        picks = np.sort(np.random.default_rng(sampling.seed).choice(covered, sampling.n, False))
+        epsg, col, row = epsg[picks], col[picks], row[picks]
+        note += f"; sampling.mode random draws {sampling.n}"
+    elif sampling.mode == "stratified":
+        note += "; stratified sampling draws fewer (the count needs WorldCover: not read here)"
+    if len(epsg) <= SEARCH_LIMIT_TILES:
+        return None
+    regions = count_regions(epsg, col, row)
+    estimate = sizing(
+        len(epsg),
+        config.time.periods,
+        corpus_groups(config),
+        config.output.samples_per_shard,
+        regions,
+        len(stac_modalities(config)),
+    ).to_dict()
+    return {"estimated": True, "search_limit_tiles": SEARCH_LIMIT_TILES, "note": note,
+            "periods": config.time.periods, **estimate}  # fmt: skip
+
+
+def print_estimate(estimate: Mapping[str, Any], stream: Any) -> None:
+    """The dry-run estimate for people."""
+    gib = estimate["corpus_bytes_uncompressed"] / 2**30
+    stream.write(
+        f"{estimate['tiles']} tiles x {estimate['periods']} periods: an estimate, nothing "
+        f"searched (more than {estimate['search_limit_tiles']} tiles; {estimate['note']})\n"
+        f"  search: {estimate['search_regions']} regions, {estimate['search_calls']} search calls\n"
+        f"  store: {estimate['samples_per_shard']} samples per shard, {estimate['shards']} "
+        f"shards (one build task each), {estimate['store_objects']} objects, "
+        f"{gib:,.0f} GiB before compression\n"
+        f"  plan: ~{estimate['plan_assignment_rows']:,} assignment rows, "
+        f"~{estimate['plan_bytes'] / 2**30:.1f} GiB saved (items apart)\n"
+        "`terracube plan CONFIG` (without --dry-run) searches and writes the plan\n"
+    )
 
 
 def _queries(config: BuildConfig, names: Sequence[str]) -> Mapping[str, Any]:

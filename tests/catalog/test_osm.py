@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import shapely
 from terracube.catalog.grid import cover
-from terracube.catalog.osm import OsmFeatures, categories_of
+from terracube.catalog.osm.features import OsmFeatures, categories_of
 from terracube.catalog.registry import OSM_CATEGORIES
 
 OSMNX = "osm/osmnx"

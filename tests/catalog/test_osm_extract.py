@@ -16,8 +16,8 @@ import osmnx
 import pytest
 import shapely
 from shapely.errors import EmptyPartError
-from terracube.catalog.osm import OSM_TAG_QUERY, categorize, read_osm_extract
-from terracube.catalog.osm_extract import ExtractError, extract_bounds
+from terracube.catalog.osm.extract import ExtractError, extract_bounds
+from terracube.catalog.osm.features import OSM_TAG_QUERY, categorize, read_osm_extract
 
 from tests.catalog.osm_clip import clip_simple
 

@@ -15,7 +15,7 @@ import pytest
 import shapely
 from pyproj import Transformer
 from terracube.catalog.grid import Tile
-from terracube.catalog.osm import OsmFeatures
+from terracube.catalog.osm.features import OsmFeatures
 from terracube.catalog.registry import BAND_GROUPS, OSM_CATEGORIES, S2_GROUPS
 from terracube.catalog.stac.items import NormalizedItem, normalize_item
 from terracube.pipeline.corpus.store import Corpus, SampleState, create_corpus

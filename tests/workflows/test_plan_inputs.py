@@ -109,7 +109,7 @@ def test_a_clipped_pbf_extract_builds_and_equals_an_independent_rasterisation(
     tmp_path: Path,
 ) -> None:
     from terracube.catalog.grid import Tile
-    from terracube.catalog.osm import OsmFeatures, read_osm_extract
+    from terracube.catalog.osm.features import OsmFeatures, read_osm_extract
     from terracube.pipeline.corpus.store import Corpus
     from terracube.pipeline.static_maps import osm_raster
 

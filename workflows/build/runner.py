@@ -23,8 +23,8 @@ import numpy as np
 import shapely
 from rich.console import Console
 from terracube.catalog.grid import Tile
-from terracube.catalog.osm import OsmFeatures, fetch_overpass
-from terracube.catalog.osm_extract import ExtractError
+from terracube.catalog.osm.extract import ExtractError
+from terracube.catalog.osm.features import OsmFeatures, fetch_overpass
 from terracube.catalog.plan import Plan
 from terracube.catalog.plan_store import (
     PlanFiles,
@@ -63,6 +63,7 @@ from terracube.workflows.planning import (
     period_duration,
     plan_build,
 )
+from terracube.workflows.sizing import default_samples_per_shard
 
 
 @dataclass(frozen=True)
@@ -174,13 +175,25 @@ def plan_ref(config: BuildConfig, plan: PlanFiles) -> PlanRef:
 # --------------------------------------------------------------------------- corpus
 
 
+def samples_per_shard(config: BuildConfig, n_samples: int) -> int:
+    """The configured value; when none is, the existing store's (a store made under an
+    older default resumes as it is), else the size-based default (`workflows.sizing`)."""
+    if config.output.samples_per_shard is not None:
+        return config.output.samples_per_shard
+    try:
+        existing = Corpus.open(config.store_url, config.output.storage_options or None)
+    except Exception:  # no store yet (or not a corpus: create_corpus says which)
+        return default_samples_per_shard(n_samples)
+    return existing.params.samples_per_shard
+
+
 def open_build_corpus(config: BuildConfig, plan: Plan | PlanFiles) -> Corpus:
     """Create the store (or re-open it with the same parameters) and check it holds this plan."""
     corpus = create_corpus(
         config.store_url,
         n_samples=len(plan.samples),
         n_periods=plan.scheme.periods,
-        samples_per_shard=config.output.samples_per_shard,
+        samples_per_shard=samples_per_shard(config, len(plan.samples)),
         groups=corpus_groups(config),
         period=period_duration(config),
         codecs=CorpusCodecs(config.output.zstd_level),

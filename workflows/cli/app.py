@@ -10,6 +10,7 @@ pretrain, evaluate, demo) live in `model_commands.py` on a sub-app merged in at 
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -144,10 +145,17 @@ def plan(
     )
     from terracube.workflows.build.runner import make_and_save_plan, plan_dir
     from terracube.workflows.config import load_config
-    from terracube.workflows.planning import plan_build
+    from terracube.workflows.planning import dry_run_estimate, plan_build, print_estimate
 
     with user_errors():
         cfg = load_config(config)
+        estimate = dry_run_estimate(cfg) if dry_run else None
+        if estimate is not None:
+            if as_json:
+                typer.echo(json.dumps(estimate, indent=2))
+            else:
+                print_estimate(estimate, sys.stdout)
+            return
         result = plan_build(cfg) if dry_run else make_and_save_plan(cfg)
     print_summary(result, as_json=as_json, stream=sys.stdout)
     if not dry_run and not as_json:

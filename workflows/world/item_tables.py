@@ -76,6 +76,8 @@ class TemplateRecords:
         base = {k: v for k, v in item_to_record(template).items() if k not in self.VARYING}
         self.head = json.dumps(base)[:-1]
         self.table = table
+        self._rings: dict[int, str] = {}
+        """JSON of each footprint's geometry, by object: the revisits of a scene share one."""
 
     def __len__(self) -> int:
         return len(self.table.ids)
@@ -89,15 +91,18 @@ class TemplateRecords:
         t = self.table
         when = _EPOCH + timedelta(microseconds=int(t.datetime_ns[row]) // 1000)
         cloud = float(t.cloud[row])
-        ring = shapely.get_coordinates(t.geometry[row]).round(9).tolist()
-        varying = {
-            "id": str(t.ids[row]),
-            "datetime": when.isoformat(),
-            "geometry": {"type": "Polygon", "coordinates": [ring]},
-            "epsg": int(t.epsg[row]),
-            "cloud_cover": None if np.isnan(cloud) else cloud,
-        }
-        return self.head + ", " + json.dumps(varying)[1:]
+        shape = t.geometry[row]
+        geometry = self._rings.get(id(shape))
+        if geometry is None:
+            ring = shapely.get_coordinates(shape).round(9).tolist()
+            geometry = json.dumps({"type": "Polygon", "coordinates": [ring]})
+            self._rings[id(shape)] = geometry
+        # the same text json.dumps gives for the dict of the five fields, built directly
+        return (
+            f'{self.head}, "id": {json.dumps(str(t.ids[row]))}, '
+            f'"datetime": "{when.isoformat()}", "geometry": {geometry}, '
+            f'"epsg": {int(t.epsg[row])}, "cloud_cover": {json.dumps(None if np.isnan(cloud) else cloud)}}}'
+        )
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -218,7 +223,7 @@ def _table(
     )
     draft = ItemTable(**columns, records=np.empty(n, dtype=object))
     records = TemplateRecords(template, draft)
-    return ItemTable(**columns, records=records)  # type: ignore[arg-type]
+    return ItemTable(**columns, records=records)
 
 
 def worldwide_tiles(n: int, seed: int = 0) -> list[Tile]:

@@ -1,6 +1,6 @@
 """OpenStreetMap features for tiles, mapped to the registry's 30 categories.
 
-Features come from a local extract (.osm.pbf, .osm, .osm.bz2: catalog/osm_extract.py,
+Features come from a local extract (.osm.pbf, .osm, .osm.bz2: catalog/osm/extract.py,
 pyosmium reading, osmnx geometry rules, clipped elements set aside and counted) or from
 Overpass (one query per region polygon, never per tile). Each feature gets one row per
 matching category (TagRule.matches); `features_for_tile` returns the features meeting a
@@ -20,7 +20,7 @@ from terracube.catalog.grid import Tile
 from terracube.catalog.registry import OSM_CATEGORIES
 
 if TYPE_CHECKING:
-    from terracube.catalog.osm_extract import ExtractReport
+    from terracube.catalog.osm.extract import ExtractReport
 
 OSM_TAG_QUERY: dict[str, bool | str | list[str]] = {c.rule.key: True for c in OSM_CATEGORIES}
 """osmnx tag filter fetching every key any category looks at (filtered exactly later)."""
@@ -63,8 +63,8 @@ def read_osm_extract(
     path: str | Path, polygon: shapely.Geometry | None = None
 ) -> tuple[gpd.GeoDataFrame, ExtractReport]:
     """Categorized features of a local extract (any libosmium format, offline), and what
-    was set aside as clipped, counted per category (catalog/osm_extract.py)."""
-    from terracube.catalog.osm_extract import ExtractReport, read_raw_features
+    was set aside as clipped, counted per category (catalog/osm/extract.py)."""
+    from terracube.catalog.osm.extract import ExtractReport, read_raw_features
 
     raw, removed = read_raw_features(Path(path), OSM_TAG_QUERY, polygon)
     report = ExtractReport(str(path))

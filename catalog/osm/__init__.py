@@ -1,0 +1,1 @@
+"""OpenStreetMap inputs: features by category (`features`), read from extracts (`extract`)."""

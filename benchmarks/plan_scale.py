@@ -48,6 +48,14 @@ MONTHS = 12
 
 
 def _rss_mb() -> float:
+    """This process's own peak RSS: VmHWM starts afresh at exec, where ru_maxrss keeps
+    the parent's peak across the fork and exec of a spawned step."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

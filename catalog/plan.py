@@ -312,8 +312,10 @@ def make_plan(
     *,
     params: PlanParams = PlanParams(),
     anchors: Sequence[date] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Plan:
     """Assign items to every (sample, modality, period); one sample per tile, in order.
+    `progress(done, total)` is called after each chunk of tiles.
 
     The rules are `make_plan_reference`'s, computed on columns (`plan_engine`)."""
     if anchors is not None and len(anchors) != len(tiles):
@@ -331,6 +333,8 @@ def make_plan(
         rows, avail = chunk_columns(chunk, names, tables, indexes, rule)
         assigned.append(rows)
         available.append(avail)
+        if progress is not None:
+            progress(chunk.first_sample + len(chunk.tiles), len(tiles))
     rows = _concat_columns(assigned, ("sample", "modality", "period", "rank", "item", "coverage"))
     avail = _concat_columns(
         available, ("sample", "modality", "period", "candidates", "other_crs_dropped")

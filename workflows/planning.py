@@ -294,8 +294,10 @@ def plan_build(
     cache_dir: Path | None = None,
     region_params: RegionParams | None = None,
     plan_params: PlanParams | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Plan:
-    """Search every source once per region x collection, then plan all modalities together."""
+    """Search every source once per region x collection, then plan all modalities together.
+    `progress(stage, done, total)` follows the searches and the assignment."""
     check_output_store(config)
     tiles = select_tiles(config)
     warnings = check_osm_extract(config, tiles)
@@ -320,6 +322,7 @@ def plan_build(
             plan_params=plan_params,
             query=_queries(config, list(sources)),
             cache=cache,
+            progress=progress,
         )
     except SearchError as exc:
         raise ConfigError(f"modalities.{exc.modality}: {exc}") from None

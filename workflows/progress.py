@@ -119,3 +119,28 @@ class StepProgress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+class StagesProgress:
+    """`progress(stage, done, total)` callbacks of a multi-stage job (the plan: one search
+    per source, then the assignment `plan`), one `StepProgress` per stage. Stages under
+    `min_searches` searches or `min_tiles` tiles say nothing, so a small plan prints
+    what it printed before."""
+
+    def __init__(
+        self, stream: IO[str] | None = None, min_searches: int = 0, min_tiles: int = 0
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.min_searches, self.min_tiles = min_searches, min_tiles
+        self._open: dict[str, StepProgress] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if total < (self.min_tiles if stage == "plan" else self.min_searches):
+            return
+        bar = self._open.get(stage)
+        if bar is None:
+            unit = "tiles" if stage == "plan" else "searches"
+            bar = self._open[stage] = StepProgress(stage, total, unit, self.stream)
+        bar.update(done)
+        if done >= total:
+            bar.close()

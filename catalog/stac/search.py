@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -188,8 +188,10 @@ def search_tiles(
     params: RegionParams = RegionParams(),
     query: Mapping[str, Query] | None = None,
     cache: SearchCache | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
-    """Search every region once per modality's collection over [start, end].
+    """Search every region once per modality's collection over [start, end];
+    `progress(done, total)` after each region's answer.
 
     `query` maps modality -> STAC query (e.g. {"sentinel2_l2a": {"eo:cloud_cover": {"lt": 60}}}).
     """
@@ -216,6 +218,8 @@ def search_tiles(
                 json.dumps(modality_query, sort_keys=True) if modality_query else "",
             )
             requests.append(request)
+            if progress is not None:
+                progress(len(requests) - 1, len(regions) * len(modalities))
             cached = cache.get(request) if cache is not None else None
             if cached is not None:
                 hits += 1
@@ -231,6 +235,8 @@ def search_tiles(
             if cache is not None:
                 cache.put(request, answer)
             found[name].extend(answer)
+    if progress is not None:
+        progress(len(requests), len(regions) * len(modalities))
     items, rejected = _normalize_all(found, collections, source)
     doubtful = doubtful_offset_flags(found, items)
     return SearchResult(
@@ -285,6 +291,7 @@ def search_and_plan(
     query: Mapping[str, Query] | None = None,
     cache: SearchCache | None = None,
     anchors: Sequence[date] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Plan:
     """Search once per region x collection, then plan (pure): the one orchestration of
     the plan stage (`terracube plan` and `build` call it through workflows.planning).
@@ -327,6 +334,7 @@ def search_and_plan(
                 params=region_params,
                 query=query,
                 cache=cache,
+                progress=None if progress is None else _stage(progress, f"search {source.name}"),
             )
             items.update(result.items)
             search["search_calls"] += len(result.requests)
@@ -341,6 +349,11 @@ def search_and_plan(
         {m: items[m] for m in sources},
         params=plan_params or PlanParams(),
         anchors=anchors,
+        progress=None if progress is None else _stage(progress, "plan"),
     )
     plan.search = search
     return plan
+
+
+def _stage(progress: Callable[[str, int, int], None], stage: str) -> Callable[[int, int], None]:
+    return lambda done, total: progress(stage, done, total)

@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,10 +131,12 @@ def plan_dir(config: BuildConfig) -> Path:
     return run_dir(config) / "plan"
 
 
-def make_and_save_plan(config: BuildConfig) -> Plan:
+def make_and_save_plan(
+    config: BuildConfig, progress: Callable[[str, int, int], None] | None = None
+) -> Plan:
     """Search and plan now, and keep the plan (GeoParquet) and the config it came from."""
     directory = plan_dir(config)
-    plan = plan_build(config, cache_dir=run_dir(config) / "search-cache")
+    plan = plan_build(config, cache_dir=run_dir(config) / "search-cache", progress=progress)
     if directory.exists():
         shutil.rmtree(directory)
     plan.to_parquet(directory)

@@ -146,6 +146,7 @@ def plan(
     from terracube.workflows.build.runner import make_and_save_plan, plan_dir
     from terracube.workflows.config import load_config
     from terracube.workflows.planning import dry_run_estimate, plan_build, print_estimate
+    from terracube.workflows.progress import StagesProgress
 
     with user_errors():
         cfg = load_config(config)
@@ -156,7 +157,12 @@ def plan(
             else:
                 print_estimate(estimate, sys.stdout)
             return
-        result = plan_build(cfg) if dry_run else make_and_save_plan(cfg)
+        # progress on stderr for long plans only: 200 searches or 5,000 tiles and more
+        shown = StagesProgress(sys.stderr, min_searches=200, min_tiles=5000)
+        if dry_run:
+            result = plan_build(cfg, progress=shown)
+        else:
+            result = make_and_save_plan(cfg, progress=shown)
     print_summary(result, as_json=as_json, stream=sys.stdout)
     if not dry_run and not as_json:
         typer.echo(f"plan written to {plan_dir(cfg)}")

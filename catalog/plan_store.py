@@ -304,7 +304,9 @@ class PlanFiles:
         self.meta = read_meta(directory, storage_options)
         self.scheme = TimeScheme.from_dict(self.meta["scheme"])
         self.search: dict[str, Any] = self.meta.get("search", {})
-        self._item_groups: OrderedDict[int, dict[int, NormalizedItem]] = OrderedDict()
+        self._item_groups: OrderedDict[
+            int, tuple[int, list[str], dict[int, NormalizedItem]]
+        ] = OrderedDict()
         self._tables: dict[str, Any] = {}
 
     @property
@@ -351,8 +353,14 @@ class PlanFiles:
         """item_row -> item, reading only the row groups that hold `rows` (a few cached)."""
         out: dict[int, NormalizedItem] = {}
         size = int(self.meta.get("items_per_group", ITEMS_PER_GROUP))
-        for group in np.unique(np.asarray(rows, dtype=np.int64) // size):
-            out.update(self._item_group(int(group)))
+        wanted = np.unique(np.asarray(rows, dtype=np.int64))
+        for group in np.unique(wanted // size):
+            first, records, decoded = self._item_group(int(group))
+            for row in wanted[wanted // size == group].tolist():
+                item = decoded.get(row)
+                if item is None:  # decoded on first use: a group holds 512 records
+                    item = decoded[row] = item_from_record(json.loads(records[row - first]))
+                out[row] = item
         return {int(r): out[int(r)] for r in rows}
 
     def _parquet(self, name: str) -> pq.ParquetFile:
@@ -363,23 +371,20 @@ class PlanFiles:
             self._tables[f"file:{name}"] = opened
         return opened
 
-    def _item_group(self, group: int) -> dict[int, NormalizedItem]:
+    def _item_group(self, group: int) -> tuple[int, list[str], dict[int, NormalizedItem]]:
+        """(first item row, records, items decoded so far) of one row group, cached."""
         if group in self._item_groups:
             self._item_groups.move_to_end(group)
             return self._item_groups[group]
-        table = self._parquet("items.parquet").read_row_group(group)
-        decoded = {
-            int(row): item_from_record(json.loads(rec))
-            for row, rec in zip(
-                table.column("item_row").to_pylist(),
-                table.column("record").to_pylist(),
-                strict=True,
-            )
-        }
-        self._item_groups[group] = decoded
+        table = self._parquet("items.parquet").read_row_group(group, columns=["item_row", "record"])
+        rows = table.column("item_row").to_numpy()
+        if len(rows) and not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            raise PlanFormatError(f"items.parquet row group {group} is not one run of item rows")
+        entry = (int(rows[0]) if len(rows) else 0, table.column("record").to_pylist(), {})
+        self._item_groups[group] = entry
         while len(self._item_groups) > _CACHED_ITEM_GROUPS:
             self._item_groups.popitem(last=False)
-        return decoded
+        return entry
 
 
 def _read_groups(

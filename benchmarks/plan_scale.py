@@ -1,22 +1,28 @@
 """Plan, submit, track and resume at corpus scale: seconds and peak memory per step.
 
 For each N of `--tiles` and each scenario (`worldwide`: N tiles at random places between
-56 S and 72 N; `contiguous`: one square AOI astride the 32/33 UTM zone boundary) this
-builds synthetic item tables (`workflows/world/item_tables.py`: Sentinel-2, Landsat and
-Sentinel-1 scene grids revisited 3, 2 and 3 times a month for 12 months; records from
-the synthetic world's normalised items) and plans them with `catalog.plan.write_plan`
-into a saved plan, in a fresh process so that its peak RSS is the step's own. The
-per-tile reference planner runs on the same tables up to `--reference-up-to` tiles:
-that is the floor the columnar planner is compared with in the same run.
+56 S and 72 N; `contiguous`: one square AOI astride the 32/33 UTM zone boundary):
 
-On the worldwide plan it then creates the store (metadata only), submits one no-op
-task per shard through the real build path (`shard_tasks` -> `DaskExecutor` on a
-2-worker LocalCluster: the payload is the real `ShardTask`; the worker runs a function
-that opens the task's plan rows and returns), marks the first half of the shards done
-(writing the state, valid-fraction and per-sample metadata arrays whole-shard; the
-band arrays are left unwritten, so status reports them as damage, which costs the
-same listing), and times `terracube status` (`corpus_status`) and the resume planning
-(`readable_states` + `plan_shard_work`).
+- **store step** (a fresh process): synthetic item tables
+  (`workflows/world/item_tables.py`: Sentinel-2, Landsat and Sentinel-1 scene grids
+  revisited 3, 2 and 3 times a month for 12 months; records from the synthetic world's
+  normalised items), written to an item store (`catalog.plan_items.ItemStoreWriter`)
+  in id order, as per-region search answers arrive. This is the search side's work,
+  timed apart. Up to `--reference-up-to` tiles the per-tile reference planner also
+  runs on the same tables: the floor the columnar planner is compared with.
+- **plan step** (a fresh process, so its peak RSS is its own: VmHWM): the store's
+  planning columns are read and planned with `catalog.plan.write_plan` into a saved
+  plan. `plan_seconds` includes reading the store.
+
+On the worldwide plan it then creates the store (metadata only) with the size-based
+default samples per shard (`workflows.sizing`; `--samples-per-shard` overrides),
+submits one no-op task per shard through the real build path (`shard_tasks` ->
+`DaskExecutor` on a 2-worker LocalCluster: the payload is the real `ShardTask`; the
+worker returns at once), times a cold worker's read of its plan rows and items, marks
+the first half of the shards done (writing the state, valid-fraction and per-sample
+metadata arrays whole-shard; the band arrays are left unwritten, so status reports
+them as damage, which costs the same listing), and times `terracube status`
+(`corpus_status`) and the resume planning (`readable_states` + `plan_shard_work`).
 
     .venv/bin/python benchmarks/plan_scale.py [--tiles 1000,10000,100000,300000]
 

@@ -6,6 +6,13 @@ costs a few kilobytes of Python objects, so a worldwide 300k-tile plan holding e
 searched item as objects ran past 16 GiB. An `ItemTable` keeps the six as numpy
 columns and the rest as one JSON record per row, decoded only for the items a build
 task reads (`plan_store`).
+
+On disk (`ItemStoreWriter`, `read_item_tables`) the search answers are kept once: one
+Parquet file of the planning columns plus each record, in 512-row groups, and each
+footprint once in a second file. Planning reads only the columns (records stay on
+disk), and the file becomes the plan's `items.parquet` as it is, so a worldwide plan
+no longer writes ~1 KB of JSON per assigned item a second time: at 10k worldwide tiles
+that copy was 45 of the plan's 75 s (profiled).
 """
 
 from __future__ import annotations

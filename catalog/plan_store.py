@@ -304,9 +304,9 @@ class PlanFiles:
         self.meta = read_meta(directory, storage_options)
         self.scheme = TimeScheme.from_dict(self.meta["scheme"])
         self.search: dict[str, Any] = self.meta.get("search", {})
-        self._item_groups: OrderedDict[
-            int, tuple[int, list[str], dict[int, NormalizedItem]]
-        ] = OrderedDict()
+        self._item_groups: OrderedDict[int, tuple[int, list[str], dict[int, NormalizedItem]]] = (
+            OrderedDict()
+        )
         self._tables: dict[str, Any] = {}
 
     @property

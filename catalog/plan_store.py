@@ -380,7 +380,8 @@ class PlanFiles:
         rows = table.column("item_row").to_numpy()
         if len(rows) and not np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
             raise PlanFormatError(f"items.parquet row group {group} is not one run of item rows")
-        entry = (int(rows[0]) if len(rows) else 0, table.column("record").to_pylist(), {})
+        decoded: dict[int, NormalizedItem] = {}
+        entry = (int(rows[0]) if len(rows) else 0, table.column("record").to_pylist(), decoded)
         self._item_groups[group] = entry
         while len(self._item_groups) > _CACHED_ITEM_GROUPS:
             self._item_groups.popitem(last=False)
